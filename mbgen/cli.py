@@ -1,0 +1,198 @@
+"""The `mbgen` command: parses arguments, calls the pipeline, prints. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mbgen.errors import RunFailure, UserError
+
+EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on bad arguments already; keep its message to one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"mbgen: error: {message} (see `mbgen --help`)\n")
+
+
+def _kib(n: int) -> str:
+    return f"{n / 1024:.1f} KB"
+
+
+def _percent(used: int, budget: int | None) -> str:
+    return f" ({100.0 * used / budget:.1f}% of {_kib(budget)})" if budget else ""
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from mbgen import zoo
+    for name in zoo.names():
+        print(name)
+    return EXIT_OK
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    from mbgen import targets
+    print(f"{'target':<12} {'core':<12} {'RAM':>9} {'flash':>9}  {'QEMU machine':<14} part")
+    for t in targets.all_targets():
+        ram = _kib(t.ram_bytes) if t.ram_bytes else "-"
+        flash = _kib(t.flash_bytes) if t.flash_bytes else "-"
+        print(f"{t.name:<12} {t.core:<12} {ram:>9} {flash:>9}  {t.qemu_machine or '-':<14} "
+              f"{t.part or '-'}")
+    return EXIT_OK
+
+
+def _compile_options(args: argparse.Namespace):
+    from mbgen.compiler import CompileOptions
+    return CompileOptions(
+        target=args.target, out_dir=Path(args.output) if args.output else None, name=args.name,
+        kernels=args.kernels, calib_dir=Path(args.calib) if args.calib else None,
+        calib_percentile=args.calib_percentile, force=args.force, ram_bytes=args.ram,
+        flash_bytes=args.flash,
+        emit_tflite=Path(args.emit_tflite) if getattr(args, "emit_tflite", None) else None)
+
+
+def print_summary(compiled) -> None:
+    r = compiled.report
+    budget = compiled.budget
+    print(f"{r['model']} -> {compiled.out_dir}  (target {r['target']}, kernels {r['kernels']})")
+    print(f"  layers  {len(r['layers'])}")
+    print(f"  MACs    {r['macs'] / 1e6:.2f} M")
+    print(f"  params  {r['params'] / 1e6:.3f} M")
+    print(f"  arena   {_kib(r['arena_bytes'])}{_percent(r['arena_bytes'], budget.get('ram_bytes'))}")
+    print(f"  weights {_kib(r['weights_bytes'])}"
+          f"{_percent(r['weights_bytes'], budget.get('flash_bytes'))}")
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from mbgen.compiler import compile_model
+    compiled = compile_model(args.model, _compile_options(args))
+    print_summary(compiled)
+    if args.emit_tflite:
+        print(f"  tflite  {args.emit_tflite}")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from mbgen import runner
+    out_dir = Path(args.folder)
+    if args.input and not Path(args.input).is_file():
+        raise UserError(f"input file not found: {args.input}")
+    input_bytes = Path(args.input).read_bytes() if args.input else None
+    result = runner.run_folder(out_dir, qemu=not args.host, input_bytes=input_bytes,
+                               timeout=args.timeout)
+    if args.output:
+        Path(args.output).write_bytes(result.output)
+        print(f"output: {len(result.output)} bytes -> {args.output}")
+    else:
+        print("output:", " ".join(str(v) for v in result.output_int8()))
+    if result.total_instructions is not None:
+        width = max((len(n) for n, _ in result.layer_instructions), default=5)
+        for layer, count in result.layer_instructions:
+            print(f"  {layer:<{width}} {count:>12,d} instructions")
+        print(f"  {'total':<{width}} {result.total_instructions:>12,d} instructions")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from mbgen.verify import verify_model
+    outcome = verify_model(args.model, _compile_options(args), reference=args.reference,
+                           images=Path(args.images) if args.images else None,
+                           count=args.count, echo=print)
+    return EXIT_OK if outcome.ok else EXIT_FAILED
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from mbgen.bench import bench_model
+    result = bench_model(args.model, args.target, kernel_sets=args.kernels,
+                         cmsis_nn=args.cmsis_nn, echo=None if args.json else print)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def _add_compile_args(p: argparse.ArgumentParser, output_help: str) -> None:
+    p.add_argument("model", help="zoo name (mbv1_0.25_128, ...) or a .pt2/.onnx/.tflite file")
+    p.add_argument("--target", default="host", help="host, cortex-m7, ... (`mbgen targets`)")
+    p.add_argument("-o", "--output", help=output_help)
+    p.add_argument("--name", default="model", help="C prefix of the API (default: model)")
+    p.add_argument("--kernels", help="kernel set: portable, mbgen, cmsis-nn")
+    p.add_argument("--calib", metavar="DIR", help="calibration images (png/jpg/bmp) or .npy")
+    p.add_argument("--calib-percentile", type=float, metavar="P",
+                   help="clip activation ranges at the P-th percentile instead of min/max")
+    p.add_argument("--force", action="store_true", help="overwrite a folder mbgen did not make")
+    p.add_argument("--ram", type=int, metavar="BYTES", help="override the target's RAM budget")
+    p.add_argument("--flash", type=int, metavar="BYTES", help="override the flash budget")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mbgen", description="MobileNet models to bit-exact int8 C for "
+                     "Cortex-M microcontrollers.")
+    from mbgen import __version__
+    parser.add_argument("--version", action="version", version=f"mbgen {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("models", help="list the built-in model zoo")
+    p.set_defaults(func=cmd_models)
+    p = sub.add_parser("targets", help="list targets with their RAM/flash budgets")
+    p.set_defaults(func=cmd_targets)
+
+    p = sub.add_parser("compile", help="compile a model to a C folder")
+    _add_compile_args(p, "output folder (default: out/<model>-<target>)")
+    p.add_argument("--emit-tflite", metavar="PATH", help="also write the int8 graph as .tflite")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("run", help="build a generated folder and run it on the host or in QEMU")
+    p.add_argument("folder")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--qemu", action="store_true", help="run in QEMU (default for Cortex-M)")
+    where.add_argument("--host", action="store_true", help="build with the host cc and run")
+    p.add_argument("--input", metavar="in.bin", help="raw int8 input (default: zeros)")
+    p.add_argument("--output", metavar="out.bin", help="write the raw int8 output here")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds before a run is a hang")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("verify", help="compile, run on host and QEMU, compare with references")
+    _add_compile_args(p, "output folder (default: a temporary folder)")
+    p.add_argument("--reference", choices=["numpy", "tflm"], default="numpy",
+                   help="independent int8 reference to compare with (default: numpy)")
+    p.add_argument("--images", metavar="DIR", help="photos to use as inputs (and synthetic ones)")
+    p.add_argument("--count", type=int, default=3, help="synthetic inputs (default: 3)")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("bench", help="instructions per layer and kernel set, in QEMU")
+    p.add_argument("model")
+    p.add_argument("--target", default="cortex-m7")
+    p.add_argument("--kernels", nargs="*", help="kernel sets to compare (default: all available)")
+    p.add_argument("--cmsis-nn", metavar="PATH", help="CMSIS-NN source tree (or CMSIS_NN_PATH)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"mbgen: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except RunFailure as exc:
+        print(f"mbgen: failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("mbgen: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

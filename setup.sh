@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install everything mbgen needs on Debian/Ubuntu, then run the main job:
+# compile mbv1_0.25_128 for Cortex-M7 and run it in QEMU (skip that with --no-demo).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+run_demo=1
+[ "${1:-}" = "--no-demo" ] && run_demo=0
+
+# Cortex-M toolchain, C library and emulator (Debian packages), only when missing.
+missing=()
+command -v arm-none-eabi-gcc >/dev/null || missing+=(gcc-arm-none-eabi)
+dpkg -s libnewlib-arm-none-eabi >/dev/null 2>&1 || missing+=(libnewlib-arm-none-eabi)
+command -v qemu-system-arm >/dev/null || missing+=(qemu-system-arm)
+command -v cc >/dev/null || missing+=(gcc)
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    echo "setup: installing ${missing[*]} with apt-get"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# mbgen itself with its Python dependencies (torch is pinned to the CPU build 2.13.0).
+python3 -m pip install -q --disable-pip-version-check -e '.[test,tflite]'
+
+if [ $run_demo -eq 1 ]; then
+    mbgen compile mbv1_0.25_128 --target cortex-m7 -o out/mbv1_0.25_128-cortex-m7
+    mbgen run out/mbv1_0.25_128-cortex-m7 --qemu
+fi
