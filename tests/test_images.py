@@ -59,6 +59,25 @@ def test_mobilenet_uint8_input(name):
     assert _sha(x.astype(np.uint8)) == MBV1_UINT8[name]
 
 
+# MODELS.md: TFLM's raw int8 outputs [notperson, person] of person_detect.tflite per image.
+PERSON_DETECT_TFLM = {"person.bmp": [-113, 113], "no_person.bmp": [77, -77],
+                      "grace_hopper.bmp": [-114, 114], "cat.bmp": [19, -19],
+                      "hot_dog.jpg": [-62, 62]}
+
+
+@needs_images
+@pytest.mark.parametrize("name", sorted(PERSON_DETECT_TFLM))
+def test_person_detect_in_tflm_gives_the_published_outputs(name):
+    pytest.importorskip("tflite_micro", reason="tflite-micro not installed")
+    model = SHARED / "models" / "person_detect.tflite"
+    if not model.is_file():
+        pytest.skip(f"{model} missing")
+    from mbgen.tflm import run_tflm
+
+    x = load_image(IMAGES / name, (1, 96, 96, 1), "uint8_minus128", xor_0x80=_xor(name))
+    assert run_tflm(model, x.astype(np.int8)).ravel().tolist() == PERSON_DETECT_TFLM[name]
+
+
 @needs_images
 def test_person_bmp_bytes_are_the_int8_input_without_xor():
     # MODELS.md: person.bmp stores grey - 128; its raw bytes read as int8 are the model input.
