@@ -72,6 +72,8 @@ def _first_message(lines: list[str], exc: Exception) -> str:
 
 def _interpreter(data: bytes, arena_size: int | None, preserve_all: bool = False):
     runtime = _runtime()
+    if arena_size is None:
+        arena_size = _generous_arena(data)
     config = (runtime.InterpreterConfig.kPreserveAllTensors if preserve_all
               else runtime.InterpreterConfig.kAllocationRecording)
     return runtime.Interpreter.from_bytes(data, arena_size=arena_size,
@@ -147,12 +149,30 @@ def run_tflm_tensors(model: ModelSource,
     raise RunFailure(f"TFLM could not run {label}: {_first_message(log, failure)}")
 
 
-def _subgraph(data: bytes):
+def _read_root(data: bytes):
     from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+    return schema.Model.GetRootAsModel(data, 0)
+
+
+def _subgraph(data: bytes):
     try:
-        return schema.Model.GetRootAsModel(data, 0).Subgraphs(0)
+        return _read_root(data).Subgraphs(0)
     except Exception as exc:  # noqa: BLE001 - bad bytes; TFLM would refuse them as well
         raise UserError(f"not a readable TFLite model ({type(exc).__name__})") from None
+
+
+def _generous_arena(data: bytes) -> int:
+    """Enough arena for any run: every non-constant tensor side by side, plus TFLM's own
+    bookkeeping (the wrapper's default of 10x the file size is too small for models with
+    few weights and large activations)."""
+    sub = _subgraph(data)
+    model = _read_root(data)
+    activations = 0
+    for i in range(sub.TensorsLength()):
+        t = sub.Tensors(i)
+        if model.Buffers(t.Buffer()).DataLength() == 0:
+            activations += int(np.prod(t.ShapeAsNumpy(), dtype=np.int64)) * 4 + 16
+    return 10 * len(data) + 2 * activations + (64 << 10)
 
 
 def _output_indices(data: bytes) -> list[int]:
