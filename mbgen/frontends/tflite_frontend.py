@@ -30,6 +30,7 @@ Choices worth knowing:
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,8 +157,9 @@ def _parse(data: bytes, label: str) -> _RawModel:
     except Exception as exc:  # noqa: BLE001 - any failure of the bindings on bad bytes
         # Covers IndexError, struct.error, UnicodeDecodeError, ValueError, TypeError,
         # OverflowError, MemoryError and RecursionError raised by flatbuffers on bad offsets.
-        raise UserError(f"{label}: corrupt or truncated TFLite file "
-                        f"({type(exc).__name__} while reading the flatbuffer)") from None
+        cause = ("an offset points outside the file"
+                 if isinstance(exc, (struct.error, IndexError)) else type(exc).__name__)
+        raise UserError(f"{label}: corrupt or truncated TFLite file ({cause})") from None
 
 
 def _bounded(count: int, element_bytes: int, data: bytes, what: str) -> int:
