@@ -1,0 +1,60 @@
+"""Building a generated folder: sources, build directories and skipping unchanged rebuilds."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from mbgen.errors import RunFailure, UserError
+
+
+def folder_sources(out_dir: Path) -> list[Path]:
+    """The generated folder's C files; UserError if it is not one."""
+    if not out_dir.is_dir():
+        raise UserError(f"{out_dir} is not a folder (expected one written by `mbgen compile`)")
+    sources = sorted(out_dir.glob("*.c"))
+    if not any(p.name == "main.c" for p in sources):
+        raise UserError(f"{out_dir} has no main.c to run; compile the model again with mbgen")
+    return sources
+
+
+def default_build_dir(out_dir: Path, flavour: str) -> Path:
+    """A per-folder cache under ~/.cache/mbgen: builds never go into the user's folder."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    key = hashlib.sha256(str(out_dir.resolve()).encode()).hexdigest()[:16]
+    return cache / "mbgen" / "build" / f"{out_dir.resolve().name}-{flavour}-{key}"
+
+
+def inputs_digest(command: Sequence[str], files: Sequence[Path]) -> str:
+    """Hash of a build command and the contents of every file it reads."""
+    digest = hashlib.sha256()
+    for part in command:
+        digest.update(part.encode() + b"\0")
+    for path in files:
+        digest.update(str(path).encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def header_files(directories: Sequence[Path]) -> list[Path]:
+    return sorted(p for d in directories for p in d.glob("*.h"))
+
+
+def compile_once(command: list[str], inputs: Sequence[Path], product: Path,
+                 what: str) -> None:
+    """Run ``command`` to make ``product`` unless the same command and inputs made it last."""
+    stamp = product.with_name(product.name + ".inputs")
+    digest = inputs_digest(command, inputs)
+    if product.is_file() and stamp.is_file() and stamp.read_text() == digest:
+        return
+    product.parent.mkdir(parents=True, exist_ok=True)
+    stamp.unlink(missing_ok=True)
+    proc = subprocess.run(command, capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        shown = "\n".join(lines[:30]) + ("\n..." if len(lines) > 30 else "")
+        raise RunFailure(f"building {what} failed:\n{shown}")
+    stamp.write_text(digest)
