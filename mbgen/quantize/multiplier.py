@@ -11,14 +11,23 @@ import math
 
 
 def round_half_away(x: float) -> int:
-    """std::round: halves go away from zero (Python's round() would go to even)."""
-    return int(math.floor(x + 0.5)) if x >= 0 else -int(math.floor(-x + 0.5))
+    """std::round: halves go away from zero (Python's round() would go to even).
+
+    Exact for every double: ``floor(x + 0.5)`` is not (0.49999999999999994 + 0.5 rounds up
+    to 1.0 in floating point), so the fraction is compared instead; ``x - floor(x)`` is exact.
+    """
+    magnitude = abs(x)
+    whole = math.floor(magnitude)
+    rounded = whole + 1 if magnitude - whole >= 0.5 else whole
+    return int(rounded) if x >= 0 else -int(rounded)
 
 
 def quantize_multiplier(real_multiplier: float) -> tuple[int, int]:
     """Return (q31_multiplier, shift) with real ~= q31 * 2**(shift - 31).
 
     ``shift`` > 0 is a left shift. Multipliers below ~2**-31 flush to (0, 0) as TFLite does.
+    The mantissa is rounded half away from zero (TfLiteRound); one that rounds up to 2**31
+    becomes 2**30 with the shift one higher.
     """
     if real_multiplier < 0:
         raise ValueError(f"negative multiplier {real_multiplier}")
@@ -32,8 +41,8 @@ def quantize_multiplier(real_multiplier: float) -> tuple[int, int]:
         shift += 1
     if shift < -31:  # every bit would be shifted out
         return 0, 0
-    if shift > 30:
-        raise ValueError(f"multiplier {real_multiplier} too large for TFLite's encoding")
+    # No upper bound on shift: TFLite (double rounding) returns e.g. (2**31 - 1, 31) for
+    # 2**31 - 1, and its quantization_util_test documents that for softmax scaling.
     return int(q_fixed), int(shift)
 
 
