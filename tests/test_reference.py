@@ -226,8 +226,8 @@ def test_mean_by_hand():
 def test_softmax_by_hand():
     x = _t("x", (1, 3), 0.1, 0)
     g = _graph(ir.Softmax(), [x], _t("y", (1, 3), 1 / 256, -128))
-    # Two equal logits share 1/2 (q = 0); one 100 * 0.1 = 10 lower is below diff_min? no:
-    # diff_min is about -31 / 0.1 here, so it still counts, with exp(-10) * 256 ~ 0.
+    # Two equal logits share 1/2 (q = 0). The third is 10 lower: within diff_min (-248 here)
+    # so it is counted, but exp(-10) / 2 * 256 = 0.006 rounds to q = -128.
     got = _run(g, np.array([[50, 50, -50]], np.int8))
     np.testing.assert_array_equal(got, [[0, 0, -128]])
     got = _run(g, np.array([[7, 7, 7]], np.int8))
