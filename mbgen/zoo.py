@@ -211,21 +211,30 @@ def _calibrate_batchnorm(model: nn.Module, resolution: int, generator: torch.Gen
     """Set BN running statistics to those of a synthetic, image-like seeded batch.
 
     ``momentum=None`` makes BN keep a plain cumulative average, so one pass stores exactly the
-    batch statistics. Inputs are smooth-ish noise in the usual [-1, 1] preprocessing range.
+    batch statistics. Inputs are smooth noise in the usual [-1, 1] preprocessing range.
+    Everything runs in float64 on one thread: some CPU kernels (bilinear resize, reductions)
+    split work by thread count, and the statistics, rounded once to float32, must not depend on
+    the machine, so that a seed means the same weights everywhere.
     """
     coarse = torch.rand((_CALIBRATION_BATCH, 3, 8, 8), generator=generator) * 2 - 1
-    smooth = nn.functional.interpolate(coarse, size=(resolution, resolution), mode="bilinear",
-                                       align_corners=False)
     noise = 0.25 * torch.randn((_CALIBRATION_BATCH, 3, resolution, resolution),
                                generator=generator)
-    batch = (smooth + noise).clamp(-1.0, 1.0)
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.reset_running_stats()
             module.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(batch)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        smooth = nn.functional.interpolate(coarse.double(), size=(resolution, resolution),
+                                           mode="bilinear", align_corners=False)
+        batch = (smooth + noise.double()).clamp(-1.0, 1.0)
+        model.double().train()
+        with torch.no_grad():
+            model(batch)
+    finally:
+        torch.set_num_threads(threads)
+        model.float()
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = 0.1  # back to PyTorch's default for anyone who fine-tunes
@@ -237,11 +246,14 @@ def get(name: str, num_classes: int = 1000, seed: int = 0) -> nn.Module:
     info = describe(name)
     if num_classes < 1:
         raise UserError(f"num_classes must be at least 1, got {num_classes}")
-    if info.family == "mobilenet_v1":
-        model: nn.Module = MobileNetV1(info.alpha, num_classes)
-    else:
-        model = MobileNetV2(info.alpha, num_classes)
-    generator = torch.Generator().manual_seed(seed)
-    _init_weights(model, generator)
-    _calibrate_batchnorm(model, info.resolution, generator)
+    # Layer constructors and train-mode Dropout draw from the global RNG; our weights come
+    # from the seeded generator only, and the caller's random stream is left intact.
+    with torch.random.fork_rng(devices=[]):
+        if info.family == "mobilenet_v1":
+            model: nn.Module = MobileNetV1(info.alpha, num_classes)
+        else:
+            model = MobileNetV2(info.alpha, num_classes)
+        generator = torch.Generator().manual_seed(seed)
+        _init_weights(model, generator)
+        _calibrate_batchnorm(model, info.resolution, generator)
     return model
