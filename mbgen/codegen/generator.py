@@ -1,0 +1,207 @@
+"""``generate``: an int8 graph and its memory plan in, the flat C folder of architecture.md out.
+
+Lowering picks a call record per layer (chosen kernel set, else portable); rendering feeds
+the records to the Jinja templates; nothing here writes C text itself.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jinja2
+import numpy as np
+
+import mbgen
+from mbgen import ir
+from mbgen.codegen import kernel_sets
+from mbgen.codegen.lowering import LoweringContext, is_valid_c_name
+from mbgen.codegen.records import ConstArray, Layer, constants_of
+from mbgen.codegen.report import GENERATOR_TAG, build_report, layer_macs, layer_params
+from mbgen.errors import UserError
+from mbgen.planner import GraphPlan
+
+HOST_HARNESS = "harness/host_main.c.j2"
+CORTEXM_HARNESS = "harness/cortexm_main.c.j2"
+_VALUES_PER_LINE = 16
+
+
+# ----------------------------------------------------------------------------- jinja
+
+
+def _c_rows(values: np.ndarray) -> list[str]:
+    """Initializer rows of integers; INT32_MIN spelled so C does not see a long literal."""
+    text = ["(-2147483647 - 1)" if v == -2147483648 else str(v) for v in values.tolist()]
+    return [", ".join(text[i:i + _VALUES_PER_LINE]) + ","
+            for i in range(0, len(text), _VALUES_PER_LINE)]
+
+
+def _c_float(value: float) -> str:
+    text = f"{float(np.float32(value)):.9g}"
+    if not any(ch in text for ch in ".eEn"):
+        text += ".0"
+    return text + "f"
+
+
+def _c_string(text: str) -> str:
+    """Contents of a C string literal: escape what C would misread, drop the rest."""
+    out = []
+    for ch in text:
+        if ch in "\\\"":
+            out.append("\\" + ch)
+        elif ch == "?":
+            out.append("\\?")  # no trigraphs
+        elif 32 <= ord(ch) < 127:
+            out.append(ch)
+        else:
+            out.append("_")
+    return "".join(out)
+
+
+def _c_comment(text: str) -> str:
+    return "".join(ch if 32 <= ord(ch) < 127 else "_" for ch in str(text)).replace("*/", "* /")
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(mbgen.TEMPLATES_DIR)),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters.update(c_rows=_c_rows, c_float=_c_float, c_string=_c_string,
+                       c_comment=_c_comment)
+    return env
+
+
+# ----------------------------------------------------------------------------- lowering
+
+
+def _check_graph(graph: ir.Graph, name: str) -> None:
+    if not is_valid_c_name(name):
+        raise UserError(f"--name {name!r} is not a C identifier (letters, digits, _; "
+                        "not starting with a digit)")
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        raise UserError(f"model {graph.name!r} has {len(graph.inputs)} inputs and "
+                        f"{len(graph.outputs)} outputs; mbgen supports exactly one of each")
+    for role, tensor_name in (("input", graph.inputs[0]), ("output", graph.outputs[0])):
+        t = graph.tensors[tensor_name]
+        if t.dtype != "int8" or t.quant is None or t.quant.scale.size != 1:
+            raise UserError(f"model {graph.name!r}: {role} {tensor_name!r} is {t.dtype}; "
+                            "codegen needs an int8 graph (quantize it first)")
+
+
+def lower_graph(graph: ir.Graph, plan: GraphPlan, prefix: str, kernels: str) -> list[Layer]:
+    """One Layer per node: the chosen kernel set's call record, else the portable one."""
+    chosen = kernel_sets.get(kernels)
+    fallback = kernel_sets.portable()
+    ctx = LoweringContext(graph, plan, prefix)
+    layers = []
+    for index, node in enumerate(graph.nodes):
+        call, used = chosen.lower(ctx, index, node), chosen.name
+        if call is None and chosen is not fallback:
+            call, used = fallback.lower(ctx, index, node), fallback.name
+        if call is None:
+            raise UserError(f"layer {node.name!r}: {ir.op_name(node.op)} with these shapes "
+                            "has no int8 C kernel in mbgen")
+        out = graph.tensors[node.outputs[0]]
+        layers.append(Layer(
+            index=index, name=node.name, op=ir.op_name(node.op), kernel_set=used, call=call,
+            input_shape=tuple(graph.tensors[node.inputs[0]].shape),
+            output_shape=tuple(out.shape),
+            macs=layer_macs(graph, node), params=layer_params(graph, node),
+            arena_offset=plan.offsets.get(node.outputs[0]),
+            output_bytes=out.nbytes))
+    return layers
+
+
+def _unique_constants(layers: list[Layer]) -> list[ConstArray]:
+    seen: set[str] = set()
+    constants = []
+    for layer in layers:
+        for array in constants_of(layer.call):
+            if array.symbol not in seen:
+                seen.add(array.symbol)
+                constants.append(array)
+    return constants
+
+
+# ----------------------------------------------------------------------------- output folder
+
+
+def _check_out_dir(out_dir: Path, files: list[str]) -> list[Path]:
+    """Never overwrite files mbgen did not write: the folder must be new, empty or ours.
+    Returns stale files of our previous run to delete (e.g. after a --name change)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"output path {out_dir} exists and is not a folder")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return []
+    report = out_dir / "report.json"
+    previous: dict = {}
+    try:
+        previous = json.loads(report.read_text()) if report.is_file() else {}
+    except (OSError, ValueError):
+        previous = {}
+    if previous.get("generator") != GENERATOR_TAG:
+        raise UserError(f"output folder {out_dir} is not empty and was not made by mbgen; "
+                        "choose another output folder")
+    old = previous.get("files", [])
+    return [out_dir / f for f in old
+            if isinstance(f, str) and f not in files and "/" not in f and (out_dir / f).is_file()]
+
+
+def generate(graph: ir.Graph, plan: GraphPlan, out_dir: Path, *, name: str = "model",
+             target: str = "host", kernels: str = "portable", harness: bool = True) -> dict:
+    """Write model.h/.c, model_weights.h/.c, model_kernels.h/.c, main.c and report.json
+    (``model`` replaced by ``name``) into ``out_dir``; return the report."""
+    out_dir = Path(out_dir)
+    _check_graph(graph, name)
+    layers = lower_graph(graph, plan, name, kernels)
+    constants = _unique_constants(layers)
+
+    env = environment()
+    x, y = graph.tensors[graph.inputs[0]], graph.tensors[graph.outputs[0]]
+    base = {"prefix": name, "PREFIX": name.upper()}
+    template_names = list(dict.fromkeys(layer.call.template for layer in layers))
+    kernel_templates = {t: env.get_template(t).make_module(base) for t in template_names}
+    context = dict(
+        base,
+        version=mbgen.__version__, model_name=graph.name, target=target, kernels=kernels,
+        layers=layers, constants=constants, kernel_templates=kernel_templates,
+        input_size=x.nbytes, output_size=y.nbytes,
+        input_shape=list(x.shape), output_shape=list(y.shape),
+        input_scale=x.quant.scalar_scale, input_zero_point=x.quant.scalar_zero_point,
+        output_scale=y.quant.scalar_scale, output_zero_point=y.quant.scalar_zero_point,
+        arena_size=int(plan.arena_size), num_layers=len(layers),
+        layer_names=[layer.name for layer in layers],
+        weights_bytes=sum(c.nbytes for c in constants),
+    )
+
+    sources = {
+        f"{name}.h": "model.h.j2",
+        f"{name}.c": "model.c.j2",
+        f"{name}_weights.h": "model_weights.h.j2",
+        f"{name}_weights.c": "model_weights.c.j2",
+        f"{name}_kernels.h": "model_kernels.h.j2",
+        f"{name}_kernels.c": "model_kernels.c.j2",
+    }
+    if harness:
+        harness_template = HOST_HARNESS if target == "host" else CORTEXM_HARNESS
+        if (mbgen.TEMPLATES_DIR / harness_template).is_file():
+            sources["main.c"] = harness_template
+
+    files = list(sources) + ["report.json"]
+    stale = _check_out_dir(out_dir, files)
+    rendered = {path: env.get_template(t).render(context) for path, t in sources.items()}
+    report = build_report(graph, layers, constants, name=name, target=target,
+                          kernels=kernels, arena_bytes=int(plan.arena_size), files=files)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in stale:
+        path.unlink()
+    for path, text in rendered.items():
+        (out_dir / path).write_text(text)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report

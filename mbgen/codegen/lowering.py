@@ -1,0 +1,102 @@
+"""What every kernel set shares when it turns a graph node into a call record.
+
+``LoweringContext`` answers the two questions a lowering asks: where does this activation
+live (arena offset or the caller's buffer, from the memory plan) and what is the C array of
+this constant (registered once per tensor, named after the model and the layer).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mbgen import ir
+from mbgen.codegen.records import BufferKind, BufferRef, ConstArray
+from mbgen.planner import GraphPlan
+
+C_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+@dataclass
+class LoweringContext:
+    """Read-only views of the graph and plan plus the registry of flash arrays."""
+
+    graph: ir.Graph
+    plan: GraphPlan
+    prefix: str
+    _tensor_arrays: dict[str, ConstArray] = field(default_factory=dict)
+    _symbols: set[str] = field(default_factory=set)
+
+    def tensor(self, name: str) -> ir.Tensor:
+        return self.graph.tensors[name]
+
+    def buffer(self, tensor_name: str) -> BufferRef:
+        """The pointer an activation is read from or written to."""
+        where = self.plan.external.get(tensor_name)
+        if where == "input":
+            return BufferRef(BufferKind.INPUT)
+        if where == "output":
+            return BufferRef(BufferKind.OUTPUT)
+        if tensor_name in self.plan.offsets:
+            return BufferRef(BufferKind.ARENA, int(self.plan.offsets[tensor_name]))
+        raise ir.GraphError(f"activation {tensor_name!r} has no place in the memory plan")
+
+    def _unique_symbol(self, stem: str) -> str:
+        symbol = f"{self.prefix}_{stem}"
+        n = 2
+        while symbol in self._symbols:
+            symbol = f"{self.prefix}_{stem}_{n}"
+            n += 1
+        self._symbols.add(symbol)
+        return symbol
+
+    def const_tensor(self, tensor_name: str, layer_index: int, role: str,
+                     ctype: str, values: np.ndarray | None = None) -> ConstArray:
+        """The flash array of a constant tensor (shared when several layers read it).
+
+        ``values`` overrides the tensor data when a kernel wants another layout.
+        """
+        if tensor_name in self._tensor_arrays and values is None:
+            return self._tensor_arrays[tensor_name]
+        t = self.tensor(tensor_name)
+        if t.data is None:
+            raise ir.GraphError(f"tensor {tensor_name!r} is not a constant")
+        data = np.ascontiguousarray(t.data if values is None else values).reshape(-1)
+        array = ConstArray(
+            symbol=self._unique_symbol(f"l{layer_index}_{role}"),
+            ctype=ctype,
+            values=_checked_cast(data, ctype, tensor_name),
+            comment=f"{tensor_name}: {t.dtype} {list(t.shape)}",
+        )
+        if values is None:
+            self._tensor_arrays[tensor_name] = array
+        return array
+
+    def const_values(self, layer_index: int, role: str, ctype: str, values: np.ndarray,
+                     comment: str) -> ConstArray:
+        """A flash array computed by codegen (multipliers, shifts, ...)."""
+        data = np.ascontiguousarray(values).reshape(-1)
+        return ConstArray(self._unique_symbol(f"l{layer_index}_{role}"), ctype,
+                          _checked_cast(data, ctype, comment), comment)
+
+
+def _checked_cast(values: np.ndarray, ctype: str, what: str) -> np.ndarray:
+    info = np.iinfo(ctype.removesuffix("_t"))
+    if values.size and (values.min() < info.min or values.max() > info.max):
+        raise ir.GraphError(f"{what}: values do not fit {ctype}")
+    if not np.issubdtype(values.dtype, np.integer):
+        raise ir.GraphError(f"{what}: expected integers, got {values.dtype}")
+    return values.astype(ctype.removesuffix("_t"))
+
+
+def nhwc(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(H, W, C) of a batch-1 NHWC activation shape."""
+    if len(shape) != 4 or shape[0] != 1:
+        raise ir.GraphError(f"expected a (1, H, W, C) activation, got {shape}")
+    return int(shape[1]), int(shape[2]), int(shape[3])
+
+
+def is_valid_c_name(name: str) -> bool:
+    return bool(C_IDENTIFIER.match(name))

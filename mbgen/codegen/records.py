@@ -1,0 +1,350 @@
+"""Typed records the C templates print: buffers, constant arrays, one call record per op family.
+
+Every number the generated C needs (shapes, arena offsets, requantisation constants) is
+decided when a record is built (``lowering.py``); the templates in ``templates/kernels/`` only
+print fields. A record's ``template`` names the kernel template whose macros declare, define
+and invoke its C ``function`` (prefixed with the model name), so a new kernel set plugs in by
+adding records and templates.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, fields
+from typing import ClassVar, Union
+
+import numpy as np
+
+
+class BufferKind(enum.Enum):
+    """Where an activation lives at run time."""
+
+    ARENA = "arena"    # prefix_arena + offset
+    INPUT = "input"    # the caller's const input pointer
+    OUTPUT = "output"  # the caller's output pointer
+
+
+@dataclass(frozen=True)
+class BufferRef:
+    """An activation tensor as a pointer expression in ``<name>_invoke``."""
+
+    kind: BufferKind
+    offset: int = 0
+
+    @property
+    def is_arena(self) -> bool:
+        return self.kind is BufferKind.ARENA
+
+
+@dataclass(frozen=True, eq=False)
+class ConstArray:
+    """One ``const`` array of model_weights.c (flash): weights, biases, multipliers, shifts."""
+
+    symbol: str          # full C name, already prefixed with the model name
+    ctype: str           # "int8_t" | "int32_t"
+    values: np.ndarray   # 1-D, flattened in the layout the kernel reads
+    comment: str         # what it is, for a reader of the generated file
+
+    @property
+    def length(self) -> int:
+        return int(self.values.size)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.values.size * np.dtype(self.ctype.removesuffix("_t")).itemsize)
+
+
+# ----------------------------------------------------------------------------- call records
+# Dimensions are NHWC with batch 1. ``input_offset`` is -input_zero_point and
+# ``output_offset`` the output zero point (CMSIS-NN / TFLM naming); shifts use TFLite's sign
+# convention (> 0 shifts left).
+
+
+@dataclass(frozen=True)
+class ConvCall:
+    template: ClassVar[str] = "kernels/conv.c.j2"
+    function: ClassVar[str] = "conv_s8"
+    input: BufferRef
+    output: BufferRef
+    in_h: int
+    in_w: int
+    in_c: int
+    out_h: int
+    out_w: int
+    out_c: int
+    k_h: int
+    k_w: int
+    stride_h: int
+    stride_w: int
+    dilation_h: int
+    dilation_w: int
+    pad_top: int
+    pad_left: int
+    input_offset: int
+    output_offset: int
+    act_min: int
+    act_max: int
+    per_channel: bool          # False: one multiplier/shift for every output channel
+    weights: ConstArray        # (out_c, k_h, k_w, in_c)
+    bias: ConstArray | None    # (out_c,)
+    multipliers: ConstArray
+    shifts: ConstArray
+
+
+@dataclass(frozen=True)
+class DepthwiseCall:
+    template: ClassVar[str] = "kernels/depthwise.c.j2"
+    function: ClassVar[str] = "depthwise_s8"
+    input: BufferRef
+    output: BufferRef
+    in_h: int
+    in_w: int
+    in_c: int
+    out_h: int
+    out_w: int
+    out_c: int                 # in_c * depth_multiplier
+    depth_multiplier: int
+    k_h: int
+    k_w: int
+    stride_h: int
+    stride_w: int
+    dilation_h: int
+    dilation_w: int
+    pad_top: int
+    pad_left: int
+    input_offset: int
+    output_offset: int
+    act_min: int
+    act_max: int
+    per_channel: bool
+    weights: ConstArray        # (k_h, k_w, out_c)
+    bias: ConstArray | None
+    multipliers: ConstArray
+    shifts: ConstArray
+
+
+@dataclass(frozen=True)
+class FullyConnectedCall:
+    template: ClassVar[str] = "kernels/fully_connected.c.j2"
+    function: ClassVar[str] = "fully_connected_s8"
+    input: BufferRef
+    output: BufferRef
+    in_features: int
+    out_features: int
+    input_offset: int
+    output_offset: int
+    act_min: int
+    act_max: int
+    per_channel: bool
+    weights: ConstArray        # (out_features, in_features)
+    bias: ConstArray | None
+    multipliers: ConstArray
+    shifts: ConstArray
+
+
+@dataclass(frozen=True)
+class AddCall:
+    template: ClassVar[str] = "kernels/add.c.j2"
+    function: ClassVar[str] = "add_s8"
+    input1: BufferRef
+    input2: BufferRef
+    output: BufferRef
+    size: int
+    input1_offset: int
+    input2_offset: int
+    output_offset: int
+    left_shift: int
+    input1_multiplier: int
+    input1_shift: int
+    input2_multiplier: int
+    input2_shift: int
+    output_multiplier: int
+    output_shift: int
+    act_min: int
+    act_max: int
+
+
+@dataclass(frozen=True)
+class MulCall:
+    """Elementwise int8 MUL; input2 repeats every ``input2_size`` elements (a per-channel
+    squeeze-excite scale has input2_size == channels)."""
+
+    template: ClassVar[str] = "kernels/mul.c.j2"
+    function: ClassVar[str] = "mul_s8"
+    input1: BufferRef
+    input2: BufferRef
+    output: BufferRef
+    size: int
+    input2_size: int
+    input1_offset: int
+    input2_offset: int
+    output_offset: int
+    output_multiplier: int
+    output_shift: int
+    act_min: int
+    act_max: int
+
+
+@dataclass(frozen=True)
+class HardSwishCall:
+    """TFLite's int8 HARD_SWISH: x * relu6(x + 3) / 6 in int16 fixed point."""
+
+    template: ClassVar[str] = "kernels/hardswish.c.j2"
+    function: ClassVar[str] = "hardswish_s8"
+    input: BufferRef
+    output: BufferRef
+    size: int
+    input_zero_point: int
+    output_zero_point: int
+    output_multiplier: int     # Q15
+    output_exponent: int       # <= 0
+    reluish_multiplier: int    # Q15
+    reluish_exponent: int
+
+
+@dataclass(frozen=True)
+class LogisticCall:
+    """TFLite's int8 LOGISTIC: input in Q4.27, gemmlowp's logistic, output 1/256, zp -128."""
+
+    template: ClassVar[str] = "kernels/logistic.c.j2"
+    function: ClassVar[str] = "logistic_s8"
+    input: BufferRef
+    output: BufferRef
+    size: int
+    input_zero_point: int
+    input_range_radius: int
+    input_multiplier: int
+    input_left_shift: int
+
+
+@dataclass(frozen=True)
+class AveragePoolCall:
+    template: ClassVar[str] = "kernels/pool.c.j2"
+    function: ClassVar[str] = "avgpool_s8"
+    input: BufferRef
+    output: BufferRef
+    in_h: int
+    in_w: int
+    channels: int
+    out_h: int
+    out_w: int
+    k_h: int
+    k_w: int
+    stride_h: int
+    stride_w: int
+    pad_top: int
+    pad_left: int
+    act_min: int
+    act_max: int
+
+
+@dataclass(frozen=True)
+class MeanCall:
+    """Mean over H and W, as TFLM's integer Mean: the 1/(H*W) is folded into the multiplier."""
+
+    template: ClassVar[str] = "kernels/pool.c.j2"
+    function: ClassVar[str] = "mean_hw_s8"
+    input: BufferRef
+    output: BufferRef
+    in_h: int
+    in_w: int
+    channels: int
+    input_zero_point: int
+    output_zero_point: int
+    multiplier: int
+    shift: int
+
+
+@dataclass(frozen=True)
+class SoftmaxCall:
+    template: ClassVar[str] = "kernels/softmax.c.j2"
+    function: ClassVar[str] = "softmax_s8"
+    input: BufferRef
+    output: BufferRef
+    rows: int
+    depth: int
+    input_multiplier: int
+    input_left_shift: int
+    diff_min: int
+
+
+@dataclass(frozen=True)
+class PadCall:
+    template: ClassVar[str] = "kernels/pad.c.j2"
+    function: ClassVar[str] = "pad_s8"
+    input: BufferRef
+    output: BufferRef
+    in_h: int
+    in_w: int
+    channels: int
+    out_h: int
+    out_w: int
+    pad_top: int
+    pad_left: int
+    pad_value: int
+
+
+@dataclass(frozen=True)
+class RequantizeCall:
+    """out = clamp(MBQM(x - in_zp) + out_zp): int8 QUANTIZE and standalone ReLU/ReLU6."""
+
+    template: ClassVar[str] = "kernels/requantize.c.j2"
+    function: ClassVar[str] = "requantize_s8"
+    input: BufferRef
+    output: BufferRef
+    size: int
+    input_zero_point: int
+    output_zero_point: int
+    multiplier: int
+    shift: int
+    act_min: int
+    act_max: int
+
+
+@dataclass(frozen=True)
+class CopyCall:
+    """A Reshape (or Identity) whose output cannot share its input's bytes."""
+
+    template: ClassVar[str] = "kernels/copy.c.j2"
+    function: ClassVar[str] = "copy"
+    input: BufferRef
+    output: BufferRef
+    size: int
+
+
+@dataclass(frozen=True)
+class AliasCall:
+    """A Reshape (or Identity) whose output is its input's bytes: nothing to run."""
+
+    template: ClassVar[str] = "kernels/copy.c.j2"
+    function: ClassVar[str] = "alias"
+    input: BufferRef
+    output: BufferRef
+
+
+CallRecord = Union[ConvCall, DepthwiseCall, FullyConnectedCall, AddCall, MulCall,
+                   HardSwishCall, LogisticCall, AveragePoolCall, MeanCall, SoftmaxCall, PadCall,
+                   RequantizeCall, CopyCall, AliasCall]
+
+
+def constants_of(call: CallRecord) -> list[ConstArray]:
+    """The flash arrays a call reads, in field order."""
+    return [value for f in fields(call)
+            if isinstance(value := getattr(call, f.name), ConstArray)]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One node of the graph as generated: its call record plus what report.json says."""
+
+    index: int
+    name: str            # the graph node's name
+    op: str              # ir.op_name of the node
+    kernel_set: str      # which kernel set produced ``call`` ("portable", ...)
+    call: CallRecord
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    macs: int
+    params: int
+    arena_offset: int | None   # of the output; None when it is the caller's buffer
+    output_bytes: int

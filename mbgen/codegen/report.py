@@ -1,0 +1,65 @@
+"""Per-layer MACs and parameter counts, and the report.json the generated folder carries."""
+
+from __future__ import annotations
+
+from mbgen import ir
+from mbgen.codegen.records import ConstArray, Layer
+
+GENERATOR_TAG = "mbgen"  # compiler.prepare_out_dir recognises our folders by it
+
+
+def layer_macs(graph: ir.Graph, node: ir.Node) -> int:
+    """Multiply-accumulates of the conv-like ops; 0 for everything else."""
+    op = node.op
+    out = graph.tensors[node.outputs[0]].shape
+    if isinstance(op, ir.Conv2D):
+        _, k_h, k_w, in_c = graph.tensors[node.inputs[1]].shape
+        return out[1] * out[2] * out[3] * k_h * k_w * in_c
+    if isinstance(op, ir.DepthwiseConv2D):
+        _, k_h, k_w, _ = graph.tensors[node.inputs[1]].shape
+        return out[1] * out[2] * out[3] * k_h * k_w
+    if isinstance(op, ir.FullyConnected):
+        out_features, in_features = graph.tensors[node.inputs[1]].shape
+        return in_features * out_features
+    return 0
+
+
+def layer_params(graph: ir.Graph, node: ir.Node) -> int:
+    """Elements of the node's constant inputs (weights + bias)."""
+    return sum(graph.tensors[name].size for name in node.inputs
+               if name and graph.tensors[name].is_const)
+
+
+def build_report(graph: ir.Graph, layers: list[Layer], constants: list[ConstArray], *,
+                 name: str, target: str, kernels: str, arena_bytes: int,
+                 files: list[str]) -> dict:
+    fallbacks = [layer.name for layer in layers if layer.kernel_set != kernels]
+    return {
+        "generator": GENERATOR_TAG,
+        "model": graph.name,
+        "name": name,
+        "target": target,
+        "kernels": kernels,
+        "arena_bytes": arena_bytes,
+        "weights_bytes": sum(c.nbytes for c in constants),
+        "macs": sum(layer.macs for layer in layers),
+        "params": sum(layer.params for layer in layers),
+        "input_shape": list(graph.tensors[graph.inputs[0]].shape),
+        "output_shape": list(graph.tensors[graph.outputs[0]].shape),
+        "fallback_layers": fallbacks,
+        "files": files,
+        "layers": [
+            {
+                "name": layer.name,
+                "op": layer.op,
+                "kernel": layer.kernel_set,
+                "input_shape": list(layer.input_shape),
+                "output_shape": list(layer.output_shape),
+                "macs": layer.macs,
+                "params": layer.params,
+                "arena_offset": layer.arena_offset,
+                "output_bytes": layer.output_bytes,
+            }
+            for layer in layers
+        ],
+    }

@@ -1,0 +1,380 @@
+"""Generated C, built with the host `cc -Werror`, against the numpy int8 reference (and TFLM).
+
+The golden values come from ``mbgen.reference.run_int8`` (numpy, written independently of
+the C kernels) and, when the tflite-micro wheel is installed, from TFLM itself running the
+same graph exported to .tflite. Never from the generated C.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from helpers_c import CFLAGS, build, build_folder, run
+from mbgen import codegen, ir
+from mbgen.errors import UserError
+from mbgen.planner import plan_graph
+from mbgen.reference import run_int8
+
+A = ir.Activation
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+# ----------------------------------------------------------------------------- graph builder
+
+
+class GraphBuilder:
+    """Small int8 graphs with random weights, per-channel scales and realistic zero points.
+
+    Output scales follow the expected accumulator spread, so outputs use most of the int8
+    range instead of saturating (a saturated output would hide requantisation bugs).
+    """
+
+    def __init__(self, seed: int, name: str = "case"):
+        self.rng = np.random.default_rng(seed)
+        self.name = name
+        self.tensors: dict[str, ir.Tensor] = {}
+        self.nodes: list[ir.Node] = []
+        self.inputs: list[str] = []
+        self._count = 0
+
+    def _new(self, stem: str) -> str:
+        self._count += 1
+        return f"{stem}_{self._count}"
+
+    def activation(self, shape: tuple[int, ...], scale: float, zero_point: int) -> str:
+        name = self._new("act")
+        self.tensors[name] = ir.Tensor(name, tuple(shape), "int8", None,
+                                       ir.QuantParams.per_tensor(float(np.float32(scale)),
+                                                                 int(zero_point)))
+        return name
+
+    def constant(self, data: np.ndarray, dtype: str, quant: ir.QuantParams | None) -> str:
+        name = self._new("const")
+        self.tensors[name] = ir.Tensor(name, tuple(data.shape), dtype, data.astype(dtype), quant)
+        return name
+
+    def input(self, shape: tuple[int, ...], scale: float = 0.04, zero_point: int = -7) -> str:
+        name = self.activation(shape, scale, zero_point)
+        self.inputs.append(name)
+        return name
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.tensors[name].shape
+
+    def quant(self, name: str) -> ir.QuantParams:
+        return self.tensors[name].quant
+
+    def _out_zero_point(self, act: ir.Activation) -> int:
+        return -128 if act is not A.NONE else int(self.rng.integers(-30, 31))
+
+    def _node(self, op: ir.OpAttrs, inputs: list[str], output: str) -> str:
+        self.nodes.append(ir.Node(self._new(ir.op_name(op).lower()), op, inputs, [output]))
+        return output
+
+    def _weighted(self, x: str, weight_shape: tuple[int, ...], axis: int | None,
+                  out_shape: tuple[int, ...], op: ir.OpAttrs, fan_in: int,
+                  act: ir.Activation) -> str:
+        channels = weight_shape[axis if axis is not None else 0]
+        n_scales = channels if axis is not None else 1
+        weights = self.rng.integers(-127, 128, size=weight_shape)
+        w_scale = self.rng.uniform(0.002, 0.02, size=n_scales).astype(np.float32)
+        w = self.constant(weights, "int8", ir.QuantParams(
+            w_scale, np.zeros(n_scales, np.int32), axis))
+        in_scale = np.float32(self.quant(x).scalar_scale)
+        b_scale = (in_scale * np.broadcast_to(w_scale, (channels,))).astype(np.float32)
+        bias = self.constant(self.rng.integers(-4000, 4000, size=channels), "int32",
+                             ir.QuantParams(b_scale, np.zeros(channels, np.int32), 0))
+        out_scale = float(in_scale * w_scale.mean() * 75 * 73 * np.sqrt(fan_in) / 50)
+        y = self.activation(out_shape, out_scale, self._out_zero_point(act))
+        return self._node(op, [x, w, bias], y)
+
+    @staticmethod
+    def _out_size(size: int, pad: int, k: int, stride: int, dilation: int) -> int:
+        return (size + pad - (k - 1) * dilation - 1) // stride + 1
+
+    def conv(self, x: str, out_c: int, k: tuple[int, int] = (3, 3),
+             stride: tuple[int, int] = (1, 1), padding: ir.Padding | None = None,
+             dilation: tuple[int, int] = (1, 1), act: ir.Activation = A.RELU6) -> str:
+        _, h, w, c = self.shape(x)
+        p = padding or ir.Padding.same(h, w, *k, *stride, *dilation)
+        oh = self._out_size(h, p.top + p.bottom, k[0], stride[0], dilation[0])
+        ow = self._out_size(w, p.left + p.right, k[1], stride[1], dilation[1])
+        return self._weighted(x, (out_c, k[0], k[1], c), 0, (1, oh, ow, out_c),
+                              ir.Conv2D(stride, p, dilation, act), k[0] * k[1] * c, act)
+
+    def depthwise(self, x: str, multiplier: int = 1, k: tuple[int, int] = (3, 3),
+                  stride: tuple[int, int] = (1, 1), padding: ir.Padding | None = None,
+                  dilation: tuple[int, int] = (1, 1), act: ir.Activation = A.RELU6) -> str:
+        _, h, w, c = self.shape(x)
+        p = padding or ir.Padding.same(h, w, *k, *stride, *dilation)
+        oh = self._out_size(h, p.top + p.bottom, k[0], stride[0], dilation[0])
+        ow = self._out_size(w, p.left + p.right, k[1], stride[1], dilation[1])
+        op = ir.DepthwiseConv2D(stride, p, multiplier, dilation, act)
+        return self._weighted(x, (1, k[0], k[1], c * multiplier), 3,
+                              (1, oh, ow, c * multiplier), op, k[0] * k[1], act)
+
+    def fully_connected(self, x: str, out_features: int, act: ir.Activation = A.NONE) -> str:
+        in_features = self.tensors[x].size
+        return self._weighted(x, (out_features, in_features), None, (1, out_features),
+                              ir.FullyConnected(act), in_features, act)
+
+    def add(self, a: str, b: str, act: ir.Activation = A.NONE) -> str:
+        scale = 1.3 * max(self.quant(a).scalar_scale, self.quant(b).scalar_scale)
+        y = self.activation(self.shape(a), scale, self._out_zero_point(act))
+        return self._node(ir.Add(act), [a, b], y)
+
+    def mul(self, a: str, b: str) -> str:
+        scale = 60 * self.quant(a).scalar_scale * self.quant(b).scalar_scale
+        y = self.activation(self.shape(a), scale, int(self.rng.integers(-20, 21)))
+        return self._node(ir.Mul(), [a, b], y)
+
+    def _same_quant(self, x: str, shape: tuple[int, ...]) -> str:
+        q = self.quant(x)
+        return self.activation(shape, q.scalar_scale, q.scalar_zero_point)
+
+    def average_pool(self, x: str, k: tuple[int, int], stride: tuple[int, int],
+                     padding: ir.Padding = ir.Padding(), act: ir.Activation = A.NONE) -> str:
+        _, h, w, c = self.shape(x)
+        oh = self._out_size(h, padding.top + padding.bottom, k[0], stride[0], 1)
+        ow = self._out_size(w, padding.left + padding.right, k[1], stride[1], 1)
+        return self._node(ir.AveragePool2D(k, stride, padding, act), [x],
+                          self._same_quant(x, (1, oh, ow, c)))
+
+    def mean(self, x: str, keep_dims: bool = True, out_scale: float | None = None) -> str:
+        c = self.shape(x)[3]
+        shape = (1, 1, 1, c) if keep_dims else (1, c)
+        if out_scale is None:
+            y = self._same_quant(x, shape)
+        else:
+            y = self.activation(shape, out_scale, int(self.rng.integers(-10, 11)))
+        return self._node(ir.Mean((1, 2), keep_dims), [x], y)
+
+    def reshape(self, x: str, shape: tuple[int, ...]) -> str:
+        return self._node(ir.Reshape(shape), [x], self._same_quant(x, shape))
+
+    def pad(self, x: str, padding: ir.Padding) -> str:
+        _, h, w, c = self.shape(x)
+        shape = (1, h + padding.top + padding.bottom, w + padding.left + padding.right, c)
+        return self._node(ir.Pad(padding), [x], self._same_quant(x, shape))
+
+    def softmax(self, x: str, beta: float = 1.0) -> str:
+        y = self.activation(self.shape(x), 1.0 / 256.0, -128)
+        return self._node(ir.Softmax(beta), [x], y)
+
+    def requantize(self, x: str, scale: float, zero_point: int) -> str:
+        return self._node(ir.Quantize(), [x], self.activation(self.shape(x), scale, zero_point))
+
+    def activation_op(self, x: str, act: ir.Activation, scale: float | None = None) -> str:
+        q = self.quant(x)
+        y = self.activation(self.shape(x), scale or q.scalar_scale,
+                            q.scalar_zero_point if scale is None else -128)
+        return self._node(ir.ActivationOp(act), [x], y)
+
+    def hard_swish(self, x: str) -> str:
+        q = self.quant(x)
+        return self._node(ir.HardSwish(), [x],
+                          self.activation(self.shape(x), q.scalar_scale * 0.7, -100))
+
+    def logistic(self, x: str) -> str:
+        return self._node(ir.Logistic(), [x], self.activation(self.shape(x), 1 / 256, -128))
+
+    def graph(self, output: str) -> ir.Graph:
+        g = ir.Graph(self.name, self.tensors, self.nodes, self.inputs, [output])
+        ir.verify(g)
+        return g
+
+
+# ----------------------------------------------------------------------------- the case table
+
+
+def _conv_3x3_same(b: GraphBuilder) -> str:
+    return b.conv(b.input((1, 8, 8, 3)), 5)
+
+
+def _conv_stride2_odd(b: GraphBuilder) -> str:
+    # SAME on odd sizes with stride 2: the extra padding row/column is at the bottom/right
+    return b.conv(b.input((1, 9, 7, 5)), 6, stride=(2, 2), act=A.RELU)
+
+
+def _conv_asymmetric_padding(b: GraphBuilder) -> str:
+    return b.conv(b.input((1, 6, 7, 4)), 3, padding=ir.Padding(0, 2, 1, 0), act=A.NONE)
+
+
+def _conv_dilated_rect(b: GraphBuilder) -> str:
+    return b.conv(b.input((1, 10, 9, 3)), 7, k=(3, 2), stride=(1, 2), dilation=(2, 1),
+                  act=A.NONE)
+
+
+def _conv_1x1(b: GraphBuilder) -> str:
+    return b.conv(b.input((1, 6, 5, 7)), 10, k=(1, 1), act=A.NONE)
+
+
+def _conv_5x5_valid_stride3(b: GraphBuilder) -> str:
+    return b.conv(b.input((1, 11, 13, 2)), 4, k=(5, 5), stride=(3, 3),
+                  padding=ir.Padding(), act=A.RELU6)
+
+
+def _depthwise_3x3(b: GraphBuilder) -> str:
+    return b.depthwise(b.input((1, 7, 6, 7)))
+
+
+def _depthwise_stride2_odd(b: GraphBuilder) -> str:
+    # 37 channels: more than one accumulator block, and not a multiple of 4
+    return b.depthwise(b.input((1, 11, 9, 37)), stride=(2, 2), act=A.NONE)
+
+
+def _depthwise_multiplier(b: GraphBuilder) -> str:
+    return b.depthwise(b.input((1, 6, 5, 3)), multiplier=3, stride=(2, 1))
+
+
+def _depthwise_multiplier_8_one_channel(b: GraphBuilder) -> str:
+    # person_detect's first layer: 1 channel, multiplier 8
+    return b.depthwise(b.input((1, 9, 9, 1)), multiplier=8, stride=(2, 2))
+
+
+def _depthwise_dilated_asymmetric(b: GraphBuilder) -> str:
+    return b.depthwise(b.input((1, 8, 8, 5)), dilation=(2, 2),
+                       padding=ir.Padding(1, 3, 2, 0), act=A.RELU)
+
+
+def _fully_connected(b: GraphBuilder) -> str:
+    return b.fully_connected(b.input((1, 37)), 11, act=A.RELU)
+
+
+def _residual_block(b: GraphBuilder) -> str:
+    # MobileNetV2 inverted residual: expand 1x1, depthwise 3x3, project 1x1, add
+    x = b.input((1, 7, 7, 6))
+    y = b.conv(x, 18, k=(1, 1))
+    y = b.depthwise(y)
+    y = b.conv(y, 6, k=(1, 1), act=A.NONE)
+    return b.add(y, x)
+
+
+def _add_relu6(b: GraphBuilder) -> str:
+    x = b.input((1, 5, 4, 3))
+    y = b.conv(x, 3, k=(1, 1), act=A.NONE)
+    return b.add(x, y, act=A.RELU6)
+
+
+def _average_pool_valid(b: GraphBuilder) -> str:
+    return b.average_pool(b.input((1, 7, 7, 5)), (3, 3), (2, 2))
+
+
+def _average_pool_same(b: GraphBuilder) -> str:
+    # padded pixels are left out of the divisor
+    x = b.input((1, 6, 5, 9))
+    return b.average_pool(x, (3, 3), (2, 2), ir.Padding.same(6, 5, 3, 3, 2, 2), act=A.RELU6)
+
+
+def _classifier_head(b: GraphBuilder) -> str:
+    x = b.input((1, 5, 5, 13))
+    y = b.mean(x, keep_dims=True)
+    y = b.reshape(y, (1, 13))
+    y = b.fully_connected(y, 10)
+    return b.softmax(y)
+
+
+def _mean_rescaling(b: GraphBuilder) -> str:
+    # in and out quantisation differ, no keep_dims, 7x7 = 49 (not a power of two)
+    return b.mean(b.input((1, 7, 7, 40)), keep_dims=False, out_scale=0.013)
+
+
+def _softmax_wide(b: GraphBuilder) -> str:
+    return b.softmax(b.input((1, 1001), scale=0.11, zero_point=5))
+
+
+def _softmax_rows_beta(b: GraphBuilder) -> str:
+    return b.softmax(b.input((1, 2, 3, 10), scale=0.02, zero_point=-3), beta=0.7)
+
+
+def _pad_then_valid_conv(b: GraphBuilder) -> str:
+    y = b.pad(b.input((1, 5, 4, 3)), ir.Padding(1, 2, 0, 3))
+    return b.conv(y, 4, padding=ir.Padding(), act=A.NONE)
+
+
+def _reshape_to_output(b: GraphBuilder) -> str:
+    y = b.conv(b.input((1, 4, 4, 3)), 5, act=A.NONE)
+    return b.reshape(y, (1, 80))
+
+
+def _requantize_and_activations(b: GraphBuilder) -> str:
+    y = b.requantize(b.input((1, 3, 4, 5)), 0.013, 9)
+    y = b.activation_op(y, A.RELU, scale=0.02)
+    return b.activation_op(y, A.RELU6)
+
+
+def _squeeze_excite(b: GraphBuilder) -> str:
+    x = b.input((1, 4, 4, 6))
+    s = b.mean(x, keep_dims=True)
+    s = b.logistic(s)
+    return b.mul(x, s)
+
+
+def _hard_swish(b: GraphBuilder) -> str:
+    y = b.conv(b.input((1, 5, 5, 4)), 6, act=A.NONE)
+    return b.hard_swish(y)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    build: Callable[[GraphBuilder], str]
+
+
+CASES = [Case(f.__name__.lstrip("_"), f) for f in (
+    _conv_3x3_same, _conv_stride2_odd, _conv_asymmetric_padding, _conv_dilated_rect,
+    _conv_1x1, _conv_5x5_valid_stride3, _depthwise_3x3, _depthwise_stride2_odd,
+    _depthwise_multiplier, _depthwise_multiplier_8_one_channel, _depthwise_dilated_asymmetric,
+    _fully_connected, _residual_block, _add_relu6, _average_pool_valid, _average_pool_same,
+    _classifier_head, _mean_rescaling, _softmax_wide, _softmax_rows_beta, _pad_then_valid_conv,
+    _reshape_to_output, _requantize_and_activations, _squeeze_excite, _hard_swish,
+)]
+
+
+def _inputs(graph: ir.Graph, seed: int) -> list[np.ndarray]:
+    """Random int8 inputs plus one made of the extremes -128/127 only."""
+    rng = np.random.default_rng(seed)
+    shape = graph.tensors[graph.inputs[0]].shape
+    randoms = [rng.integers(-128, 128, size=shape).astype(np.int8) for _ in range(3)]
+    extremes = rng.choice(np.array([-128, 127], dtype=np.int8), size=shape)
+    return randoms + [extremes]
+
+
+def _tflm_outputs(graph: ir.Graph, inputs: list[np.ndarray]) -> list[np.ndarray] | None:
+    """TFLM's outputs for the graph exported to .tflite; None without the tflite-micro wheel."""
+    try:
+        import tflite_micro  # noqa: F401
+    except ImportError:
+        return None
+    from mbgen.export.tflite_writer import tflite_bytes
+    from mbgen.tflm import run_tflm
+    model = tflite_bytes(graph)
+    return [np.asarray(run_tflm(model, x)).reshape(-1) for x in inputs]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_generated_c_is_bit_exact(case: Case, tmp_path: Path):
+    builder = GraphBuilder(seed=sum(map(ord, case.name)), name=case.name)
+    graph = builder.graph(case.build(builder))
+    report = codegen.generate(graph, plan_graph(graph), tmp_path / "out")
+    exe = build_folder(tmp_path / "out")
+    inputs = _inputs(graph, seed=len(case.name))
+    got = [np.frombuffer(run(exe, x.tobytes()), dtype=np.int8) for x in inputs]
+
+    expected = [run_int8(graph, x)[graph.outputs[0]].reshape(-1) for x in inputs]
+    for g, want in zip(got, expected):
+        np.testing.assert_array_equal(g, want, err_msg=f"{case.name}: C vs run_int8")
+    # TFLM itself on the same graph: a misreading of TFLite shared by the reference and the
+    # C would pass the check above but not this one.
+    tflm = _tflm_outputs(graph, inputs)
+    for g, want in zip(got, tflm or []):
+        np.testing.assert_array_equal(g, want, err_msg=f"{case.name}: C vs TFLM")
+    # the outputs must carry information, or equality would prove little
+    assert len(np.unique(np.concatenate(expected))) > 2
+    assert [layer["kernel"] for layer in report["layers"]] == ["portable"] * len(graph.nodes)
