@@ -378,3 +378,299 @@ def test_generated_c_is_bit_exact(case: Case, tmp_path: Path):
     # the outputs must carry information, or equality would prove little
     assert len(np.unique(np.concatenate(expected))) > 2
     assert [layer["kernel"] for layer in report["layers"]] == ["portable"] * len(graph.nodes)
+
+
+# ----------------------------------------------------------------------------- the folder and API
+
+
+def _small_graph(seed: int = 1, name: str = "small") -> ir.Graph:
+    b = GraphBuilder(seed, name)
+    x = b.input((1, 8, 8, 3))
+    y = b.conv(x, 5)                                   # 8*8*5*3*3*3 = 8640 MACs
+    y = b.depthwise(y, stride=(2, 2))                  # 4*4*5*3*3 = 720 MACs
+    y = b.mean(y, keep_dims=False)
+    return b.graph(b.fully_connected(y, 4))            # 5*4 = 20 MACs
+
+
+def test_report_describes_every_layer(tmp_path: Path):
+    graph = _small_graph()
+    plan = plan_graph(graph)
+    report = codegen.generate(graph, plan, tmp_path)
+    assert json.loads((tmp_path / "report.json").read_text()) == report
+    assert report["model"] == "small" and report["target"] == "host"
+    assert report["kernels"] == "portable" and report["generator"] == "mbgen"
+    assert report["arena_bytes"] == plan.arena_size
+    layers = report["layers"]
+    assert [l["op"] for l in layers] == ["Conv2D", "DepthwiseConv2D", "Mean", "FullyConnected"]
+    assert [l["macs"] for l in layers] == [8640, 720, 0, 20]
+    assert [l["params"] for l in layers] == [5 * 27 + 5, 5 * 9 + 5, 0, 20 + 4]
+    assert report["macs"] == 8640 + 720 + 20
+    assert report["params"] == 140 + 50 + 24
+    assert layers[0]["input_shape"] == [1, 8, 8, 3]
+    assert layers[0]["output_shape"] == [1, 8, 8, 5]
+    assert [l["output_bytes"] for l in layers] == [320, 80, 5, 4]
+    for node, layer in zip(graph.nodes, layers):
+        assert layer["name"] == node.name
+        assert layer["arena_offset"] == plan.offsets.get(node.outputs[0])
+    assert layers[-1]["arena_offset"] is None        # written straight into the caller's output
+    # weights, biases, multipliers and shifts: int8 weights + int32 everything else
+    int8_bytes = 135 + 45 + 20
+    int32_values = (5 + 5 + 5) + (5 + 5 + 5) + (4 + 1 + 1)
+    assert report["weights_bytes"] == int8_bytes + 4 * int32_values
+    assert set(report["files"]) == {p.name for p in tmp_path.iterdir()}
+
+
+def test_header_macros_match_the_graph(tmp_path: Path):
+    graph = _small_graph()
+    codegen.generate(graph, plan_graph(graph), tmp_path, name="net")
+    main = tmp_path / "check.c"
+    main.write_text(
+        '#include <stdio.h>\n#include "net.h"\n'
+        "int main(void) {\n"
+        '  printf("%d %d %.9g %d %.9g %d %d %d %s\\n", NET_INPUT_SIZE, NET_OUTPUT_SIZE,\n'
+        "         (double)NET_INPUT_SCALE, NET_INPUT_ZERO_POINT, (double)NET_OUTPUT_SCALE,\n"
+        "         NET_OUTPUT_ZERO_POINT, NET_ARENA_SIZE, NET_NUM_LAYERS, net_layer_names[3]);\n"
+        "  return 0;\n}\n")
+    sources = [main, *(p for p in tmp_path.glob("*.c") if p.name not in ("main.c", "check.c"))]
+    exe = build(sources, [tmp_path], tmp_path / "check")
+    import subprocess
+    fields = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()
+    x, y = graph.tensors[graph.inputs[0]], graph.tensors[graph.outputs[0]]
+    assert [int(fields[0]), int(fields[1])] == [x.nbytes, y.nbytes]
+    assert np.float32(float(fields[2])) == np.float32(x.quant.scalar_scale)
+    assert int(fields[3]) == x.quant.scalar_zero_point
+    assert np.float32(float(fields[4])) == np.float32(y.quant.scalar_scale)
+    assert int(fields[5]) == y.quant.scalar_zero_point
+    assert [int(fields[6]), int(fields[7])] == [plan_graph(graph).arena_size, 4]
+    assert fields[8] == graph.nodes[3].name
+
+
+TWO_MODELS_MAIN = r"""
+#include <stdio.h>
+#include <string.h>
+#include "alpha.h"
+#include "beta.h"
+
+#ifdef MBGEN_PROFILE
+static int begins, layers_done, last_index = -1;
+void mbgen_profile_begin(void) { ++begins; }
+void mbgen_profile_layer_done(int layer_index) { ++layers_done; last_index = layer_index; }
+#endif
+
+static int8_t a_in[ALPHA_INPUT_SIZE], a_out[ALPHA_OUTPUT_SIZE];
+static int8_t b_in[BETA_INPUT_SIZE], b_out[BETA_OUTPUT_SIZE];
+
+int main(int argc, char **argv)
+{
+    FILE *f = fopen(argv[1], "rb");
+    (void)argc;
+    if (fread(a_in, 1, sizeof a_in, f) != sizeof a_in) return 3;
+    if (fread(b_in, 1, sizeof b_in, f) != sizeof b_in) return 3;
+    fclose(f);
+    if (alpha_invoke(NULL, a_out) != -1 || alpha_invoke(a_in, NULL) != -1) return 4;
+    if (alpha_invoke(a_in, a_out) != 0 || beta_invoke(b_in, b_out) != 0) return 5;
+#ifdef MBGEN_PROFILE
+    printf("%d %d %d\n", begins, layers_done, last_index);
+#endif
+    f = fopen(argv[2], "wb");
+    fwrite(a_out, 1, sizeof a_out, f);
+    fwrite(b_out, 1, sizeof b_out, f);
+    fclose(f);
+    return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("profile", [False, True], ids=["plain", "profiled"])
+def test_two_models_link_into_one_program(tmp_path: Path, profile: bool):
+    """Two folders with different --name, the user's own main, no harness: no duplicate
+    symbols, both models right, and the profiling hooks called once per layer."""
+    import subprocess
+    alpha, beta = _small_graph(1, "alpha"), _small_graph(2, "beta")
+    for graph in (alpha, beta):
+        codegen.generate(graph, plan_graph(graph), tmp_path / graph.name, name=graph.name,
+                         harness=False)
+        assert not (tmp_path / graph.name / "main.c").exists()
+    main = tmp_path / "main.c"
+    main.write_text(TWO_MODELS_MAIN)
+    sources = [main, *sorted((tmp_path / "alpha").glob("*.c")),
+               *sorted((tmp_path / "beta").glob("*.c"))]
+    exe = build(sources, [tmp_path / "alpha", tmp_path / "beta"], tmp_path / "prog",
+                defines=("MBGEN_PROFILE",) if profile else ())
+    xa, xb = _inputs(alpha, 3)[0], _inputs(beta, 4)[0]
+    (tmp_path / "in.bin").write_bytes(xa.tobytes() + xb.tobytes())
+    proc = subprocess.run([str(exe), str(tmp_path / "in.bin"), str(tmp_path / "out.bin")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = np.frombuffer((tmp_path / "out.bin").read_bytes(), np.int8)
+    want_a = run_int8(alpha, xa)[alpha.outputs[0]].reshape(-1)
+    want_b = run_int8(beta, xb)[beta.outputs[0]].reshape(-1)
+    np.testing.assert_array_equal(out, np.concatenate([want_a, want_b]))
+    if profile:
+        # two invokes ran to the end (the NULL calls return before profiling starts)
+        assert proc.stdout.split() == ["2", str(2 * len(alpha.nodes)), str(len(beta.nodes) - 1)]
+
+
+def test_host_harness_rejects_a_wrong_sized_input(tmp_path: Path):
+    import subprocess
+    graph = _small_graph()
+    codegen.generate(graph, plan_graph(graph), tmp_path / "out")
+    exe = build_folder(tmp_path / "out")
+    size = graph.tensors[graph.inputs[0]].nbytes
+    for data in (bytes(size - 1), bytes(size + 1)):
+        (tmp_path / "in.bin").write_bytes(data)
+        proc = subprocess.run([str(exe), str(tmp_path / "in.bin"), str(tmp_path / "o.bin")],
+                              capture_output=True, text=True)
+        assert proc.returncode != 0 and "expected exactly" in proc.stderr
+    proc = subprocess.run([str(exe)], capture_output=True, text=True)
+    assert proc.returncode != 0 and "usage" in proc.stderr
+
+
+def test_host_harness_builds_with_profiling(tmp_path: Path):
+    import subprocess
+    graph = _small_graph()
+    codegen.generate(graph, plan_graph(graph), tmp_path / "out")
+    exe = build_folder(tmp_path / "out", defines=("MBGEN_PROFILE",))
+    x = _inputs(graph, 0)[0]
+    (tmp_path / "in.bin").write_bytes(x.tobytes())
+    proc = subprocess.run([str(exe), str(tmp_path / "in.bin"), str(tmp_path / "o.bin")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0
+    assert [line.split()[2] for line in proc.stderr.splitlines()] == \
+        [node.name for node in graph.nodes]
+
+
+@pytest.mark.parametrize("name", ["1model", "my-model", "", "a b"])
+def test_name_must_be_a_c_identifier(tmp_path: Path, name: str):
+    graph = _small_graph()
+    with pytest.raises(UserError, match="C identifier"):
+        codegen.generate(graph, plan_graph(graph), tmp_path / "out", name=name)
+
+
+def test_never_writes_into_a_foreign_folder(tmp_path: Path):
+    graph = _small_graph()
+    user_file = tmp_path / "model.c"
+    user_file.write_text("/* the user's own work */\n")
+    with pytest.raises(UserError, match="not made by mbgen"):
+        codegen.generate(graph, plan_graph(graph), tmp_path)
+    assert user_file.read_text() == "/* the user's own work */\n"
+    with pytest.raises(UserError, match="not a folder"):
+        codegen.generate(graph, plan_graph(graph), user_file)
+
+
+def test_regenerating_replaces_our_previous_files(tmp_path: Path):
+    graph = _small_graph()
+    codegen.generate(graph, plan_graph(graph), tmp_path, name="first")
+    report = codegen.generate(graph, plan_graph(graph), tmp_path, name="second")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(report["files"])
+    assert not any(p.name.startswith("first") for p in tmp_path.iterdir())
+
+
+def test_unknown_kernel_set_is_a_user_error(tmp_path: Path):
+    graph = _small_graph()
+    with pytest.raises(UserError, match="kernel set 'fastest'"):
+        codegen.generate(graph, plan_graph(graph), tmp_path, kernels="fastest")
+
+
+def test_layers_a_kernel_set_refuses_fall_back_to_portable(tmp_path: Path):
+    from mbgen.codegen import kernel_sets
+    from mbgen.codegen.kernels_portable import PortableKernels
+
+    class ConvOnly(PortableKernels):
+        """A pretend specialised set that only takes Conv2D."""
+        name = "test-conv-only"
+
+        def lower(self, ctx, index, node):
+            return super().lower(ctx, index, node) if isinstance(node.op, ir.Conv2D) else None
+
+    kernel_sets.register(ConvOnly())
+    graph = _small_graph()
+    report = codegen.generate(graph, plan_graph(graph), tmp_path, kernels="test-conv-only")
+    assert [l["kernel"] for l in report["layers"]] == \
+        ["test-conv-only", "portable", "portable", "portable"]
+    assert report["fallback_layers"] == [n.name for n in graph.nodes[1:]]
+
+
+def test_an_op_without_a_kernel_is_a_user_error(tmp_path: Path):
+    b = GraphBuilder(0, "grouped")
+    x = b.input((1, 4, 4, 4))
+    y = b.conv(x, 4, k=(1, 1))
+    graph = b.graph(y)
+    w = graph.tensors[graph.nodes[0].inputs[1]]
+    # a grouped convolution (weights see 2 of the 4 input channels) has no C kernel
+    graph.tensors[w.name] = ir.Tensor(w.name, (4, 1, 1, 2), "int8", w.data[..., :2], w.quant)
+    with pytest.raises(UserError, match="has no int8 C kernel"):
+        codegen.generate(graph, plan_graph(graph), tmp_path)
+    assert not tmp_path.joinpath("report.json").exists()
+
+
+def test_float_graph_is_refused(tmp_path: Path):
+    graph = _small_graph()
+    x = graph.tensors[graph.inputs[0]]
+    graph.tensors[x.name] = ir.Tensor(x.name, x.shape, "float32")
+    with pytest.raises(UserError, match="int8 graph"):
+        codegen.generate(graph, plan_graph(graph), tmp_path)
+
+
+# ----------------------------------------------------------------------------- whole models
+
+# TFLM's outputs for person_detect.tflite, as MODELS.md records them (raw int8
+# [notperson, person]); person.bmp holds grey - 128 as two's-complement bytes.
+PERSON_DETECT_TFLM = {
+    "person.bmp": ([-113, 113], True),
+    "no_person.bmp": ([77, -77], False),
+    "grace_hopper.bmp": ([-114, 114], False),
+    "cat.bmp": ([19, -19], False),
+    "hot_dog.jpg": ([-62, 62], False),
+}
+
+
+@pytest.fixture(scope="module")
+def person_detect_program(tmp_path_factory, shared_dir: Path):
+    from mbgen.frontends.tflite_frontend import load_tflite
+    graph = load_tflite(shared_dir / "models" / "person_detect.tflite")
+    out = tmp_path_factory.mktemp("person_detect")
+    report = codegen.generate(graph, plan_graph(graph), out, name="person_detect")
+    return graph, report, build_folder(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("image", sorted(PERSON_DETECT_TFLM))
+def test_person_detect_matches_tflm_published_outputs(person_detect_program, shared_dir: Path,
+                                                      image: str):
+    from mbgen.images import load_image
+    graph, report, exe = person_detect_program
+    expected, xor = PERSON_DETECT_TFLM[image]
+    x = load_image(shared_dir / "images" / image, (1, 96, 96, 1), "uint8_minus128",
+                   xor_0x80=xor).astype(np.int8)
+    got = np.frombuffer(run(exe, x.tobytes()), dtype=np.int8)
+    assert got.tolist() == expected
+    np.testing.assert_array_equal(got, run_int8(graph, x)[graph.outputs[0]].reshape(-1))
+    assert report["macs"] == sum(layer["macs"] for layer in report["layers"])
+
+
+def _zoo_int8_graph(name: str) -> ir.Graph:
+    torch = pytest.importorskip("torch")
+    from mbgen import passes, zoo
+    from mbgen.frontends.torch_frontend import from_module
+    from mbgen.quantize.calibration import synthetic_inputs
+    from mbgen.quantize.quantizer import quantize
+    float_graph = passes.optimize(from_module(zoo.get(name), torch.zeros(zoo.input_shape(name)),
+                                              name))
+    shape = tuple(float_graph.tensors[float_graph.inputs[0]].shape)
+    return quantize(float_graph, synthetic_inputs(shape, 4, 0))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mbv1_0.25_128", "mbv2_0.35_96"])
+def test_zoo_model_is_bit_exact(name: str, tmp_path: Path):
+    graph = _zoo_int8_graph(name)
+    report = codegen.generate(graph, plan_graph(graph), tmp_path)
+    exe = build_folder(tmp_path)
+    for x in _inputs(graph, seed=7)[:2]:
+        got = np.frombuffer(run(exe, x.tobytes()), dtype=np.int8)
+        want = run_int8(graph, x)[graph.outputs[0]].reshape(-1)
+        np.testing.assert_array_equal(got, want)
+        assert len(np.unique(want)) > 20
+    assert report["layers"][-1]["op"] == "FullyConnected"
+    assert all(layer["kernel"] == "portable" for layer in report["layers"])
