@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -23,8 +24,6 @@ import numpy as np
 from mbgen.errors import RunFailure, UserError
 
 ModelSource = str | Path | bytes
-_ARENA_SEARCH_START = 16 * 1024
-_ARENA_SEARCH_LIMIT = 1 << 31
 
 
 def _runtime():
@@ -185,52 +184,45 @@ def _tensor_names(data: bytes) -> list[str]:
             for i in range(sub.TensorsLength())]
 
 
-def _runs_with_arena(data: bytes, arena_size: int) -> bool:
-    try:
-        interpreter = _interpreter(data, arena_size)
-        inputs = []
-        for index in range(len(_subgraph(data).InputsAsNumpy())):
-            details = interpreter.get_input_details(index)
-            inputs.append(np.zeros(tuple(int(d) for d in details["shape"]),
-                                   dtype=details["dtype"]))
-        _invoke(interpreter, inputs, "arena probe")
-        return True
-    except RuntimeError:
-        return False
+_ARENA_TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
 
 
 def tflm_arena_bytes(model: ModelSource) -> int:
-    """The smallest ``arena_size`` with which TFLM allocates and invokes the model.
+    """The arena TFLM needs for the model: its RecordingMicroAllocator's allocation total
+    after one invoke with a generous arena.
 
-    Found by bisection to the byte; it equals the arena allocation total that TFLM's
-    RecordingMicroAllocator reports. Host build with reference kernels: CMSIS-NN kernels on
-    a Cortex-M ask for other scratch buffers. Cached per model content."""
+    For the shared models MODELS.md found this equal to the smallest ``arena_size`` that works
+    (bisection to the byte). We do not bisect ourselves: TFLM crashes the process (SIGSEGV)
+    instead of failing cleanly at some too-small sizes for models with ADD, e.g. MobileNetV2.
+    Host build with reference kernels: CMSIS-NN kernels on a Cortex-M ask for other scratch
+    buffers. Cached per model content."""
     data = _model_bytes(model)
     digest = hashlib.sha256(data).hexdigest()
     if digest not in _ARENA_CACHE:
-        _ARENA_CACHE[digest] = _smallest_arena(data, _label(model))
+        _ARENA_CACHE[digest] = _recorded_arena(data, _label(model))
     return _ARENA_CACHE[digest]
 
 
 _ARENA_CACHE: dict[str, int] = {}
 
 
-def _smallest_arena(data: bytes, label: str) -> int:
-    _runtime()
+def _recorded_arena(data: bytes, label: str) -> int:
+    failure: Exception | None = None
     with _captured_stderr() as log:
-        high = _ARENA_SEARCH_START
-        while not _runs_with_arena(data, high):
-            if high >= _ARENA_SEARCH_LIMIT:
-                break
-            high *= 2
-        else:
-            low = high // 2 if high > _ARENA_SEARCH_START else 0  # low always fails
-            while high - low > 1:
-                middle = (low + high) // 2
-                if _runs_with_arena(data, middle):
-                    high = middle
-                else:
-                    low = middle
-            return high
-    raise RunFailure(f"TFLM could not run {label} with any arena size: "
-                     f"{_first_message(log, RuntimeError('allocation failed'))}")
+        try:
+            interpreter = _interpreter(data, None)
+            inputs = []
+            for index in range(len(_subgraph(data).InputsAsNumpy())):
+                details = interpreter.get_input_details(index)
+                inputs.append(np.zeros(tuple(int(d) for d in details["shape"]),
+                                       dtype=details["dtype"]))
+            _invoke(interpreter, inputs, label)
+            interpreter.print_allocations()
+        except (RuntimeError, ValueError) as exc:
+            failure = exc
+    if failure is not None:
+        raise RunFailure(f"TFLM could not run {label}: {_first_message(log, failure)}")
+    totals = [int(m.group(1)) for line in log for m in [_ARENA_TOTAL.search(line)] if m]
+    if not totals:
+        raise RunFailure(f"TFLM did not report its arena for {label}")
+    return totals[-1]
