@@ -86,6 +86,26 @@ def test_tflm_arena_matches_models_md():
     _needs(PERSON_DETECT)
     assert tflm_arena_bytes(PERSON_DETECT) == 85_264  # MODELS.md: bisection and recorder agree
     assert tflm_arena_bytes(PERSON_DETECT.read_bytes()) == 85_264  # cached by content
+    x = np.zeros((1, 96, 96, 1), np.int8)
+    assert run_tflm(PERSON_DETECT, x, arena_size=85_264).shape == (1, 2)
+
+
+@pytest.mark.slow
+def test_quantized_zoo_model_written_by_us_runs_bit_exactly_in_tflm(tmp_path):
+    """Our whole int8 route (torch frontend, passes, quantizer) yields graphs that TFLM runs
+    exactly as our reference does: MobileNetV2 brings ADD and MEAN along."""
+    from mbgen.compiler import CompileOptions, prepare_int8_graph, resolve_model
+    _, graph = prepare_int8_graph(resolve_model("mbv2_0.35_96"), CompileOptions(calib_count=4))
+    assert {"Add", "Mean", "FullyConnected"} <= {ir.op_name(n.op) for n in graph.nodes}
+    path = write_tflite(graph, tmp_path / "mbv2.tflite")
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        x = rng.integers(-128, 128, graph.tensors[graph.inputs[0]].shape).astype(np.int8)
+        ours = run_int8(graph, x)[graph.outputs[0]]
+        assert np.array_equal(ours, run_tflm(path, x))
+        assert len(np.unique(ours)) > 20
+    arena = tflm_arena_bytes(path)  # TFLM segfaults on some too-small arenas of this model
+    assert run_tflm(path, x, arena_size=arena).shape == (1, 1000)
 
 
 def test_tflm_refuses_too_small_arena_and_wrong_input():
