@@ -231,7 +231,8 @@ def _check_against_reference(path: Path, x: np.ndarray, graph: ir.Graph | None =
     """Run the ONNX graph with onnx's reference evaluator and the IR with run_float."""
     graph = graph or load_onnx(path)
     ir.verify(graph)
-    want = ReferenceEvaluator(str(path)).run(None, {ReferenceEvaluator(str(path)).input_names[0]: x})
+    evaluator = ReferenceEvaluator(str(path))
+    want = evaluator.run(None, {evaluator.input_names[0]: x})
     got = run_float(graph, _nhwc(x) if x.ndim == 4 else x)
     for name, expected in zip(graph.outputs, want):
         actual = _as_onnx_layout(got[name])

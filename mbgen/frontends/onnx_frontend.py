@@ -197,7 +197,8 @@ def _constant_node_value(node: "onnx.NodeProto", label: str) -> np.ndarray:
                     f"({', '.join(attrs) or 'none'})")
 
 
-def _axes_operand(node: "onnx.NodeProto", values: list[np.ndarray | None]) -> tuple[int, ...] | None:
+def _axes_operand(node: "onnx.NodeProto",
+                  values: list[np.ndarray | None]) -> tuple[int, ...] | None:
     """Axes from the attribute (opset < 13/18) or the second input (later opsets)."""
     attrs = _attrs(node)
     if "axes" in attrs:
@@ -207,7 +208,8 @@ def _axes_operand(node: "onnx.NodeProto", values: list[np.ndarray | None]) -> tu
     return None
 
 
-def _reshape_target(in_shape: tuple[int, ...], spec: np.ndarray, allow_zero: bool) -> tuple[int, ...]:
+def _reshape_target(in_shape: tuple[int, ...], spec: np.ndarray,
+                    allow_zero: bool) -> tuple[int, ...]:
     """ONNX Reshape semantics: 0 copies the input dimension (unless allowzero), -1 infers."""
     dims = [int(d) for d in spec.reshape(-1)]
     out = [in_shape[i] if d == 0 and not allow_zero else d for i, d in enumerate(dims)]
@@ -343,9 +345,10 @@ def _rebuild(model: "onnx.ModelProto", nodes: list["onnx.NodeProto"],
                     for name, value in constants.items() if name in used]
     graph = onnx.helper.make_graph(nodes, model.graph.name, _graph_inputs(model.graph),
                                    list(model.graph.output), initializer=initializers)
-    rebuilt = onnx.helper.make_model(graph, opset_imports=list(model.opset_import),
-                                     ir_version=model.ir_version)
-    return rebuilt
+    return onnx.helper.make_model(graph, opset_imports=list(model.opset_import),
+                                  ir_version=model.ir_version,
+                                  producer_name=model.producer_name,
+                                  producer_version=model.producer_version)
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -666,8 +669,8 @@ class _Converter:
         out_ch, in_per_group, kh, kw = weight.shape
         in_ch = layout.onnx_shape[1]
         group = int(attrs.get("group", 1))
-        stride = _pair(attrs.get("strides", (1, 1)))
-        dilation = _pair(attrs.get("dilations", (1, 1)))
+        stride = _pair(attrs.get("strides", (1, 1)), node)
+        dilation = _pair(attrs.get("dilations", (1, 1)), node)
         padding = self._window_padding(node, layout.onnx_shape[2:], (kh, kw), stride, dilation)
         inputs = [x]
         if group == 1:
@@ -789,9 +792,9 @@ class _Converter:
     def _average_pool(self, node: _OnnxNode) -> None:
         x, layout = self._spatial_input(node)
         attrs = node.attrs
-        kernel = _pair(attrs["kernel_shape"])
-        stride = _pair(attrs.get("strides", (1, 1)))
-        if _pair(attrs.get("dilations", (1, 1))) != (1, 1):
+        kernel = _pair(attrs["kernel_shape"], node)
+        stride = _pair(attrs.get("strides", (1, 1)), node)
+        if _pair(attrs.get("dilations", (1, 1)), node) != (1, 1):
             raise UserError(f"ONNX AveragePool {node.where()} is dilated; mbgen does not "
                             "support that")
         padding = self._window_padding(node, layout.onnx_shape[2:], kernel, stride, (1, 1))
@@ -966,10 +969,11 @@ class _Converter:
         self._emit(node, ir.Softmax(1.0), [x], node.proto.output[0], layout)
 
 
-def _pair(value: object) -> tuple[int, int]:
+def _pair(value: object, node: _OnnxNode) -> tuple[int, int]:
     values = _ints(value)
     if len(values) != 2:
-        raise UserError(f"expected a 2-D window attribute, got {values}")
+        raise UserError(f"ONNX {node.op_type} {node.where()} is not 2-D (window attribute "
+                        f"{list(values)})")
     return values[0], values[1]
 
 
