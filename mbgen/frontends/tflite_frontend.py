@@ -190,7 +190,7 @@ def _read_model(tflite, data: bytes) -> _RawModel:
         code = model.OperatorCodes(j)
         builtin = max(int(code.BuiltinCode()), int(code.DeprecatedBuiltinCode()))
         custom = code.CustomCode()
-        opcodes.append((builtin, custom.decode("utf-8") if custom is not None else None))
+        opcodes.append((builtin, custom.decode("utf-8", "replace") if custom is not None else None))
 
     buffer_count = _bounded(model.BuffersLength(), 4, data, "buffer list")
     buffers = tuple(_read_buffer(model.Buffers(j), data) for j in range(buffer_count))
@@ -251,7 +251,7 @@ def _read_tensor(tensor, index: int, data: bytes) -> _RawTensor:
                           quantized_dimension=int(q.QuantizedDimension()))
     return _RawTensor(
         index=index,
-        name=name.decode("utf-8") if name else "",
+        name=name.decode("utf-8", "replace") if name else "",
         type=int(tensor.Type()),
         shape=shape,
         buffer=int(tensor.Buffer()),
