@@ -87,7 +87,7 @@ class _RawTensor:
 class _RawOptions:
     """The builtin-option fields mbgen reads, with the schema's defaults."""
 
-    present: bool = False
+    kind: int = 0  # the BuiltinOptions union type; 0: no options stored
     padding: int = _SAME
     stride_h: int = 1
     stride_w: int = 1
@@ -274,31 +274,31 @@ def _read_options(tflite, op) -> _RawOptions:
 
     if kind == kinds.Conv2DOptions:
         o = view(tflite.Conv2DOptions)
-        return _RawOptions(True, o.Padding(), o.StrideH(), o.StrideW(), o.DilationHFactor(),
+        return _RawOptions(kind, o.Padding(), o.StrideH(), o.StrideW(), o.DilationHFactor(),
                            o.DilationWFactor(), activation=o.FusedActivationFunction())
     if kind == kinds.DepthwiseConv2DOptions:
         o = view(tflite.DepthwiseConv2DOptions)
-        return _RawOptions(True, o.Padding(), o.StrideH(), o.StrideW(), o.DilationHFactor(),
+        return _RawOptions(kind, o.Padding(), o.StrideH(), o.StrideW(), o.DilationHFactor(),
                            o.DilationWFactor(), activation=o.FusedActivationFunction())
     if kind == kinds.Pool2DOptions:
         o = view(tflite.Pool2DOptions)
-        return _RawOptions(True, o.Padding(), o.StrideH(), o.StrideW(),
+        return _RawOptions(kind, o.Padding(), o.StrideH(), o.StrideW(),
                            filter_h=o.FilterHeight(), filter_w=o.FilterWidth(),
                            activation=o.FusedActivationFunction())
     if kind == kinds.FullyConnectedOptions:
         o = view(tflite.FullyConnectedOptions)
-        return _RawOptions(True, activation=o.FusedActivationFunction(),
+        return _RawOptions(kind, activation=o.FusedActivationFunction(),
                            keep_num_dims=bool(o.KeepNumDims()),
                            weights_format=o.WeightsFormat())
     if kind == kinds.AddOptions:
-        return _RawOptions(True, activation=view(tflite.AddOptions).FusedActivationFunction())
+        return _RawOptions(kind, activation=view(tflite.AddOptions).FusedActivationFunction())
     if kind == kinds.MulOptions:
-        return _RawOptions(True, activation=view(tflite.MulOptions).FusedActivationFunction())
+        return _RawOptions(kind, activation=view(tflite.MulOptions).FusedActivationFunction())
     if kind == kinds.SoftmaxOptions:
-        return _RawOptions(True, beta=float(view(tflite.SoftmaxOptions).Beta()))
+        return _RawOptions(kind, beta=float(view(tflite.SoftmaxOptions).Beta()))
     if kind == kinds.ReducerOptions:
-        return _RawOptions(True, keep_dims=bool(view(tflite.ReducerOptions).KeepDims()))
-    return _RawOptions(True)
+        return _RawOptions(kind, keep_dims=bool(view(tflite.ReducerOptions).KeepDims()))
+    return _RawOptions(kind)
 
 
 # ----------------------------------------------------------------------------- stage 2: build
@@ -488,7 +488,12 @@ class _GraphBuilder:
 
     def build(self) -> ir.Graph:
         model = self.model
-        if any(t.type == _UINT8 for t in model.tensors):
+        uint8 = [t for t in model.tensors if t.type == _UINT8]
+        if uint8 and any(t.type == _INT8 for t in model.tensors):
+            raise self.fail(f"tensor {self.tname(uint8[0].index)!r} is uint8: int8 models with "
+                            "a uint8 interface are not supported; re-convert with "
+                            "inference_input_type=tf.int8 and inference_output_type=tf.int8")
+        if uint8:
             raise UserError(self.legacy_message())
         self.expect(len(model.inputs) > 0, "the model has no inputs")
         self.expect(len(model.outputs) > 0, "the model has no outputs")
@@ -551,6 +556,9 @@ class _GraphBuilder:
         handler = handlers.get(op.builtin)
         if handler is None:
             raise self.fail("operator not supported by mbgen")
+        expected = _expected_options(op.builtin)
+        self.expect(op.options.kind in (0, expected) or expected is None,
+                    f"builtin options of type {op.options.kind} do not belong to this operator")
         self.expect(len(op.outputs) == 1, f"expected 1 output, found {len(op.outputs)}")
         handler()
 
@@ -573,7 +581,7 @@ class _GraphBuilder:
 
     def require_options(self) -> _RawOptions:
         opts = self.op.options
-        self.expect(opts.present, "builtin options are missing")
+        self.expect(opts.kind != 0, "builtin options are missing")
         return opts
 
     def padding(self, opts: _RawOptions, in_h: int, in_w: int, k_h: int, k_w: int,
@@ -801,6 +809,16 @@ class _GraphBuilder:
             self.folded_data[out.index] = data.astype(np.float32)
             return
         self.unary(ir.Dequantize())
+
+
+def _expected_options(builtin: int) -> int | None:
+    """The BuiltinOptions type of the operators whose options we read."""
+    from tflite import BuiltinOperator as B
+    from tflite import BuiltinOptions as O
+    return {B.CONV_2D: O.Conv2DOptions, B.DEPTHWISE_CONV_2D: O.DepthwiseConv2DOptions,
+            B.FULLY_CONNECTED: O.FullyConnectedOptions, B.ADD: O.AddOptions,
+            B.MUL: O.MulOptions, B.AVERAGE_POOL_2D: O.Pool2DOptions,
+            B.MEAN: O.ReducerOptions, B.SOFTMAX: O.SoftmaxOptions}.get(builtin)
 
 
 def _type_name(code: int) -> str:
