@@ -190,6 +190,7 @@ static int frame_is_readable(const uint32_t *frame)
 static int stack_overflowed(const uint32_t *frame)
 {
 #if MBGEN_FW_V8M
+    (void)frame;
     return (SCB_CFSR & (1u << 20)) != 0; /* STKOF */
 #else
     return frame < __stack_bottom + STACK_GUARD_BYTES / sizeof(uint32_t);

@@ -52,7 +52,10 @@ def run_host(out_dir: Path, input_bytes: bytes, timeout: float = 60, *,
         console = proc.stdout
         report = parse_console(console)
         if proc.returncode < 0:
-            name = signal.Signals(-proc.returncode).name
+            try:
+                name = signal.Signals(-proc.returncode).name
+            except ValueError:
+                name = f"signal {-proc.returncode}"
             raise RunFailure(f"the host build of {out_dir} crashed ({name})")
         if proc.returncode != 0:
             why = "; ".join(report.errors) or console.strip()[-300:] or "no output"
