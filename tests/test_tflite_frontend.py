@@ -174,6 +174,49 @@ def test_cli_refuses_uint8_model_with_exit_2(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_int8_model_with_uint8_interface_gets_its_own_message(tmp_path):
+    def uint8_input(model):
+        sub = model.subgraphs[0]
+        sub.tensors[sub.inputs[0]].type = 3  # UINT8
+    with pytest.raises(UserError, match="int8 models with a uint8 interface"):
+        load_tflite(_mutated(_needs(PERSON_DETECT), uint8_input, tmp_path))
+
+
+def test_float16_weights_behind_dequantize_become_float32_constants(tmp_path):
+    schema = _schema()
+    weights_name = b"MobilenetV1/Conv2d_0/weights"
+
+    def float16_weights(model):
+        sub = model.subgraphs[0]
+        index = next(i for i, t in enumerate(sub.tensors) if t.name == weights_name)
+        weights = sub.tensors[index]
+        halves = np.frombuffer(model.buffers[weights.buffer].data.tobytes(),
+                               np.float32).astype(np.float16)
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(halves.tobytes(), np.uint8)
+        model.buffers.append(buffer)
+        half = schema.TensorT()
+        half.name, half.type, half.shape = b"weights_fp16", 1, weights.shape
+        half.buffer = len(model.buffers) - 1
+        sub.tensors.append(half)
+        weights.buffer = 0  # now produced by the DEQUANTIZE below
+        code = schema.OperatorCodeT()
+        code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.DEQUANTIZE
+        code.version = 3
+        model.operatorCodes.append(code)
+        op = schema.OperatorT()
+        op.opcodeIndex = len(model.operatorCodes) - 1
+        op.inputs, op.outputs = [len(sub.tensors) - 1], [index]
+        sub.operators.insert(0, op)
+
+    original = load_tflite(_needs(MOBILENET_FLOAT))
+    g = load_tflite(_mutated(MOBILENET_FLOAT, float16_weights, tmp_path))
+    assert len(g.nodes) == len(original.nodes) == 31  # the DEQUANTIZE is folded away
+    ours = g.tensors[weights_name.decode()].data
+    expected = original.tensors[weights_name.decode()].data.astype(np.float16).astype(np.float32)
+    assert ours.dtype == np.float32 and np.array_equal(ours, expected)
+
+
 # ----------------------------------------------------------------------------- refusals
 
 
