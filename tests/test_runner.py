@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import jinja2
@@ -134,6 +135,22 @@ def test_default_build_dir_is_a_cache_outside_the_folder(tmp_path, monkeypatch):
     assert not first.is_relative_to(folder)
     assert first != build_module.default_build_dir(tmp_path / "other" / "out", "cortex-m7")
     assert first != build_module.default_build_dir(folder, "cortex-m4")
+
+
+def test_build_cache_keeps_the_most_recent_builds(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cache = tmp_path / "cache" / "mbgen" / "build"
+    cache.mkdir(parents=True)
+    hour_ago = time.time() - 3600
+    for i in range(40):  # old builds, the higher i the more recent
+        (cache / f"old{i:02d}").mkdir()
+        os.utime(cache / f"old{i:02d}", (hour_ago + i, hour_ago + i))
+    (cache / "fresh").mkdir()  # in use right now by someone else
+    current = build_module.default_build_dir(tmp_path / "out", "host")
+    left = {p.name for p in cache.iterdir()}
+    assert current.name in left and "fresh" in left
+    assert len(left) == build_module.CACHE_ENTRIES
+    assert {f"old{i:02d}" for i in range(10, 40)} <= left  # the 30 most recent old ones
 
 
 # ----------------------------------------------------------------------------- folders

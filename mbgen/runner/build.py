@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,11 +23,41 @@ def folder_sources(out_dir: Path) -> list[Path]:
     return sources
 
 
+# Cached builds kept under ~/.cache/mbgen/build, oldest dropped first; one in use within the
+# last CACHE_GRACE_SECONDS is never dropped (another process may be building or running it).
+CACHE_ENTRIES = 32
+CACHE_GRACE_SECONDS = 600
+
+
 def default_build_dir(out_dir: Path, flavour: str) -> Path:
-    """A per-folder cache under ~/.cache/mbgen: builds never go into the user's folder."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    """A per-folder cache under ~/.cache/mbgen: builds never go into the user's folder.
+
+    Reusing it skips rebuilding an unchanged folder; the cache keeps the CACHE_ENTRIES most
+    recently used builds, so temporary folders (``mbgen verify``) do not pile up.
+    """
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mbgen" / "build"
     key = hashlib.sha256(str(out_dir.resolve()).encode()).hexdigest()[:16]
-    return cache / "mbgen" / "build" / f"{out_dir.resolve().name}-{flavour}-{key}"
+    build_dir = cache / f"{out_dir.resolve().name}-{flavour}-{key}"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    os.utime(build_dir)  # mark as recently used
+    _prune(cache, keep=build_dir)
+    return build_dir
+
+
+def _last_used(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # removed meanwhile by another process
+        return 0.0
+
+
+def _prune(cache: Path, keep: Path) -> None:
+    entries = sorted((p for p in cache.iterdir() if p.is_dir() and p != keep),
+                     key=_last_used, reverse=True)
+    now = time.time()
+    for old in entries[CACHE_ENTRIES - 1:]:
+        if now - _last_used(old) > CACHE_GRACE_SECONDS:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def inputs_digest(command: Sequence[str], files: Sequence[Path]) -> str:
