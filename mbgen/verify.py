@@ -1,0 +1,186 @@
+"""`mbgen verify`: compile once, run everywhere, compare with independent references.
+
+Bit-exact comparisons (they decide the exit code): the generated C on the host, the same model
+compiled for the target and run in QEMU, the numpy int8 reference, and TFLM when asked. The
+float model (PyTorch, or the float graph) is compared by cosine similarity and top-1 only, as
+int8 cannot equal float.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from mbgen import ir
+from mbgen.compiler import CompileOptions, CompiledModel, ModelSource, compile_model
+from mbgen.errors import UserError
+
+
+@dataclass(frozen=True)
+class Comparison:
+    label: str          # which input
+    what: str           # "host vs numpy", ...
+    exact: bool | None  # None: informational (float model)
+    detail: str
+
+
+@dataclass
+class VerifyOutcome:
+    comparisons: list[Comparison] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.exact is not False for c in self.comparisons)
+
+
+@dataclass(frozen=True)
+class VerifyInput:
+    label: str
+    float_nhwc: np.ndarray | None   # None when the input only exists as int8
+    int8_nhwc: np.ndarray
+
+
+def _quant(graph: ir.Graph, name: str) -> tuple[float, int]:
+    qp = graph.tensors[name].quant
+    return qp.scalar_scale, qp.scalar_zero_point
+
+
+def make_inputs(graph: ir.Graph, images: Path | None, count: int) -> list[VerifyInput]:
+    """Deterministic synthetic inputs, plus the photos in `images` when given."""
+    from mbgen.images import IMAGE_SUFFIXES, load_image, quantize_input
+    from mbgen.quantize.calibration import synthetic_inputs
+
+    name = graph.inputs[0]
+    shape = tuple(graph.tensors[name].shape)
+    scale, zero_point = _quant(graph, name)
+    floats: list[tuple[str, np.ndarray]] = []
+    if images is not None:
+        if not images.is_dir():
+            raise UserError(f"image folder not found: {images}")
+        for path in sorted(images.iterdir()):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                floats.append((path.name, load_image(path, shape, "minus1_1")))
+    # A different seed from calibration's, so verification does not reuse calibration data.
+    for i, x in enumerate(synthetic_inputs(shape, count=count, seed=1234)):
+        floats.append((f"synthetic{i}", x))
+    return [VerifyInput(label, x, quantize_input(x, scale, zero_point)) for label, x in floats]
+
+
+def dequantize(graph: ir.Graph, q: np.ndarray) -> np.ndarray:
+    scale, zero_point = _quant(graph, graph.outputs[0])
+    return scale * (q.astype(np.float64) - zero_point)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    denom = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / denom) if denom else float(np.array_equal(a, b))
+
+
+def float_model(source: ModelSource, float_graph: ir.Graph | None
+                ) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The float model as the user knows it: PyTorch for zoo models, else the float graph."""
+    if source.kind == "zoo":
+        import torch
+        from mbgen import zoo
+        module = zoo.get(source.spec)
+
+        def run_torch(x_nhwc: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                x = torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))
+                return module(x.float()).numpy()
+        return run_torch
+    if float_graph is None:
+        return None
+    from mbgen.float_interp import run_float
+
+    def run_graph(x_nhwc: np.ndarray) -> np.ndarray:
+        return run_float(float_graph, x_nhwc)[float_graph.outputs[0]]
+    return run_graph
+
+
+def _exact(label: str, what: str, got: np.ndarray, want: np.ndarray) -> Comparison:
+    got, want = got.ravel().astype(np.int32), want.ravel().astype(np.int32)
+    if got.shape != want.shape:
+        return Comparison(label, what, False, f"sizes differ: {got.size} vs {want.size}")
+    diff = np.flatnonzero(got != want)
+    if diff.size == 0:
+        return Comparison(label, what, True, f"bit-exact ({got.size} values)")
+    i = diff[0]
+    return Comparison(label, what, False, f"{diff.size} of {got.size} values differ, "
+                      f"first at {i}: {got[i]} vs {want[i]}")
+
+
+def _tflm_model(compiled: CompiledModel, work: Path) -> Path:
+    if compiled.source.kind == "tflite" and compiled.float_graph is None:
+        return compiled.source.path
+    from mbgen.export.tflite_writer import write_tflite
+    return write_tflite(compiled.graph, work / "model_int8.tflite")
+
+
+def verify_model(spec: str, options: CompileOptions, reference: str = "numpy",
+                 images: Path | None = None, count: int = 3,
+                 echo: Callable[[str], None] = print) -> VerifyOutcome:
+    from mbgen import runner, targets
+    from mbgen.reference import run_int8
+
+    target = targets.get(options.target)
+    with tempfile.TemporaryDirectory(prefix="mbgen-verify-") as tmp:
+        work = Path(tmp)
+        out_dir = options.out_dir or work / "target"
+        compiled = compile_model(spec, replace(options, out_dir=out_dir))
+        # The host build is the same int8 graph through the host target's (portable) kernels.
+        host = compiled if target.is_host else compile_model(
+            spec, replace(options, target="host", out_dir=work / "host", kernels=None,
+                          force=True))
+        inputs = make_inputs(compiled.graph, images, count)
+        run_float_model = float_model(compiled.source, compiled.float_graph)
+        tflm_path = _tflm_model(compiled, work) if reference == "tflm" else None
+        echo(f"verify {compiled.report['model']} on {target.name} "
+             f"({len(inputs)} inputs, kernels {compiled.report['kernels']})")
+        if tflm_path is not None:
+            from mbgen.tflm import tflm_arena_bytes
+            echo(f"  arena: mbgen {compiled.report['arena_bytes']} bytes, "
+                 f"TFLM {tflm_arena_bytes(tflm_path)} bytes")
+
+        outcome = VerifyOutcome()
+
+        def record(c: Comparison) -> None:
+            outcome.comparisons.append(c)
+            verdict = {True: "ok  ", False: "FAIL", None: "info"}[c.exact]
+            echo(f"  {verdict} {c.label:<18} {c.what:<27} {c.detail}")
+
+        for item in inputs:
+            want = run_int8(compiled.graph, item.int8_nhwc)[compiled.graph.outputs[0]]
+            on_host = runner.run_host(host.out_dir, item.int8_nhwc.tobytes())
+            record(_exact(item.label, "host C vs numpy", _int8(on_host.output), want))
+            if not target.is_host:
+                on_target = runner.run_qemu(out_dir, target, item.int8_nhwc.tobytes())
+                record(_exact(item.label, f"QEMU {target.name} vs numpy",
+                              _int8(on_target.output), want))
+                record(_exact(item.label, "QEMU vs host C", _int8(on_target.output),
+                              _int8(on_host.output)))
+            if tflm_path is not None:
+                from mbgen.tflm import run_tflm
+                by_tflm = run_tflm(tflm_path, item.int8_nhwc)
+                record(_exact(item.label, "host C vs TFLM", _int8(on_host.output), by_tflm))
+                record(_exact(item.label, "numpy vs TFLM", want, by_tflm))
+            if run_float_model is not None and item.float_nhwc is not None:
+                reference_float = run_float_model(item.float_nhwc)
+                got = dequantize(compiled.graph, want)
+                same_top1 = int(np.argmax(got)) == int(np.argmax(reference_float))
+                record(Comparison(item.label, "int8 vs float model", None,
+                                  f"cosine {cosine(got, reference_float):.4f}, top-1 "
+                                  f"{'same' if same_top1 else 'differs'}"))
+        failed = sum(c.exact is False for c in outcome.comparisons)
+        exact = sum(c.exact is True for c in outcome.comparisons)
+        echo(f"{exact} bit-exact, {failed} mismatched" + ("" if failed else ": OK"))
+        return outcome
+
+
+def _int8(raw: bytes) -> np.ndarray:
+    return np.frombuffer(raw, dtype=np.int8)
