@@ -68,6 +68,10 @@ def print_summary(compiled) -> None:
     print(f"  arena   {_kib(r['arena_bytes'])}{_percent(r['arena_bytes'], budget.get('ram_bytes'))}")
     print(f"  weights {_kib(r['weights_bytes'])}"
           f"{_percent(r['weights_bytes'], budget.get('flash_bytes'))}")
+    if "firmware_flash_bytes" in budget:
+        used = budget["firmware_flash_bytes"]
+        print(f"  flash   {_kib(used)}{_percent(used, budget.get('flash_bytes'))}"
+              " (whole firmware: weights + code)")
 
 
 def cmd_compile(args: argparse.Namespace) -> int:

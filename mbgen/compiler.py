@@ -122,13 +122,24 @@ def to_int8_graph(float_graph: ir.Graph, options: CompileOptions) -> ir.Graph:
                     percentile=options.calib_percentile)
 
 
-def prepare_int8_graph(source: ModelSource, options: CompileOptions
-                       ) -> tuple[ir.Graph | None, ir.Graph]:
-    graph = load_graph(source)
+@dataclass(frozen=True)
+class PreparedModel:
+    """A model loaded and quantised: everything target-independent."""
+
+    source: ModelSource
+    float_graph: ir.Graph | None   # None when the model arrived already int8 (TFLite)
+    graph: ir.Graph                # the int8 graph the C computes
+
+
+def prepare(spec: str, options: CompileOptions) -> PreparedModel:
+    """Load `spec` and bring it to the int8 graph (calibrating float models)."""
+    from mbgen import passes
+    from mbgen.passes.strip_float_io import strip_float_io
+    source = resolve_model(spec)
+    graph = strip_float_io(load_graph(source))
     if graph.is_quantized:
-        from mbgen import passes
-        return None, passes.optimize(graph)
-    return graph, to_int8_graph(graph, options)
+        return PreparedModel(source, None, passes.optimize(graph))
+    return PreparedModel(source, graph, to_int8_graph(graph, options))
 
 
 # ----------------------------------------------------------------------------- output folder
@@ -189,21 +200,57 @@ def check_budget(arena_bytes: int, weights_bytes: int, target, options: CompileO
     return {"ram_bytes": ram, "flash_bytes": flash}
 
 
-def compile_model(spec: str, options: CompileOptions) -> CompiledModel:
+def emit(prepared: PreparedModel, options: CompileOptions) -> CompiledModel:
+    """Plan the arena and write the C folder of a prepared model for `options.target`."""
     from mbgen import codegen, planner, targets
 
     target = targets.get(options.target)
-    source = resolve_model(spec)
-    float_graph, graph = prepare_int8_graph(source, options)
+    graph = prepared.graph
     kernels = options.kernels or default_kernels(target)
-    plan = planner.plan_graph(graph)
+    plan = planner.plan_graph(graph, scratch=codegen.scratch_requirements(graph, kernels))
     # Check the budget before anything is written, so a model that does not fit leaves no folder.
     budget = check_budget(plan.arena_size, constant_bytes(graph), target, options)
-    out_dir = options.out_dir or default_out_dir(source, target.name)
+    out_dir = options.out_dir or default_out_dir(prepared.source, target.name)
+    if options.emit_tflite is not None and options.emit_tflite.exists() and not options.force:
+        raise UserError(f"{options.emit_tflite} already exists; pass --force to overwrite it")
     prepare_out_dir(out_dir, options.force)
     report = codegen.generate(graph, plan, out_dir, name=options.name, target=target.name,
                               kernels=kernels)
+    firmware_flash = measure_firmware_flash(out_dir, target, kernels)
+    if firmware_flash is not None:
+        budget["firmware_flash_bytes"] = firmware_flash
+        flash = budget["flash_bytes"]
+        if flash and firmware_flash > flash:
+            shutil.rmtree(out_dir, ignore_errors=True)
+            raise UserError(f"model does not fit {target.name}: weights + code need "
+                            f"{firmware_flash} bytes of flash but the budget is {flash} bytes "
+                            f"({firmware_flash - flash} bytes over); use a smaller model or "
+                            "--flash")
     if options.emit_tflite is not None:
         from mbgen.export.tflite_writer import write_tflite
         write_tflite(graph, options.emit_tflite)
-    return CompiledModel(source, float_graph, graph, plan, report, out_dir, budget)
+    return CompiledModel(prepared.source, prepared.float_graph, graph, plan, report, out_dir,
+                         budget)
+
+
+def measure_firmware_flash(out_dir: Path, target, kernels: str) -> int | None:
+    """Flash bytes (text + data) of the whole firmware, when the Arm toolchain is here.
+
+    Code size is only known after linking, so compile builds the firmware once for Cortex-M
+    targets; without the toolchain (or for a kernel set whose library is absent) the budget
+    check falls back to the weights alone.
+    """
+    if target.is_host or not target.runs_in_qemu or kernels == "cmsis-nn":
+        return None
+    from mbgen.errors import RunFailure
+    from mbgen.runner import build_firmware
+    try:
+        return build_firmware(out_dir, target).flash_bytes
+    except (UserError, RunFailure):
+        return None
+
+
+def compile_model(spec: str, options: CompileOptions) -> CompiledModel:
+    from mbgen import targets
+    targets.get(options.target)  # an unknown target is reported before any slow work
+    return emit(prepare(spec, options), options)

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from mbgen import ir
-from mbgen.compiler import CompileOptions, CompiledModel, ModelSource, compile_model
+from mbgen.compiler import CompileOptions, CompiledModel, ModelSource, emit, prepare
 from mbgen.errors import UserError
 
 
@@ -132,11 +132,12 @@ def verify_model(spec: str, options: CompileOptions, reference: str = "numpy",
     with tempfile.TemporaryDirectory(prefix="mbgen-verify-") as tmp:
         work = Path(tmp)
         out_dir = options.out_dir or work / "target"
-        compiled = compile_model(spec, replace(options, out_dir=out_dir))
+        prepared = prepare(spec, options)
+        compiled = emit(prepared, replace(options, out_dir=out_dir))
         # The host build is the same int8 graph through the host target's (portable) kernels.
-        host = compiled if target.is_host else compile_model(
-            spec, replace(options, target="host", out_dir=work / "host", kernels=None,
-                          force=True))
+        host = compiled if target.is_host else emit(
+            prepared, replace(options, target="host", out_dir=work / "host", kernels=None,
+                              force=True, emit_tflite=None))
         inputs = make_inputs(compiled.graph, images, count)
         run_float_model = float_model(compiled.source, compiled.float_graph)
         tflm_path = _tflm_model(compiled, work) if reference == "tflm" else None
