@@ -19,7 +19,6 @@ the shapes torch.export recorded, so they always agree with what PyTorch compute
 
 from __future__ import annotations
 
-import math
 import operator
 from dataclasses import dataclass
 from pathlib import Path
