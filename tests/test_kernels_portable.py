@@ -51,7 +51,19 @@ int main(void)
                 x[i] = (int8_t)(((a >> (i % 8)) * 37 + i * 11) % 256 - 128);
                 w[i] = (int8_t)(((b >> (i % 8)) * 53 + i * 7) % 255 - 127);
             }
-            r = t_dot_s8(x, w, (int32_t)c, (int32_t)d);
+            if (d == 4) {
+                int32_t acc[4] = {1, -2, 3, -4};
+                int8_t rows[4 * 64];
+                int j;
+                for (j = 0; j < 4 * (int)c; ++j) rows[j] = (int8_t)((j * 29 + a) % 255 - 127);
+                t_dot4_s8(x, rows, (size_t)c, (int32_t)c, acc);
+                r = (long long)acc[0] + 3 * (long long)acc[1] + 5 * (long long)acc[2]
+                    + 7 * (long long)acc[3];
+            } else if (d == 1) {
+                r = t_sum_s8(w, (int32_t)c);
+            } else {
+                r = t_dot_s8(x, w, (int32_t)c);
+            }
         }
         printf("%lld\n", r);
     }
@@ -167,14 +179,25 @@ def test_window_clips_kernel_taps_to_the_image(primitives):
             assert (lo, hi) == (inside[0], inside[-1] + 1)
 
 
-def test_dot_product_with_input_offset(primitives):
-    cases = [(a, b, n, off) for a, b in ((5, 9), (200, 77)) for n in (0, 1, 3, 4, 17, 64)
-             for off in (-127, 0, 128)]
+def test_dot_products_and_weight_sums(primitives):
+    """dot (mode 0), weight sum (mode 1) and the four-row dot (mode 4) of the conv/FC core."""
+    cases = [(a, b, n, mode) for a, b in ((5, 9), (200, 77)) for n in (0, 1, 3, 4, 17, 64)
+             for mode in (0, 1, 4)]
     got = primitives([("dot", *c) for c in cases])
-    for (a, b, n, off), value in zip(cases, got):
+    for (a, b, n, mode), value in zip(cases, got):
         x = [((a >> (i % 8)) * 37 + i * 11) % 256 - 128 for i in range(n)]
         w = [((b >> (i % 8)) * 53 + i * 7) % 255 - 127 for i in range(n)]
-        assert value == sum((xi + off) * wi for xi, wi in zip(x, w))
+        if mode == 0:
+            assert value == sum(xi * wi for xi, wi in zip(x, w))
+        elif mode == 1:
+            assert value == sum(w)
+        else:
+            rows = [(j * 29 + a) % 255 - 127 for j in range(4 * n)]
+            acc = [1 + sum(x[i] * rows[i] for i in range(n)),
+                   -2 + sum(x[i] * rows[n + i] for i in range(n)),
+                   3 + sum(x[i] * rows[2 * n + i] for i in range(n)),
+                   -4 + sum(x[i] * rows[3 * n + i] for i in range(n))]
+            assert value == acc[0] + 3 * acc[1] + 5 * acc[2] + 7 * acc[3]
 
 
 def test_count_leading_zeros(primitives):

@@ -62,10 +62,14 @@ class PortableKernels:
 
 
 def _conv_constants(ctx: LoweringContext, index: int, node: ir.Node, out_c: int,
-                    weights: np.ndarray) -> tuple[params.ConvQuant, bool, r.ConstArray,
-                                                  r.ConstArray | None, r.ConstArray,
-                                                  r.ConstArray]:
-    """Requantisation constants and flash arrays shared by conv, depthwise and FC."""
+                    weight_sums: np.ndarray) -> tuple[params.ConvQuant, bool, r.ConstArray,
+                                                      r.ConstArray, r.ConstArray, r.ConstArray]:
+    """Requantisation constants and flash arrays shared by conv, depthwise and FC.
+
+    The kernels accumulate sum(x * w) and start from ``bias + input_offset * sum(w)``: the
+    same int32 as TFLite's bias + sum((x + input_offset) * w), one add fewer per MAC.
+    ``weight_sums`` holds sum(w) per output channel.
+    """
     q = params.conv_quant(ctx.graph, node)
     per_channel = q.multipliers.size > 1
     if per_channel and q.multipliers.size != out_c:
@@ -74,19 +78,21 @@ def _conv_constants(ctx: LoweringContext, index: int, node: ir.Node, out_c: int,
     w = ctx.tensor(node.inputs[1])
     if w.dtype != "int8":
         raise ir.GraphError(f"{node.name}: weights are {w.dtype}, expected int8")
-    w_array = ctx.const_tensor(node.inputs[1], index, "weights", "int8_t",
-                               None if weights is w.data else weights)
-    bias = None
+    w_array = ctx.const_tensor(node.inputs[1], index, "weights", "int8_t")
+    bias = np.zeros(out_c, dtype=np.int64)
     if len(node.inputs) > 2 and node.inputs[2]:
         b = ctx.tensor(node.inputs[2])
         if b.dtype != "int32" or b.size != out_c:
             raise ir.GraphError(f"{node.name}: bias must be {out_c} int32 values")
-        bias = ctx.const_tensor(node.inputs[2], index, "bias", "int32_t")
+        bias = b.data.astype(np.int64).reshape(out_c)
+    folded = ctx.const_values(index, "bias", "int32_t",
+                              bias + q.input_offset * weight_sums.astype(np.int64),
+                              f"{node.name}: bias + input_offset * sum(weights)")
     mults = ctx.const_values(index, "multipliers", "int32_t", q.multipliers,
                              f"{node.name}: requantisation multipliers (Q31)")
     shifts = ctx.const_values(index, "shifts", "int32_t", q.shifts,
                               f"{node.name}: requantisation shifts (> 0: left)")
-    return q, per_channel, w_array, bias, mults, shifts
+    return q, per_channel, w_array, folded, mults, shifts
 
 
 def _int8(ctx: LoweringContext, node: ir.Node) -> None:
@@ -108,7 +114,7 @@ def _conv(ctx: LoweringContext, index: int, node: ir.Node, op: ir.Conv2D) -> r.C
     if o != out_c or i != in_c:
         return None  # grouped convolution: no kernel
     q, per_channel, weights, bias, mults, shifts = _conv_constants(
-        ctx, index, node, out_c, w.data)
+        ctx, index, node, out_c, w.data.astype(np.int64).reshape(out_c, -1).sum(axis=1))
     return r.ConvCall(
         input=ctx.buffer(node.inputs[0]), output=ctx.buffer(node.outputs[0]),
         in_h=in_h, in_w=in_w, in_c=in_c, out_h=out_h, out_w=out_w, out_c=out_c,
@@ -130,7 +136,7 @@ def _depthwise(ctx: LoweringContext, index: int, node: ir.Node,
     if one != 1 or channels != out_c or out_c != in_c * op.depth_multiplier:
         return None
     q, per_channel, weights, bias, mults, shifts = _conv_constants(
-        ctx, index, node, out_c, w.data)
+        ctx, index, node, out_c, w.data.astype(np.int64).reshape(-1, out_c).sum(axis=0))
     return r.DepthwiseCall(
         input=ctx.buffer(node.inputs[0]), output=ctx.buffer(node.outputs[0]),
         in_h=in_h, in_w=in_w, in_c=in_c, out_h=out_h, out_w=out_w, out_c=out_c,
@@ -152,7 +158,7 @@ def _fully_connected(ctx: LoweringContext, index: int,
             ctx.tensor(node.outputs[0]).size != out_features:
         return None
     q, per_channel, weights, bias, mults, shifts = _conv_constants(
-        ctx, index, node, out_features, w.data)
+        ctx, index, node, out_features, w.data.astype(np.int64).sum(axis=1))
     return r.FullyConnectedCall(
         input=ctx.buffer(node.inputs[0]), output=ctx.buffer(node.outputs[0]),
         in_features=in_features, out_features=out_features,

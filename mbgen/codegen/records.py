@@ -86,7 +86,7 @@ class ConvCall:
     act_max: int
     per_channel: bool          # False: one multiplier/shift for every output channel
     weights: ConstArray        # (out_c, k_h, k_w, in_c)
-    bias: ConstArray | None    # (out_c,)
+    bias: ConstArray           # (out_c,) bias + input_offset * sum(weights of the channel)
     multipliers: ConstArray
     shifts: ConstArray
 
@@ -118,7 +118,7 @@ class DepthwiseCall:
     act_max: int
     per_channel: bool
     weights: ConstArray        # (k_h, k_w, out_c)
-    bias: ConstArray | None
+    bias: ConstArray           # bias + input_offset * sum(weights of the channel)
     multipliers: ConstArray
     shifts: ConstArray
 
@@ -137,7 +137,7 @@ class FullyConnectedCall:
     act_max: int
     per_channel: bool
     weights: ConstArray        # (out_features, in_features)
-    bias: ConstArray | None
+    bias: ConstArray           # bias + input_offset * sum(weights of the channel)
     multipliers: ConstArray
     shifts: ConstArray
 

@@ -1,0 +1,652 @@
+"""The ``mbgen`` kernel set: Cortex-M DSP kernels specialised per layer at generation time.
+
+For Armv7E-M / Armv8-M cores with the DSP extension (Cortex-M4, M7, M33, M55). Every shape,
+stride, padding and channel count is baked into the generated C; the weights are re-laid
+out here, offline, in the order the inner loops read them:
+
+* 1x1 convolutions, general convolutions (through an im2col gather) and fully connected
+  layers are one int8 GEMM (``templates/kernels_mbgen/gemm.c.j2``): a few pixels are widened
+  to int16 pairs in the order SXTB16 produces them, then a block of pixels x output channels
+  accumulates with SMLAD. Weights are int16 pairs in that same order (one LDRD feeds two
+  SMLADs) or, when the flash budget is tight, int8 widened by SXTB16 in the loop.
+* depthwise convolutions (``depthwise.c.j2``) transpose a ring of input rows into int16
+  channel-major rows, padded with the zero point, so borders need no special case and two
+  taps of one channel meet in one SMLAD; 3x3 has an unrolled sweep, other shapes a loop.
+
+Arithmetic tricks, each exact (the tests compare every case with ``mbgen.reference``):
+
+* the input offset is folded into the bias, ``bias' = bias + input_offset * sum(w)``,
+  wrapped to int32 like the accumulator: padded taps then read the zero point itself.
+* requantisation uses SMMLAR (``round((2*acc*m + c*2**32) / 2**32)``) then one arithmetic
+  shift, instead of TFLite's SaturatingRoundingDoublingHighMul + RoundingDivideByPOT, only
+  for a layer where ``fast_requant`` proves it equal for every reachable accumulator of
+  every channel; otherwise the exact TFLite helper runs.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from mbgen import ir
+from mbgen.codegen import kernel_sets
+from mbgen.codegen import records as r
+from mbgen.codegen.lowering import LoweringContext, nhwc
+from mbgen.quantize import params
+
+NAME = "mbgen"
+
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+INT8_MIN, INT8_MAX = -128, 127
+
+# Flash the weight layout may not use: code, the runtime and the harness live there too.
+CODE_RESERVE_BYTES = 128 * 1024
+# Taps of a 3x3 depthwise channel record: (w0,w1) and (w1,w2) int16 pairs per kernel row.
+DW3_WEIGHT_WORDS = 6
+# Channel pairs held in the pointwise block; pixels per block depend on the weight format.
+GEMM_STEPS_PER_LOOP = 16   # inner-loop unroll (k-pairs) before a counted loop takes over
+
+
+class WeightFormat(enum.Enum):
+    """How a GEMM layer's weights sit in flash."""
+
+    INT16_PAIRS = "int16-pairs"   # two int16 per word, SXTB16 order, read by LDRD: fastest
+    INT8 = "int8"                 # as in the model, widened by SXTB16 in the loop: half flash
+
+
+class RequantScheme(enum.Enum):
+    FAST = "smmlar"    # SMMLAR(2*acc, m, c) >> R, proved exact for the layer
+    EXACT = "tflite"   # TFLite's MultiplyByQuantizedMultiplier, always exact
+
+
+class Gather(enum.Enum):
+    """Where a GEMM layer's columns come from."""
+
+    CONTIGUOUS = "contiguous"   # 1x1 stride-1 convolution or fully connected: pixels in a row
+    IM2COL = "im2col"           # any other convolution: receptive fields gathered per pixel
+
+
+@dataclass(frozen=True)
+class Requant:
+    """Per-layer requantisation as the kernel runs it.
+
+    The kernel reads three int32 per output channel (``plan_requant``'s table): FAST (m, c, R) with
+    the output zero point and the rounding of the shift inside c; EXACT (m, shift, 0) in
+    TFLite's convention.
+    """
+
+    scheme: RequantScheme
+    acc_doubled: bool        # FAST: the kernel's accumulator already holds 2 * acc
+    output_offset: int       # EXACT only; FAST has it in c
+    act_min: int
+    act_max: int
+
+    @property
+    def is_fast(self) -> bool:
+        return self.scheme is RequantScheme.FAST
+
+    @property
+    def clamp_min(self) -> bool:
+        """FAST saturates to int8 anyway; a narrower range needs its own clamp."""
+        return self.act_min > INT8_MIN
+
+    @property
+    def clamp_max(self) -> bool:
+        return self.act_max < INT8_MAX
+
+
+@dataclass(frozen=True)
+class GemmCall:
+    """A convolution or fully connected layer as an int8 GEMM: pixels x depth x channels."""
+
+    template: ClassVar[str] = "kernels_mbgen/gemm.c.j2"
+    function: ClassVar[str] = "mbgen_gemm"
+    input: r.BufferRef
+    output: r.BufferRef
+    scratch_offset: int | None   # arena offset of the widened columns; None: on the stack
+    gather: Gather
+    pixels: int                  # output pixels (1 for fully connected)
+    depth: int                   # K: k_h * k_w * in_c
+    depth_padded: int            # K rounded up to a multiple of 4 (zero weights beyond K)
+    out_c: int
+    block_pixels: int            # pixels per register block: 4 (int16), 2 (int8), 1 (FC)
+    block_channels: int          # output channels per register block
+    weight_format: WeightFormat
+    weights: r.ConstArray
+    bias: r.ConstArray           # folded (and doubled for FAST int16), padded to the block
+    requant_constants: r.ConstArray   # three int32 per output channel (see Requant)
+    requant: Requant
+    # im2col geometry (Gather.IM2COL); for CONTIGUOUS only in_c matters.
+    in_h: int
+    in_w: int
+    in_c: int
+    out_w: int
+    k_h: int
+    k_w: int
+    stride_h: int
+    stride_w: int
+    dilation_h: int
+    dilation_w: int
+    pad_top: int
+    pad_left: int
+    pad_value: int               # what padded taps read: the input zero point
+
+    @property
+    def depth_pairs(self) -> int:
+        return self.depth_padded // 2
+
+    @property
+    def column_words(self) -> int:
+        """int32 words of widened columns for one block of pixels."""
+        return self.depth_padded // 2 * self.block_pixels
+
+    @property
+    def gather_bytes(self) -> int:
+        """int8 bytes of the im2col buffer for one block of pixels (0 when contiguous)."""
+        return self.depth_padded * self.block_pixels if self.gather is Gather.IM2COL else 0
+
+    @property
+    def unroll(self) -> int:
+        return min(self.steps, GEMM_STEPS_PER_LOOP)
+
+    @property
+    def steps(self) -> int:
+        """Inner steps per block: k-pairs for int16 weights, groups of 4 for int8."""
+        if self.weight_format is WeightFormat.INT16_PAIRS and self.block_pixels > 1:
+            return self.depth_padded // 2
+        return self.depth_padded // 4
+
+    @property
+    def full_blocks(self) -> int:
+        return self.pixels // self.block_pixels
+
+    @property
+    def tail_pixels(self) -> int:
+        return self.pixels % self.block_pixels
+
+    @property
+    def full_channel_blocks(self) -> int:
+        return self.out_c // self.block_channels
+
+    @property
+    def tail_channels(self) -> int:
+        return self.out_c % self.block_channels
+
+
+@dataclass(frozen=True)
+class DepthwiseCall:
+    """A depthwise convolution over a ring of transposed, zero-point-padded int16 rows."""
+
+    template: ClassVar[str] = "kernels_mbgen/depthwise.c.j2"
+    function: ClassVar[str] = "mbgen_depthwise"
+    input: r.BufferRef
+    output: r.BufferRef
+    scratch_offset: int | None   # arena offset of the ring; None: on the stack
+    unrolled_3x3: bool           # the 3x3, dilation-1 sweep (stride 1 or 2)
+    in_h: int
+    in_w: int
+    in_c: int
+    out_h: int
+    out_w: int
+    out_c: int
+    depth_multiplier: int
+    k_h: int
+    k_w: int
+    stride_h: int
+    stride_w: int
+    dilation_h: int
+    dilation_w: int
+    pad_top: int
+    pad_left: int
+    pad_value: int
+    ring_rows: int               # rows the window spans: (k_h - 1) * dilation_h + 1
+    row_width: int               # int16 columns per transposed row (even)
+    col_origin: int              # ring column of input column 0 (pad_left, rounded to even)
+    channel_words: int           # int32 words per channel record
+    channels: r.ConstArray       # per output channel: taps, bias, requant constants
+    requant: Requant
+
+    @property
+    def ring_halfwords(self) -> int:
+        return self.in_c * self.ring_rows * self.row_width
+
+    @property
+    def window_origin(self) -> int:
+        """Ring column where output column 0's window starts."""
+        return self.col_origin - self.pad_left
+
+    @property
+    def bias_word(self) -> int:
+        return self.k_h * self.k_w if not self.unrolled_3x3 else DW3_WEIGHT_WORDS
+
+    @property
+    def requant_word(self) -> int:
+        return self.bias_word + 1
+
+
+# ----------------------------------------------------------------------------- arithmetic
+
+
+def wrap_int32(values: np.ndarray) -> np.ndarray:
+    """Two's-complement int32 wrap of int64 values, as the target's adds wrap."""
+    v = np.asarray(values, dtype=np.int64)
+    return ((v + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+
+
+def fold_input_offset(bias: np.ndarray, weights_per_channel: np.ndarray,
+                      input_offset: int) -> np.ndarray:
+    """bias + input_offset * sum(w) per output channel, wrapped to int32.
+
+    sum((x + offset) * w) == sum(x * w) + offset * sum(w) exactly, and int32 addition is
+    exact modulo 2**32, so the wrapped accumulator equals TFLite's whatever the order.
+    """
+    sums = weights_per_channel.astype(np.int64).reshape(len(bias), -1).sum(axis=1)
+    return wrap_int32(bias.astype(np.int64) + input_offset * sums)
+
+
+def accumulator_range(bias: np.ndarray, weights_per_channel: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """[lo, hi] of bias + sum(x * w) over every int8 input x, per output channel.
+
+    With the input offset folded into ``bias`` this bounds the accumulator for any input,
+    padded taps included (they read the zero point, an int8 too). Any partial sum lies in
+    the same range because each term's minimum is <= 0 <= its maximum.
+    """
+    w = weights_per_channel.astype(np.int64).reshape(len(bias), -1)
+    lo = np.minimum(INT8_MIN * w, INT8_MAX * w).sum(axis=1)
+    hi = np.maximum(INT8_MIN * w, INT8_MAX * w).sum(axis=1)
+    return bias.astype(np.int64) + lo, bias.astype(np.int64) + hi
+
+
+def smmlar(a: int, b: int, c: int) -> int:
+    """Arm SMMLAR: (c * 2**32 + a * b + 2**31) >> 32, the top word, wrapped to int32."""
+    value = ((c << 32) + a * b + (1 << 31)) >> 32
+    return int(wrap_int32(np.int64(value)))
+
+
+def fast_requant(multiplier: int, shift: int, output_offset: int, act_min: int, act_max: int,
+                 acc_lo: int, acc_hi: int) -> tuple[int, int] | None:
+    """(c, R) such that clamp(ssat8(SMMLAR(2*acc, m, c) >> R)) equals TFLite's
+    clamp(MultiplyByQuantizedMultiplier(acc, m, shift) + output_offset) for every acc in
+    [acc_lo, acc_hi]; None when that cannot be proved.
+
+    Why it holds when this returns: with |2*acc| < 2**31, SMMLAR(2*acc, m, 0) is
+    floor((acc*m + 2**30) / 2**31), which is exactly SaturatingRoundingDoublingHighMul (its
+    rounding is half-up; m > 0 rules out the saturating case). Adding c = 2**(R-1) + zp*2**R
+    (no overflow: checked on the range) and shifting right by R gives
+    floor(y / 2**R + 1/2) + zp: RoundingDivideByPOT rounds half *away from zero*, so the two
+    differ only when y < 0 is exactly a half, and then by one, towards zero. Such a result is
+    at most zp, so a lower clamp act_min >= zp hides it; otherwise the largest reachable
+    negative half y* must already clamp to act_min on the fast path (smaller y are lower
+    still, and the exact value is one below the fast one).
+    """
+    if shift > 0 or multiplier <= 0:
+        return None
+    right = -shift
+    if right > 31:
+        return None
+    a2_lo, a2_hi = 2 * acc_lo, 2 * acc_hi
+    if a2_lo < INT32_MIN or a2_hi > INT32_MAX:
+        return None
+    y_lo = (a2_lo * multiplier + (1 << 31)) >> 32
+    y_hi = (a2_hi * multiplier + (1 << 31)) >> 32
+    rounding = (1 << (right - 1)) if right > 0 else 0
+    c = rounding + output_offset * (1 << right)
+    if not INT32_MIN <= c <= INT32_MAX:
+        return None
+    if y_lo + c < INT32_MIN or y_hi + c > INT32_MAX:
+        return None
+    if right > 0 and act_min < output_offset:
+        half, period = 1 << (right - 1), 1 << right
+        top = min(y_hi, -1)
+        y_star = top - ((top - half) % period)   # largest y <= top with y = half mod 2**R
+        if y_star >= y_lo and ((y_star + c) >> right) > act_min:
+            return None
+    return c, right
+
+
+def plan_requant(q: params.ConvQuant, channels: int, acc_lo: np.ndarray, acc_hi: np.ndarray,
+                 acc_doubled: bool) -> tuple[Requant, np.ndarray]:
+    """FAST for the layer when every channel's proof holds, else EXACT; with the
+    (channels, 3) int32 table the kernel reads."""
+    mults = np.broadcast_to(q.multipliers, (channels,)).astype(np.int64)
+    shifts = np.broadcast_to(q.shifts, (channels,)).astype(np.int64)
+    fast = [fast_requant(int(mults[j]), int(shifts[j]), q.output_offset, q.act_min, q.act_max,
+                         int(acc_lo[j]), int(acc_hi[j])) for j in range(channels)]
+    if all(f is not None for f in fast):
+        table = np.array([(mults[j], fast[j][0], fast[j][1]) for j in range(channels)],
+                         dtype=np.int64).reshape(channels, 3)
+        return Requant(RequantScheme.FAST, acc_doubled, 0, q.act_min, q.act_max), table
+    table = np.stack([mults, shifts, np.zeros(channels, np.int64)], axis=1)
+    return Requant(RequantScheme.EXACT, False, q.output_offset, q.act_min, q.act_max), table
+
+
+def _requant_comment(node: ir.Node, requant: Requant) -> str:
+    if requant.is_fast:
+        return f"{node.name}: per channel (m, c, R) for SMMLAR(2*acc, m, c) >> R"
+    return f"{node.name}: per channel (multiplier, shift, 0), TFLite's convention"
+
+
+# ----------------------------------------------------------------------------- layouts
+
+
+def sxtb16_order(depth_padded: int) -> np.ndarray:
+    """Column k of each k-pair (lo, hi) in the order SXTB16 widens a word of 4 int8:
+    (k0, k2) then (k1, k3) for every group of four."""
+    groups = np.arange(depth_padded // 4)[:, None] * 4
+    pairs = np.stack([groups + np.array([0, 2]), groups + np.array([1, 3])], axis=1)
+    return pairs.reshape(-1, 2)
+
+
+def pack_int16_pairs(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """int32 words holding int16 ``lo`` in the bottom half and ``hi`` in the top half."""
+    word = (lo.astype(np.int64) & 0xFFFF) | ((hi.astype(np.int64) & 0xFFFF) << 16)
+    return wrap_int32(word)
+
+
+def gemm_weights(w: np.ndarray, fmt: WeightFormat, block_pixels: int, block_channels: int,
+                 scale: int) -> np.ndarray:
+    """Weights (O, K) in the order the GEMM block reads them (see gemm.c.j2).
+
+    INT16_PAIRS: [channel block][k-pair][channel in block] words of (w[k_lo], w[k_hi]).
+    INT8: [channel block][group of 4][channel in block] words of four int8 (little endian).
+    Output channels are padded with zero rows to the block, depth with zero columns to 4.
+    """
+    out_c, depth = w.shape
+    depth_padded = -(-depth // 4) * 4
+    padded_c = -(-out_c // block_channels) * block_channels
+    full = np.zeros((padded_c, depth_padded), dtype=np.int64)
+    full[:out_c, :depth] = w.astype(np.int64) * scale
+    blocks = full.reshape(padded_c // block_channels, block_channels, depth_padded)
+    if fmt is WeightFormat.INT16_PAIRS:
+        order = sxtb16_order(depth_padded)              # (pairs, 2)
+        lo = blocks[:, :, order[:, 0]]                  # (blocks, channels, pairs)
+        hi = blocks[:, :, order[:, 1]]
+        return pack_int16_pairs(lo, hi).transpose(0, 2, 1).reshape(-1)
+    groups = blocks.reshape(blocks.shape[0], block_channels, depth_padded // 4, 4)
+    return groups.transpose(0, 2, 1, 3).reshape(-1).astype(np.int8)
+
+
+# ----------------------------------------------------------------------------- the kernel set
+
+
+@dataclass(frozen=True)
+class _GraphChoices:
+    """Whole-graph decisions taken once per generation: which layers get int16 weights."""
+
+    dsp: bool
+    int16_layers: frozenset[str]
+
+
+def _target(ctx: LoweringContext):
+    """The Target being generated for, when the codegen passes it (else None)."""
+    name = getattr(ctx, "target", None)
+    if not name:
+        return None
+    from mbgen import targets
+    return targets.get(name)
+
+
+def _gemm_shape(graph: ir.Graph, node: ir.Node) -> tuple[int, int, int] | None:
+    """(pixels, depth, out_c) of a node the GEMM kernel can run, else None."""
+    op = node.op
+    w = graph.tensors[node.inputs[1]]
+    if isinstance(op, ir.Conv2D):
+        out_h, out_w, out_c = nhwc(graph.tensors[node.outputs[0]].shape)
+        o, k_h, k_w, i = w.shape
+        in_c = graph.tensors[node.inputs[0]].shape[3]
+        if o != out_c or i != in_c:
+            return None
+        return out_h * out_w, k_h * k_w * i, out_c
+    if isinstance(op, ir.FullyConnected):
+        out_features, in_features = w.shape
+        return 1, in_features, out_features
+    return None
+
+
+class MbgenKernels:
+    """Conv2D, DepthwiseConv2D and FullyConnected on DSP cores; None for everything else."""
+
+    name = NAME
+
+    def __init__(self) -> None:
+        self._choices: tuple[LoweringContext, _GraphChoices] | None = None
+
+    # -- decisions for the whole graph
+
+    def _graph_choices(self, ctx: LoweringContext) -> _GraphChoices:
+        if self._choices is not None and self._choices[0] is ctx:
+            return self._choices[1]
+        target = _target(ctx)
+        dsp = True if target is None else bool(target.dsp)
+        flash = 0 if target is None else target.flash_bytes
+        choices = _GraphChoices(dsp, choose_int16_layers(ctx.graph, flash))
+        self._choices = (ctx, choices)
+        return choices
+
+    def scratch_bytes(self, graph: ir.Graph, node: ir.Node) -> int:
+        """The most any of our kernels for ``node`` uses (the target is not known here)."""
+        op = node.op
+        if isinstance(op, (ir.Conv2D, ir.FullyConnected)):
+            shape = _gemm_shape(graph, node)
+            if shape is None:
+                return 0
+            _, depth, _ = shape
+            depth_padded = -(-depth // 4) * 4
+            block = 1 if isinstance(op, ir.FullyConnected) else 4
+            gather = 0 if _is_contiguous(graph, node) else depth_padded * block
+            return _align(depth_padded * 2 * block, 8) + _align(gather, 8)
+        if isinstance(op, ir.DepthwiseConv2D):
+            geometry = _depthwise_geometry(graph, node)
+            return 0 if geometry is None else _align(geometry[0] * 2, 8)
+        return 0
+
+    def lower(self, ctx: LoweringContext, index: int, node: ir.Node) -> r.CallRecord | None:
+        choices = self._graph_choices(ctx)
+        if not choices.dsp:
+            return None
+        for name in (node.inputs[0], node.outputs[0]):
+            if ctx.tensor(name).dtype != "int8":
+                return None
+        op = node.op
+        if isinstance(op, (ir.Conv2D, ir.FullyConnected)):
+            fmt = (WeightFormat.INT16_PAIRS if node.name in choices.int16_layers
+                   else WeightFormat.INT8)
+            return _lower_gemm(ctx, index, node, fmt)
+        if isinstance(op, ir.DepthwiseConv2D):
+            return _lower_depthwise(ctx, index, node, op)
+        return None
+
+
+def _align(n: int, to: int) -> int:
+    return -(-n // to) * to
+
+
+def _is_contiguous(graph: ir.Graph, node: ir.Node) -> bool:
+    """1x1, stride 1, no padding convolutions and fully connected layers read pixels as
+    they lie: row p of the GEMM is input pixel p."""
+    op = node.op
+    if isinstance(op, ir.FullyConnected):
+        return True
+    w = graph.tensors[node.inputs[1]]
+    return (w.shape[1:3] == (1, 1) and op.stride == (1, 1) and op.padding == ir.Padding())
+
+
+def choose_int16_layers(graph: ir.Graph, flash_bytes: int) -> frozenset[str]:
+    """GEMM layers whose weights become int16 pairs: the most MACs per extra flash byte
+    first, while the weights stay CODE_RESERVE_BYTES under the flash budget (no budget:
+    every conv, fully connected layers only when the budget allows)."""
+    base = sum(t.nbytes for t in graph.tensors.values() if t.is_const)
+    candidates = []
+    for node in graph.nodes:
+        shape = _gemm_shape(graph, node) if isinstance(node.op, (ir.Conv2D,
+                                                                 ir.FullyConnected)) else None
+        if shape is None:
+            continue
+        pixels, depth, out_c = shape
+        if pixels < 2:
+            continue   # fully connected: one pixel, int16 pairs save little per byte
+        extra = _align(depth, 4) * _align(out_c, 2)   # one more byte per weight
+        candidates.append((pixels, extra, node.name))
+    if not flash_bytes:
+        return frozenset(name for _, _, name in candidates)
+    room = flash_bytes - CODE_RESERVE_BYTES - base
+    chosen = []
+    for pixels, extra, name in sorted(candidates, key=lambda c: -c[0]):
+        if extra <= room:
+            chosen.append(name)
+            room -= extra
+    return frozenset(chosen)
+
+
+# ----------------------------------------------------------------------------- GEMM layers
+
+
+def _bias_values(ctx: LoweringContext, node: ir.Node, channels: int) -> np.ndarray:
+    if len(node.inputs) > 2 and node.inputs[2]:
+        b = ctx.tensor(node.inputs[2])
+        if b.dtype != "int32" or b.size != channels:
+            raise ir.GraphError(f"{node.name}: bias must be {channels} int32 values")
+        return b.data.astype(np.int64).reshape(channels)
+    return np.zeros(channels, dtype=np.int64)
+
+
+def _scratch_offset(ctx: LoweringContext, node: ir.Node) -> int | None:
+    offsets = getattr(ctx.plan, "scratch_offsets", {}) or {}
+    return int(offsets[node.name]) if node.name in offsets else None
+
+
+def _lower_gemm(ctx: LoweringContext, index: int, node: ir.Node,
+                fmt: WeightFormat) -> GemmCall | None:
+    shape = _gemm_shape(ctx.graph, node)
+    if shape is None:
+        return None
+    pixels, depth, out_c = shape
+    op = node.op
+    w = ctx.tensor(node.inputs[1])
+    if w.dtype != "int8":
+        return None
+    if isinstance(op, ir.FullyConnected):
+        if ctx.tensor(node.inputs[0]).size != depth or ctx.tensor(node.outputs[0]).size != out_c:
+            return None
+        block_pixels, block_channels = 1, 4
+        geometry = dict(in_h=1, in_w=1, in_c=depth, out_w=1, k_h=1, k_w=1, stride_h=1,
+                        stride_w=1, dilation_h=1, dilation_w=1, pad_top=0, pad_left=0)
+    else:
+        in_h, in_w, in_c = nhwc(ctx.tensor(node.inputs[0]).shape)
+        _, out_w, _ = nhwc(ctx.tensor(node.outputs[0]).shape)
+        _, k_h, k_w, _ = w.shape
+        block_pixels, block_channels = (4, 2) if fmt is WeightFormat.INT16_PAIRS else (2, 2)
+        geometry = dict(in_h=in_h, in_w=in_w, in_c=in_c, out_w=out_w, k_h=k_h, k_w=k_w,
+                        stride_h=op.stride[0], stride_w=op.stride[1],
+                        dilation_h=op.dilation[0], dilation_w=op.dilation[1],
+                        pad_top=op.padding.top, pad_left=op.padding.left)
+    gather = Gather.CONTIGUOUS if _is_contiguous(ctx.graph, node) else Gather.IM2COL
+    q = params.conv_quant(ctx.graph, node)
+    per_channel = q.multipliers.size > 1
+    if per_channel and q.multipliers.size != out_c:
+        raise ir.GraphError(f"{node.name}: {q.multipliers.size} weight scales for "
+                            f"{out_c} output channels")
+    weights = w.data.astype(np.int64).reshape(out_c, depth)
+    bias = fold_input_offset(_bias_values(ctx, node, out_c), weights, q.input_offset)
+    acc_lo, acc_hi = accumulator_range(bias, weights)
+    int16 = fmt is WeightFormat.INT16_PAIRS
+    requant, table = plan_requant(q, out_c, acc_lo, acc_hi, acc_doubled=int16)
+    padded_c = _align(out_c, block_channels)
+    table = np.concatenate([table, np.zeros((padded_c - out_c, 3), np.int64)])
+    requant_constants = ctx.const_values(index, "requant", "int32_t", table,
+                                         _requant_comment(node, requant))
+    scale = 2 if requant.is_fast and int16 else 1
+    depth_padded = _align(depth, 4)
+    packed = gemm_weights(weights, fmt, block_pixels, block_channels, scale)
+    weights_array = ctx.const_values(
+        index, "weights", "int32_t" if int16 else "int8_t", packed,
+        f"{node.name}: weights {'x2 ' if scale == 2 else ''}as "
+        f"{'int16 pairs' if int16 else 'int8'}, blocks of {block_channels} channels")
+    bias_padded = np.zeros(padded_c, dtype=np.int64)
+    bias_padded[:out_c] = wrap_int32(bias * scale) if scale == 2 else bias
+    bias_array = ctx.const_values(index, "bias", "int32_t", bias_padded,
+                                  f"{node.name}: bias + input_offset * sum(w)"
+                                  f"{', x2' if scale == 2 else ''}")
+    return GemmCall(
+        input=ctx.buffer(node.inputs[0]), output=ctx.buffer(node.outputs[0]),
+        scratch_offset=_scratch_offset(ctx, node), gather=gather, pixels=pixels,
+        depth=depth, depth_padded=depth_padded, out_c=out_c, block_pixels=block_pixels,
+        block_channels=block_channels, weight_format=fmt, weights=weights_array,
+        bias=bias_array, requant_constants=requant_constants, requant=requant,
+        pad_value=-q.input_offset, **geometry)
+
+
+# ----------------------------------------------------------------------------- depthwise
+
+
+def _depthwise_geometry(graph: ir.Graph, node: ir.Node) -> tuple[int, int, int, int] | None:
+    """(ring halfwords, ring rows, row width, column origin) of the transposed ring."""
+    op = node.op
+    w = graph.tensors[node.inputs[1]]
+    if len(w.shape) != 4 or w.shape[0] != 1:
+        return None
+    in_h, in_w, in_c = nhwc(graph.tensors[node.inputs[0]].shape)
+    out_h, out_w, out_c = nhwc(graph.tensors[node.outputs[0]].shape)
+    _, k_h, k_w, channels = w.shape
+    if channels != out_c or out_c != in_c * op.depth_multiplier:
+        return None
+    ring_rows = (k_h - 1) * op.dilation[0] + 1
+    col_origin = _align(op.padding.left, 2)
+    window_origin = col_origin - op.padding.left
+    # Columns the sweep may read: output pairs read up to two columns past the last tap.
+    last = window_origin + (_align(out_w, 2) - 1) * op.stride[1] + (k_w - 1) * op.dilation[1]
+    width = _align(max(last + 3, col_origin + in_w), 2)
+    return in_c * ring_rows * width, ring_rows, width, col_origin
+
+
+def _lower_depthwise(ctx: LoweringContext, index: int, node: ir.Node,
+                     op: ir.DepthwiseConv2D) -> DepthwiseCall | None:
+    geometry = _depthwise_geometry(ctx.graph, node)
+    if geometry is None:
+        return None
+    _, ring_rows, row_width, col_origin = geometry
+    in_h, in_w, in_c = nhwc(ctx.tensor(node.inputs[0]).shape)
+    out_h, out_w, out_c = nhwc(ctx.tensor(node.outputs[0]).shape)
+    w = ctx.tensor(node.inputs[1])
+    if w.dtype != "int8":
+        return None
+    _, k_h, k_w, _ = w.shape
+    q = params.conv_quant(ctx.graph, node)
+    taps = w.data.astype(np.int64).reshape(k_h * k_w, out_c).T          # (out_c, taps)
+    bias = fold_input_offset(_bias_values(ctx, node, out_c), taps, q.input_offset)
+    acc_lo, acc_hi = accumulator_range(bias, taps)
+    requant, table = plan_requant(q, out_c, acc_lo, acc_hi, acc_doubled=True)
+    scale = 2 if requant.is_fast else 1
+    unrolled = (k_h, k_w) == (3, 3) and op.dilation == (1, 1) and op.stride[1] in (1, 2)
+    scaled = taps * scale
+    if unrolled:
+        rows = scaled.reshape(out_c, 3, 3)
+        w01 = pack_int16_pairs(rows[:, :, 0], rows[:, :, 1])               # (out_c, 3)
+        w12 = pack_int16_pairs(rows[:, :, 1], rows[:, :, 2])
+        tap_words = np.stack([w01, w12], axis=2).reshape(out_c, DW3_WEIGHT_WORDS)
+    else:
+        tap_words = scaled
+    folded = wrap_int32(bias * scale)
+    record = np.concatenate([tap_words, folded[:, None], table], axis=1)
+    channel_words = record.shape[1]
+    channels = ctx.const_values(
+        index, "channels", "int32_t", record,
+        f"{node.name}: per channel {'(w0,w1),(w1,w2) int16 pairs per row' if unrolled else 'taps'}"
+        f"{' x2' if scale == 2 else ''}, bias + input_offset * sum(w), requant constants")
+    return DepthwiseCall(
+        input=ctx.buffer(node.inputs[0]), output=ctx.buffer(node.outputs[0]),
+        scratch_offset=_scratch_offset(ctx, node), unrolled_3x3=unrolled,
+        in_h=in_h, in_w=in_w, in_c=in_c, out_h=out_h, out_w=out_w, out_c=out_c,
+        depth_multiplier=op.depth_multiplier, k_h=k_h, k_w=k_w,
+        stride_h=op.stride[0], stride_w=op.stride[1],
+        dilation_h=op.dilation[0], dilation_w=op.dilation[1],
+        pad_top=op.padding.top, pad_left=op.padding.left, pad_value=-q.input_offset,
+        ring_rows=ring_rows, row_width=row_width, col_origin=col_origin,
+        channel_words=channel_words, channels=channels, requant=requant)
+
+
+kernel_sets.register(MbgenKernels())
