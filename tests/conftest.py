@@ -16,3 +16,24 @@ def shared_dir() -> Path:
     if not (SHARED_DIR / "models").is_dir():
         pytest.skip(f"shared test data not found at {SHARED_DIR}")
     return SHARED_DIR
+
+
+_PREPARED: dict[str, object] = {}
+
+
+@pytest.fixture(scope="session")
+def prepared():
+    """prepared(spec) -> compiler.PreparedModel, loaded and quantised once per test session."""
+    from mbgen.compiler import CompileOptions, prepare
+
+    def get(spec: str):
+        if spec not in _PREPARED:
+            _PREPARED[spec] = prepare(spec, CompileOptions())
+        return _PREPARED[spec]
+    return get
+
+
+def image_paths() -> list[Path]:
+    """The shared photos, or none when ../shared is absent."""
+    folder = SHARED_DIR / "images"
+    return sorted(folder.glob("*.*")) if folder.is_dir() else []

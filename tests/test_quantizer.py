@@ -440,11 +440,9 @@ def _single_layer(qgraph, node):
 def test_zoo_mbv1_int8_reference_tracks_float():
     """mbv1_0.25_128 from the zoo, through the torch frontend and passes, quantised.
 
-    Layer by layer (each int8 layer fed its quantised float input) the int8 model must track
-    float closely. End to end the bar is lower, and not because of the quantizer: the zoo's
-    random-weight network is chaotic. Quantising only its input to int8 (nothing else)
-    already drops the logits' cosine to 0.967..0.984 on the shared images, and full int8
-    measures 0.90..0.96, while every single layer stays >= 0.9997.
+    Layer by layer (each int8 layer fed its quantised float input) and end to end the int8
+    model must track float closely (end to end measured 0.999; the zoo's BatchNorm init keeps
+    the random network out of the chaotic regime, see mbgen.zoo._init_weights).
     """
     from mbgen.images import quantize_input
 
@@ -476,4 +474,4 @@ def test_zoo_mbv1_int8_reference_tracks_float():
         got = (got.astype(np.float64) - qp.scalar_zero_point) * qp.scalar_scale
         assert cosine(got, float_values[out]) >= 0.995, node.name
     end_to_end = _run_dequantized(reference, qgraph, x)
-    assert cosine(end_to_end, float_values[graph.outputs[0]]) >= 0.90
+    assert cosine(end_to_end, float_values[graph.outputs[0]]) >= 0.98
