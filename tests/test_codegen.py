@@ -592,16 +592,29 @@ def test_layers_a_kernel_set_refuses_fall_back_to_portable(tmp_path: Path):
     from mbgen.codegen import kernel_sets
     from mbgen.codegen.kernels_portable import PortableKernels
 
+    scratch_seen = []
+
     class ConvOnly(PortableKernels):
-        """A pretend specialised set that only takes Conv2D."""
+        """A pretend specialised set that only takes Conv2D, with 100 bytes of scratch."""
         name = "test-conv-only"
 
+        def scratch_bytes(self, graph, node):
+            return 100 if isinstance(node.op, ir.Conv2D) else 0
+
         def lower(self, ctx, index, node):
-            return super().lower(ctx, index, node) if isinstance(node.op, ir.Conv2D) else None
+            if not isinstance(node.op, ir.Conv2D):
+                return None
+            scratch_seen.append(ctx.scratch(node.name))
+            return super().lower(ctx, index, node)
 
     kernel_sets.register(ConvOnly())
     graph = _small_graph()
-    report = codegen.generate(graph, plan_graph(graph), tmp_path, kernels="test-conv-only")
+    scratch = codegen.scratch_requirements(graph, "test-conv-only")
+    assert scratch == {graph.nodes[0].name: 100}
+    assert codegen.scratch_requirements(graph, "portable") == {}
+    plan = plan_graph(graph, scratch)
+    report = codegen.generate(graph, plan, tmp_path, kernels="test-conv-only")
+    assert scratch_seen[0].offset == plan.scratch_offsets[graph.nodes[0].name]
     assert [l["kernel"] for l in report["layers"]] == \
         ["test-conv-only", "portable", "portable", "portable"]
     assert report["fallback_layers"] == [n.name for n in graph.nodes[1:]]

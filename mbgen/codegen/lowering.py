@@ -43,6 +43,12 @@ class LoweringContext:
             return BufferRef(BufferKind.ARENA, int(self.plan.offsets[tensor_name]))
         raise ir.GraphError(f"activation {tensor_name!r} has no place in the memory plan")
 
+    def scratch(self, node_name: str) -> BufferRef | None:
+        """The arena scratch buffer the plan reserved for a node (see
+        ``kernel_sets.scratch_requirements``), or None if it asked for none."""
+        offset = self.plan.scratch_offsets.get(node_name)
+        return None if offset is None else BufferRef(BufferKind.ARENA, int(offset))
+
     def _unique_symbol(self, stem: str) -> str:
         symbol = f"{self.prefix}_{stem}"
         n = 2
