@@ -204,7 +204,6 @@ class DepthwiseCall:
     pad_value: int
     ring_rows: int               # rows the window spans: (k_h - 1) * dilation_h + 1
     row_width: int               # int16 columns per transposed row (even)
-    col_origin: int              # ring column of input column 0 (pad_left, rounded to even)
     channel_words: int           # int32 words per channel record
     channels: r.ConstArray       # per output channel: taps, bias, requant constants
     requant: Requant
@@ -214,9 +213,9 @@ class DepthwiseCall:
         return self.in_c * self.ring_rows * self.row_width
 
     @property
-    def window_origin(self) -> int:
-        """Ring column where output column 0's window starts."""
-        return self.col_origin - self.pad_left
+    def sweep_rotations(self) -> list[int]:
+        """Ring slots of the window's top row, over all output rows."""
+        return sorted({(oy * self.stride_h) % self.ring_rows for oy in range(self.out_h)})
 
     @property
     def bias_word(self) -> int:
@@ -583,8 +582,14 @@ def _lower_gemm(ctx: LoweringContext, index: int, node: ir.Node,
 # ----------------------------------------------------------------------------- depthwise
 
 
-def _depthwise_geometry(graph: ir.Graph, node: ir.Node) -> tuple[int, int, int, int] | None:
-    """(ring halfwords, ring rows, row width, column origin) of the transposed ring."""
+def _depthwise_geometry(graph: ir.Graph, node: ir.Node) -> tuple[int, int, int] | None:
+    """(ring halfwords, ring rows, row width) of the transposed ring of a depthwise node.
+
+    A ring row holds one input row of one channel as int16, input column x at ring column
+    pad_left + x, so output column ox's window starts at column ox * stride; every other
+    column holds the zero point. The width covers every column a sweep reads, including
+    the second halfword of the last pair it loads.
+    """
     op = node.op
     w = graph.tensors[node.inputs[1]]
     if len(w.shape) != 4 or w.shape[0] != 1:
@@ -595,12 +600,9 @@ def _depthwise_geometry(graph: ir.Graph, node: ir.Node) -> tuple[int, int, int, 
     if channels != out_c or out_c != in_c * op.depth_multiplier:
         return None
     ring_rows = (k_h - 1) * op.dilation[0] + 1
-    col_origin = _align(op.padding.left, 2)
-    window_origin = col_origin - op.padding.left
-    # Columns the sweep may read: output pairs read up to two columns past the last tap.
-    last = window_origin + (_align(out_w, 2) - 1) * op.stride[1] + (k_w - 1) * op.dilation[1]
-    width = _align(max(last + 3, col_origin + in_w), 2)
-    return in_c * ring_rows * width, ring_rows, width, col_origin
+    last = (_align(out_w, 2) - 1) * op.stride[1] + (k_w - 1) * op.dilation[1] + 1
+    width = _align(max(last + 1, op.padding.left + in_w), 2)
+    return in_c * ring_rows * width, ring_rows, width
 
 
 def _lower_depthwise(ctx: LoweringContext, index: int, node: ir.Node,
@@ -608,7 +610,7 @@ def _lower_depthwise(ctx: LoweringContext, index: int, node: ir.Node,
     geometry = _depthwise_geometry(ctx.graph, node)
     if geometry is None:
         return None
-    _, ring_rows, row_width, col_origin = geometry
+    _, ring_rows, row_width = geometry
     in_h, in_w, in_c = nhwc(ctx.tensor(node.inputs[0]).shape)
     out_h, out_w, out_c = nhwc(ctx.tensor(node.outputs[0]).shape)
     w = ctx.tensor(node.inputs[1])
@@ -645,7 +647,7 @@ def _lower_depthwise(ctx: LoweringContext, index: int, node: ir.Node,
         stride_h=op.stride[0], stride_w=op.stride[1],
         dilation_h=op.dilation[0], dilation_w=op.dilation[1],
         pad_top=op.padding.top, pad_left=op.padding.left, pad_value=-q.input_offset,
-        ring_rows=ring_rows, row_width=row_width, col_origin=col_origin,
+        ring_rows=ring_rows, row_width=row_width,
         channel_words=channel_words, channels=channels, requant=requant)
 
 
