@@ -93,11 +93,12 @@ def _check_graph(graph: ir.Graph, name: str) -> None:
                             "codegen needs an int8 graph (quantize it first)")
 
 
-def lower_graph(graph: ir.Graph, plan: GraphPlan, prefix: str, kernels: str) -> list[Layer]:
+def lower_graph(graph: ir.Graph, plan: GraphPlan, prefix: str, kernels: str,
+                target: str = "host") -> list[Layer]:
     """One Layer per node: the chosen kernel set's call record, else the portable one."""
     chosen = kernel_sets.get(kernels)
     fallback = kernel_sets.portable()
-    ctx = LoweringContext(graph, plan, prefix)
+    ctx = LoweringContext(graph, plan, prefix, target)
     layers = []
     for index, node in enumerate(graph.nodes):
         call, used = chosen.lower(ctx, index, node), chosen.name
@@ -158,7 +159,7 @@ def generate(graph: ir.Graph, plan: GraphPlan, out_dir: Path, *, name: str = "mo
     (``model`` replaced by ``name``) into ``out_dir``; return the report."""
     out_dir = Path(out_dir)
     _check_graph(graph, name)
-    layers = lower_graph(graph, plan, name, kernels)
+    layers = lower_graph(graph, plan, name, kernels, target)
     constants = _unique_constants(layers)
 
     env = environment()

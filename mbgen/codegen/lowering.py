@@ -26,6 +26,7 @@ class LoweringContext:
     graph: ir.Graph
     plan: GraphPlan
     prefix: str
+    target: str = "host"   # the target's name: a kernel set may depend on its core
     _tensor_arrays: dict[str, ConstArray] = field(default_factory=dict)
     _symbols: set[str] = field(default_factory=set)
 
