@@ -80,6 +80,15 @@ def _read_model(path: Path) -> "onnx.ModelProto":
     return model
 
 
+def _tensor_value(tensor: "onnx.TensorProto", label: str) -> np.ndarray:
+    """A TensorProto's array; a damaged one (dims vs data, unknown type) is the user's error."""
+    try:
+        return numpy_helper.to_array(tensor)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise UserError(f"ONNX {label} cannot be read ({_first_line(exc)}): "
+                        "the file is damaged") from None
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:200]
@@ -184,7 +193,7 @@ def _ints(value: object) -> tuple[int, ...]:
 def _constant_node_value(node: "onnx.NodeProto", label: str) -> np.ndarray:
     attrs = _attrs(node)
     if "value" in attrs:
-        return numpy_helper.to_array(attrs["value"])
+        return _tensor_value(attrs["value"], label)
     if "value_float" in attrs:
         return np.array(attrs["value_float"], dtype=np.float32)
     if "value_floats" in attrs:
@@ -256,7 +265,7 @@ def _fold_node(node: "onnx.NodeProto", label: str, values: list[np.ndarray | Non
     if op == "ConstantOfShape":
         if values[0] is None:
             return None
-        fill = numpy_helper.to_array(attrs["value"]) if "value" in attrs \
+        fill = _tensor_value(attrs["value"], label) if "value" in attrs \
             else np.zeros(1, dtype=np.float32)
         return np.full(_ints(values[0].reshape(-1)), fill.reshape(-1)[0], dtype=fill.dtype)
     # every other foldable op needs all of its (non-empty) inputs known
@@ -311,7 +320,8 @@ def _fold_constants(model: "onnx.ModelProto") -> tuple["onnx.ModelProto", dict[s
     target is folded, so inference and folding alternate until nothing changes.
     """
     graph = model.graph
-    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    constants = {init.name: _tensor_value(init, f"initializer {init.name!r}")
+                 for init in graph.initializer}
     remaining = [(_node_label(n, i), n) for i, n in enumerate(graph.node)]
     while True:
         shapes = _shapes_of(_infer(_rebuild(model, [n for _, n in remaining], constants)))
@@ -343,7 +353,11 @@ def _rebuild(model: "onnx.ModelProto", nodes: list["onnx.NodeProto"],
     used.update(out.name for out in model.graph.output)
     initializers = [numpy_helper.from_array(np.asarray(value), name)
                     for name, value in constants.items() if name in used]
-    graph = onnx.helper.make_graph(nodes, model.graph.name, _graph_inputs(model.graph),
+    try:
+        graph_name = str(model.graph.name)
+    except UnicodeDecodeError:
+        raise UserError("ONNX graph name is not valid UTF-8: the file is damaged") from None
+    graph = onnx.helper.make_graph(nodes, graph_name, _graph_inputs(model.graph),
                                    list(model.graph.output), initializer=initializers)
     return onnx.helper.make_model(graph, opset_imports=list(model.opset_import),
                                   ir_version=model.ir_version,
