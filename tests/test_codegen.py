@@ -92,7 +92,7 @@ class GraphBuilder:
 
     def _weighted(self, x: str, weight_shape: tuple[int, ...], axis: int | None,
                   out_shape: tuple[int, ...], op: ir.OpAttrs, fan_in: int,
-                  act: ir.Activation) -> str:
+                  act: ir.Activation, with_bias: bool = True) -> str:
         channels = weight_shape[axis if axis is not None else 0]
         n_scales = channels if axis is not None else 1
         weights = self.rng.integers(-127, 128, size=weight_shape)
@@ -108,7 +108,7 @@ class GraphBuilder:
         # for an output std of about 45 levels
         out_scale = float(in_scale * w_scale.mean() * spread * 73 * np.sqrt(fan_in) / 45)
         y = self.activation(out_shape, out_scale, self._out_zero_point(act))
-        return self._node(op, [x, w, bias], y)
+        return self._node(op, [x, w, bias] if with_bias else [x, w], y)
 
     @staticmethod
     def _out_size(size: int, pad: int, k: int, stride: int, dilation: int) -> int:
@@ -116,13 +116,15 @@ class GraphBuilder:
 
     def conv(self, x: str, out_c: int, k: tuple[int, int] = (3, 3),
              stride: tuple[int, int] = (1, 1), padding: ir.Padding | None = None,
-             dilation: tuple[int, int] = (1, 1), act: ir.Activation = A.RELU6) -> str:
+             dilation: tuple[int, int] = (1, 1), act: ir.Activation = A.RELU6,
+             with_bias: bool = True) -> str:
         _, h, w, c = self.shape(x)
         p = padding or ir.Padding.same(h, w, *k, *stride, *dilation)
         oh = self._out_size(h, p.top + p.bottom, k[0], stride[0], dilation[0])
         ow = self._out_size(w, p.left + p.right, k[1], stride[1], dilation[1])
         return self._weighted(x, (out_c, k[0], k[1], c), 0, (1, oh, ow, out_c),
-                              ir.Conv2D(stride, p, dilation, act), k[0] * k[1] * c, act)
+                              ir.Conv2D(stride, p, dilation, act), k[0] * k[1] * c, act,
+                              with_bias)
 
     def depthwise(self, x: str, multiplier: int = 1, k: tuple[int, int] = (3, 3),
                   stride: tuple[int, int] = (1, 1), padding: ir.Padding | None = None,
@@ -229,6 +231,25 @@ def _conv_dilated_rect(b: GraphBuilder) -> str:
 
 def _conv_1x1(b: GraphBuilder) -> str:
     return b.conv(b.input((1, 6, 5, 7)), 10, k=(1, 1), act=A.NONE)
+
+
+def _conv_per_tensor_weights(b: GraphBuilder) -> str:
+    # one weight scale for every channel, as older TFLite models have
+    x = b.input((1, 6, 6, 4))
+    y = b.conv(x, 6, act=A.NONE)
+    w = b.tensors[b.nodes[-1].inputs[1]]
+    b.tensors[w.name] = ir.Tensor(w.name, w.shape, w.dtype, w.data,
+                                  ir.QuantParams.per_tensor(float(w.quant.scale[0]), 0))
+    bias = b.tensors[b.nodes[-1].inputs[2]]
+    b.tensors[bias.name] = ir.Tensor(bias.name, bias.shape, bias.dtype, bias.data,
+                                     ir.QuantParams(np.full(6, b.quant(x).scalar_scale
+                                                            * w.quant.scale[0], np.float32),
+                                                    np.zeros(6, np.int32), 0))
+    return y
+
+
+def _conv_without_bias(b: GraphBuilder) -> str:
+    return b.conv(b.input((1, 5, 6, 9)), 7, stride=(2, 1), with_bias=False)
 
 
 def _conv_5x5_valid_stride3(b: GraphBuilder) -> str:
@@ -345,7 +366,7 @@ class Case:
 
 CASES = [Case(f.__name__.lstrip("_"), f) for f in (
     _conv_3x3_same, _conv_stride2_odd, _conv_asymmetric_padding, _conv_dilated_rect,
-    _conv_1x1, _conv_5x5_valid_stride3, _depthwise_3x3, _depthwise_stride2_odd,
+    _conv_1x1, _conv_without_bias, _conv_per_tensor_weights, _conv_5x5_valid_stride3, _depthwise_3x3, _depthwise_stride2_odd,
     _depthwise_multiplier, _depthwise_multiplier_8_one_channel, _depthwise_dilated_asymmetric,
     _fully_connected, _residual_block, _add_relu6, _average_pool_valid, _average_pool_same,
     _classifier_head, _mean_rescaling, _softmax_wide, _softmax_rows_beta, _pad_then_valid_conv,
