@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from helpers_c import CFLAGS, build, build_folder, run
+from helpers_c import build, build_folder, run
 from mbgen import codegen, ir
 from mbgen.errors import UserError
 from mbgen.planner import plan_graph
