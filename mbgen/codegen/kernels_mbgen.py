@@ -115,9 +115,7 @@ class GemmCall:
     block_pixels: int            # pixels per register block: 4 (int16), 2 (int8), 1 (FC)
     block_channels: int          # output channels per register block
     weight_format: WeightFormat
-    weights: r.ConstArray
-    bias: r.ConstArray           # folded (and doubled for FAST int16), padded to the block
-    requant_constants: r.ConstArray   # three int32 per output channel (see Requant)
+    stream: r.ConstArray         # per channel block: biases, weights, requant constants
     requant: Requant
     # im2col geometry (Gather.IM2COL); for CONTIGUOUS only in_c matters.
     in_h: int
@@ -135,8 +133,27 @@ class GemmCall:
     pad_value: int               # what padded taps read: the input zero point
 
     @property
-    def depth_pairs(self) -> int:
-        return self.depth_padded // 2
+    def asm_block(self) -> bool:
+        """The hand-scheduled path: int16 pairs, 4x2 blocks, FAST requantisation without an
+        extra clamp, store offsets within STRB's 12-bit immediate."""
+        return (self.weight_format is WeightFormat.INT16_PAIRS and self.block_pixels == 4
+                and self.requant.is_fast and not (self.requant.clamp_min
+                                                  or self.requant.clamp_max)
+                and 3 * self.out_c + self.block_channels <= 4095)
+
+    @property
+    def block_stream_units(self) -> int:
+        """Stream elements (int32 words, or bytes for int8 weights) of one channel block."""
+        words = 4 * self.block_channels + self.steps * self.step_weight_words
+        return words if self.weight_format is WeightFormat.INT16_PAIRS else 4 * words
+
+    @property
+    def step_weight_words(self) -> int:
+        """Weight words one inner step reads."""
+        if self.weight_format is WeightFormat.INT16_PAIRS and self.block_pixels > 1:
+            return self.block_channels            # one k-pair per channel
+        return self.block_channels * (2 if self.weight_format is WeightFormat.INT16_PAIRS
+                                      else 1)     # a group of 4 depths per channel
 
     @property
     def column_words(self) -> int:
@@ -211,6 +228,14 @@ class DepthwiseCall:
     @property
     def ring_halfwords(self) -> int:
         return self.in_c * self.ring_rows * self.row_width
+
+    @property
+    def asm_sweep(self) -> bool:
+        """The hand-scheduled 3x3 pair loop: FAST requantisation without an extra clamp and
+        ring offsets within LDR's 12-bit immediate."""
+        return (self.unrolled_3x3 and self.requant.is_fast
+                and not (self.requant.clamp_min or self.requant.clamp_max)
+                and 4 * self.row_width + 12 <= 4095 and self.out_c <= 4095)
 
     @property
     def sweep_rotations(self) -> list[int]:
@@ -323,10 +348,10 @@ def plan_requant(q: params.ConvQuant, channels: int, acc_lo: np.ndarray, acc_hi:
     return Requant(RequantScheme.EXACT, False, q.output_offset, q.act_min, q.act_max), table
 
 
-def _requant_comment(node: ir.Node, requant: Requant) -> str:
+def _requant_comment(requant: Requant) -> str:
     if requant.is_fast:
-        return f"{node.name}: per channel (m, c, R) for SMMLAR(2*acc, m, c) >> R"
-    return f"{node.name}: per channel (multiplier, shift, 0), TFLite's convention"
+        return "per channel (m, c, R) for SMMLAR(2*acc, m, c) >> R"
+    return "per channel (multiplier, shift, 0) in TFLite's convention"
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -369,6 +394,30 @@ def gemm_weights(w: np.ndarray, fmt: WeightFormat, block_pixels: int, block_chan
     return groups.transpose(0, 2, 1, 3).reshape(-1).astype(np.int8)
 
 
+def gemm_stream(weights: np.ndarray, bias: np.ndarray, requant_table: np.ndarray,
+                fmt: WeightFormat, block_pixels: int, block_channels: int) -> np.ndarray:
+    """Everything a GEMM layer reads from flash, in reading order, per channel block:
+    the block's folded biases (int32), its weights (gemm_weights), then (m, c|shift, R|0)
+    int32 triples per channel. One pointer walks it. For int8 weights the stream is bytes
+    (int32 values little endian; each part is a multiple of 4 bytes, so words stay aligned).
+    """
+    out_c = weights.shape[0]
+    padded_c = _align(out_c, block_channels)
+    blocks = padded_c // block_channels
+    bias_padded = np.zeros(padded_c, dtype=np.int64)
+    bias_padded[:out_c] = bias
+    table = np.zeros((padded_c, 3), dtype=np.int64)
+    table[:out_c] = requant_table
+    packed = gemm_weights(weights, fmt, block_pixels, block_channels, 1)
+    per_block = packed.reshape(blocks, -1)
+    heads = bias_padded.reshape(blocks, block_channels)
+    tails = table.reshape(blocks, 3 * block_channels)
+    if fmt is WeightFormat.INT16_PAIRS:
+        return np.concatenate([heads, per_block.astype(np.int64), tails], axis=1).reshape(-1)
+    as_bytes = lambda words: wrap_int32(words).astype("<i4").view(np.int8).reshape(blocks, -1)
+    return np.concatenate([as_bytes(heads), per_block, as_bytes(tails)], axis=1).reshape(-1)
+
+
 # ----------------------------------------------------------------------------- the kernel set
 
 
@@ -381,12 +430,9 @@ class _GraphChoices:
 
 
 def _target(ctx: LoweringContext):
-    """The Target being generated for, when the codegen passes it (else None)."""
-    name = getattr(ctx, "target", None)
-    if not name:
-        return None
+    """The Target being generated for."""
     from mbgen import targets
-    return targets.get(name)
+    return targets.get(ctx.target)
 
 
 def _gemm_shape(graph: ir.Graph, node: ir.Node) -> tuple[int, int, int] | None:
@@ -420,9 +466,8 @@ class MbgenKernels:
         if self._choices is not None and self._choices[0] is ctx:
             return self._choices[1]
         target = _target(ctx)
-        dsp = True if target is None else bool(target.dsp)
-        flash = 0 if target is None else target.flash_bytes
-        choices = _GraphChoices(dsp, choose_int16_layers(ctx.graph, flash))
+        choices = _GraphChoices(bool(target.dsp),
+                                choose_int16_layers(ctx.graph, target.flash_bytes))
         self._choices = (ctx, choices)
         return choices
 
@@ -514,8 +559,9 @@ def _bias_values(ctx: LoweringContext, node: ir.Node, channels: int) -> np.ndarr
 
 
 def _scratch_offset(ctx: LoweringContext, node: ir.Node) -> int | None:
-    offsets = getattr(ctx.plan, "scratch_offsets", {}) or {}
-    return int(offsets[node.name]) if node.name in offsets else None
+    """Arena offset of the node's planned scratch; None: the kernel uses its stack."""
+    ref = ctx.scratch(node.name)
+    return None if ref is None else ref.offset
 
 
 def _lower_gemm(ctx: LoweringContext, index: int, node: ir.Node,
@@ -554,29 +600,21 @@ def _lower_gemm(ctx: LoweringContext, index: int, node: ir.Node,
     acc_lo, acc_hi = accumulator_range(bias, weights)
     int16 = fmt is WeightFormat.INT16_PAIRS
     requant, table = plan_requant(q, out_c, acc_lo, acc_hi, acc_doubled=int16)
-    padded_c = _align(out_c, block_channels)
-    table = np.concatenate([table, np.zeros((padded_c - out_c, 3), np.int64)])
-    requant_constants = ctx.const_values(index, "requant", "int32_t", table,
-                                         _requant_comment(node, requant))
     scale = 2 if requant.is_fast and int16 else 1
     depth_padded = _align(depth, 4)
-    packed = gemm_weights(weights, fmt, block_pixels, block_channels, scale)
-    weights_array = ctx.const_values(
-        index, "weights", "int32_t" if int16 else "int8_t", packed,
-        f"{node.name}: weights {'x2 ' if scale == 2 else ''}as "
-        f"{'int16 pairs' if int16 else 'int8'}, blocks of {block_channels} channels")
-    bias_padded = np.zeros(padded_c, dtype=np.int64)
-    bias_padded[:out_c] = wrap_int32(bias * scale) if scale == 2 else bias
-    bias_array = ctx.const_values(index, "bias", "int32_t", bias_padded,
-                                  f"{node.name}: bias + input_offset * sum(w)"
-                                  f"{', x2' if scale == 2 else ''}")
+    stream = gemm_stream(weights * scale, wrap_int32(bias * scale), table, fmt, block_pixels,
+                         block_channels)
+    stream_array = ctx.const_values(
+        index, "stream", "int32_t" if int16 else "int8_t", stream,
+        f"{node.name}: per block of {block_channels} channels: bias + input_offset * sum(w), "
+        f"weights as {'int16 pairs' if int16 else 'int8'}{' (both x2)' if scale == 2 else ''}"
+        f", {_requant_comment(requant)}")
     return GemmCall(
         input=ctx.buffer(node.inputs[0]), output=ctx.buffer(node.outputs[0]),
         scratch_offset=_scratch_offset(ctx, node), gather=gather, pixels=pixels,
         depth=depth, depth_padded=depth_padded, out_c=out_c, block_pixels=block_pixels,
-        block_channels=block_channels, weight_format=fmt, weights=weights_array,
-        bias=bias_array, requant_constants=requant_constants, requant=requant,
-        pad_value=-q.input_offset, **geometry)
+        block_channels=block_channels, weight_format=fmt, stream=stream_array,
+        requant=requant, pad_value=-q.input_offset, **geometry)
 
 
 # ----------------------------------------------------------------------------- depthwise
