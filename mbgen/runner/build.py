@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -90,3 +91,19 @@ def compile_once(command: list[str], inputs: Sequence[Path], product: Path,
         shown = "\n".join(lines[:30]) + ("\n..." if len(lines) > 30 else "")
         raise RunFailure(f"building {what} failed:\n{shown}")
     stamp.write_text(digest)
+
+
+def library_inputs(out_dir: Path, target, cmsis_nn: Path | None = None
+                   ) -> tuple[list[Path], list[Path]]:
+    """Sources and include dirs of the libraries a folder's kernels call, from its report.json:
+    CMSIS-NN for layers of kernel set cmsis-nn (the tree ``cmsis_nn``, else $CMSIS_NN_PATH;
+    UserError when neither is set)."""
+    try:
+        report = json.loads((Path(out_dir) / "report.json").read_text())
+    except (OSError, ValueError):
+        return [], []
+    from mbgen.codegen import kernels_cmsis_nn
+    if not isinstance(report, dict) or not kernels_cmsis_nn.uses_library(report):
+        return [], []
+    library = kernels_cmsis_nn.library_build(target, cmsis_nn)
+    return list(library.sources), list(library.include_dirs)

@@ -10,7 +10,8 @@ from pathlib import Path
 from mbgen import FIRMWARE_DIR
 from mbgen.errors import RunFailure, UserError
 from mbgen.runner import tools
-from mbgen.runner.build import compile_once, default_build_dir, folder_sources, header_files
+from mbgen.runner.build import (compile_once, default_build_dir, folder_sources, header_files,
+                                library_inputs)
 from mbgen.targets import Target
 
 
@@ -46,23 +47,27 @@ def firmware_cflags(target: Target) -> list[str]:
 
 def build_firmware(out_dir: Path, target: Target, build_dir: Path | None = None, *,
                    extra_sources: Sequence[Path] = (), include_dirs: Sequence[Path] = (),
-                   extra_cflags: Sequence[str] = ()) -> FirmwareBuild:
+                   extra_cflags: Sequence[str] = (),
+                   cmsis_nn: Path | None = None) -> FirmwareBuild:
     """Compile the folder with firmware/ for ``target``'s QEMU board; returns ELF and sizes.
 
     ``extra_cflags`` come after the target's, so e.g. ``["-O3"]`` overrides its -O2.
-    Unchanged inputs are not rebuilt. Nothing is written into ``out_dir``.
+    Unchanged inputs are not rebuilt. Nothing is written into ``out_dir``. A folder calling
+    CMSIS-NN gets its sources from ``cmsis_nn`` (default: $CMSIS_NN_PATH).
     """
     if not target.runs_in_qemu:
         raise UserError(f"target {target.name} has no QEMU board; build it for the host")
     gcc = tools.arm_gcc()
     tools.check_newlib_nano(gcc)
     out_dir = Path(out_dir)
-    sources = folder_sources(out_dir) + firmware_sources() + [Path(p) for p in extra_sources]
+    lib_sources, lib_includes = library_inputs(out_dir, target, cmsis_nn)
+    sources = (folder_sources(out_dir) + firmware_sources() + [Path(p) for p in extra_sources]
+               + lib_sources)
     build_dir = Path(build_dir) if build_dir else default_build_dir(out_dir, target.name)
     elf = build_dir / "firmware.elf"
     script = target.linker_script_path
     assert script is not None
-    includes = [out_dir, FIRMWARE_DIR / "include", *map(Path, include_dirs)]
+    includes = [out_dir, FIRMWARE_DIR / "include", *map(Path, include_dirs), *lib_includes]
     command = [gcc, *target.cflags, *firmware_cflags(target), *extra_cflags,
                *(f"-I{d}" for d in includes), *map(str, sources),
                "-nostartfiles", "--specs=nano.specs", *target.ldflags,

@@ -11,23 +11,26 @@ from pathlib import Path
 from mbgen import targets
 from mbgen.errors import RunFailure
 from mbgen.runner import tools
-from mbgen.runner.build import compile_once, default_build_dir, folder_sources, header_files
+from mbgen.runner.build import (compile_once, default_build_dir, folder_sources, header_files,
+                                library_inputs)
 from mbgen.runner.result import RunResult, parse_console
 
 
 def build_host(out_dir: Path, build_dir: Path | None = None, *,
                extra_sources: Sequence[Path] = (), include_dirs: Sequence[Path] = (),
-               extra_cflags: Sequence[str] = ()) -> Path:
+               extra_cflags: Sequence[str] = (), cmsis_nn: Path | None = None) -> Path:
     """Compile the folder (its main.c included) with the host's cc; returns the executable.
 
-    Flags are the host target's (C99, -O2); nothing is written into ``out_dir``.
+    Flags are the host target's (C99, -O2); nothing is written into ``out_dir``. A folder
+    calling CMSIS-NN gets its sources from ``cmsis_nn`` (default: $CMSIS_NN_PATH).
     """
     out_dir = Path(out_dir)
-    sources = folder_sources(out_dir) + [Path(p) for p in extra_sources]
+    host = targets.get("host")
+    lib_sources, lib_includes = library_inputs(out_dir, host, cmsis_nn)
+    sources = folder_sources(out_dir) + [Path(p) for p in extra_sources] + lib_sources
     build_dir = Path(build_dir) if build_dir else default_build_dir(out_dir, "host")
     exe = build_dir / "model_host"
-    host = targets.get("host")
-    includes = [out_dir, *map(Path, include_dirs)]
+    includes = [out_dir, *map(Path, include_dirs), *lib_includes]
     command = [tools.host_cc(), *host.cflags, *extra_cflags,
                *(f"-I{d}" for d in includes), *map(str, sources), "-o", str(exe),
                *host.ldflags]
