@@ -94,8 +94,8 @@ def test_tflm_arena_matches_models_md():
 def test_quantized_zoo_model_written_by_us_runs_bit_exactly_in_tflm(tmp_path):
     """Our whole int8 route (torch frontend, passes, quantizer) yields graphs that TFLM runs
     exactly as our reference does: MobileNetV2 brings ADD and MEAN along."""
-    from mbgen.compiler import CompileOptions, prepare_int8_graph, resolve_model
-    _, graph = prepare_int8_graph(resolve_model("mbv2_0.35_96"), CompileOptions(calib_count=4))
+    from mbgen.compiler import CompileOptions, prepare
+    graph = prepare("mbv2_0.35_96", CompileOptions(calib_count=4)).graph
     assert {"Add", "Mean", "FullyConnected"} <= {ir.op_name(n.op) for n in graph.nodes}
     path = write_tflite(graph, tmp_path / "mbv2.tflite")
     rng = np.random.default_rng(0)
