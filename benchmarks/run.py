@@ -1,0 +1,158 @@
+"""Benchmark every kernel set on the reference models and write benchmarks/RESULTS.md.
+
+    CMSIS_NN_PATH=/path/to/CMSIS-NN python benchmarks/run.py [--cmsis-nn-version V]
+
+Runs ``mbgen bench`` (mbgen.bench.bench_model) for mbv1_0.25_128, mbv2_0.35_96 and
+../shared/models/person_detect.tflite on cortex-m7 and cortex-m4, with the portable and
+mbgen kernels and, when CMSIS_NN_PATH is set, CMSIS-NN. With CMSIS-NN it also runs
+tests/test_kernels_cmsis_nn.py against the real library and records the outcome.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+MODELS = ("mbv1_0.25_128", "mbv2_0.35_96", str(SHARED / "models" / "person_detect.tflite"))
+TARGETS = ("cortex-m7", "cortex-m4")
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def _first_line(command: list[str], cwd: Path | None = None) -> str | None:
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, cwd=cwd)
+    except OSError:
+        return None
+    lines = proc.stdout.strip().splitlines()
+    return lines[0].strip() if proc.returncode == 0 and lines else None
+
+
+def versions(cmsis_nn: str | None, cmsis_nn_version: str | None) -> dict[str, str]:
+    library = "not used (CMSIS_NN_PATH unset)"
+    if cmsis_nn:
+        library = (cmsis_nn_version
+                   or _first_line(["git", "-C", cmsis_nn, "describe", "--tags", "--always"])
+                   or os.environ.get("CMSIS_NN_VERSION") or "unknown (not a git checkout)")
+    return {
+        "mbgen": _first_line(["git", "describe", "--always", "--dirty"], ROOT) or "unknown",
+        "arm-none-eabi-gcc": _first_line(["arm-none-eabi-gcc", "--version"]) or "missing",
+        "qemu": _first_line(["qemu-system-arm", "--version"]) or "missing",
+        "CMSIS-NN": library,
+        "python": sys.version.split()[0],
+    }
+
+
+def _op_totals(result: dict) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for layer in result["layers"]:
+        totals[layer["op"]] = totals.get(layer["op"], 0) + layer["instructions"]
+    return totals
+
+
+def model_section(outcome: dict) -> list[str]:
+    results = outcome["results"]
+    base = results[0]
+    lines = [f"### {outcome['model']} on {outcome['target']}", "",
+             f"{outcome['macs'] / 1e6:.2f} M MACs, {len(base['layers'])} layers.", "",
+             f"| kernels | instructions | speed vs {base['kernels']} | MACs / instruction "
+             "| arena bytes | flash bytes | fallback layers |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for r in results:
+        fallbacks = ", ".join(f"`{n}`" for n in r["fallback_layers"]) or "none"
+        lines.append(f"| {r['kernels']} | {r['instructions']:,} | "
+                     f"{base['instructions'] / r['instructions']:.2f}x | "
+                     f"{outcome['macs'] / r['instructions']:.3f} | {r['arena_bytes']:,} | "
+                     f"{r['flash_bytes']:,} | {fallbacks} |")
+    ops = list(dict.fromkeys(layer["op"] for layer in base["layers"]))
+    totals = [_op_totals(r) for r in results]
+    macs = {op: sum(layer["macs"] for layer in base["layers"] if layer["op"] == op) for op in ops}
+    lines += ["", "Instructions by op (MACs / instruction):", "",
+              "| op | MACs | " + " | ".join(r["kernels"] for r in results) + " |",
+              "|---|---:|" + "---:|" * len(results)]
+    for op in ops:
+        cells = []
+        for t in totals:
+            per = f" ({macs[op] / t[op]:.3f})" if macs[op] and t[op] else ""
+            cells.append(f"{t[op]:,}{per}")
+        lines.append(f"| {op} | {macs[op]:,} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def run_cmsis_nn_tests(cmsis_nn: str) -> str:
+    env = dict(os.environ, CMSIS_NN_PATH=cmsis_nn)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "tests/test_kernels_cmsis_nn.py",
+                           "-q", "-p", "no:cacheprovider"], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "no output"
+    return f"{'passed' if proc.returncode == 0 else 'FAILED'}: {summary}"
+
+
+def write_results(outcomes: list[dict], info: dict[str, str], tests: str | None) -> None:
+    today = datetime.date.today().isoformat()
+    lines = [
+        "# Benchmarks", "",
+        f"Written by `benchmarks/run.py` on {today}; rerun it rather than editing this file.", "",
+        "| component | version |", "|---|---|",
+        *(f"| {name} | {value} |" for name, value in info.items()), "",
+        "## How these numbers are measured", "",
+        "- `mbgen bench MODEL --target T`: each kernel set's folder is built as firmware with",
+        "  the target's flags (-O2) and run once in QEMU on one seeded random int8 input.",
+        "- **Instructions**, not cycles: QEMU's `-icount` makes the SysTick counter exact to",
+        "  one instruction (firmware/README.md). It does not model pipelines, wait states or",
+        "  multi-cycle instructions (an `SMLAD`, two MACs, counts as one instruction).",
+        "  Per-op figures include about 45 instructions of profiling hooks per layer.",
+        "- **Speed** is the baseline's instruction count (the first kernel set, portable)",
+        "  divided by the set's, in the same run. MACs / instruction uses the model's MACs.",
+        "- **Arena**: the static activation arena, scratch buffers included. **Flash**: the",
+        "  whole firmware's text + data (`arm-none-eabi-size`), harness and startup included.",
+        "- **Correctness**: every run's output was compared with `mbgen.reference.run_int8`",
+        "  and was bit-exact (`bench_model` refuses to report a run that is not).",
+        "- mbgen kernels: `--kernels mbgen`; CMSIS-NN kernels: `--kernels cmsis-nn`, the library",
+        "  built with its default double rounding (TFLite's reference arithmetic).", "",
+    ]
+    if tests is not None:
+        lines += ["## CMSIS-NN correctness with the real library", "",
+                  f"With CMSIS-NN {info['CMSIS-NN']}, every cmsis-nn run below was bit-exact with",
+                  "the numpy int8 reference, and `tests/test_kernels_cmsis_nn.py` (odd-shape",
+                  "layers and mbv1_0.25_96 on the host and cortex-m7 in QEMU, buffer-size",
+                  f"formulas against the library's own functions) {tests}.", ""]
+    lines += ["## Results", ""]
+    for outcome in outcomes:
+        lines += model_section(outcome)
+    RESULTS.write_text("\n".join(lines).rstrip() + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cmsis-nn-version", help="how to name the CMSIS-NN tree when it is "
+                        "not a git checkout (e.g. v7.0.0-43-g99f736a6)")
+    parser.add_argument("--skip-tests", action="store_true",
+                        help="do not run tests/test_kernels_cmsis_nn.py against CMSIS-NN")
+    args = parser.parse_args(argv)
+    from mbgen.bench import bench_model
+    cmsis_nn = os.environ.get("CMSIS_NN_PATH") or None
+    outcomes = []
+    for model in MODELS:
+        for target in TARGETS:
+            print(f"== {Path(model).name} on {target}", flush=True)
+            outcomes.append(bench_model(model, target, cmsis_nn=cmsis_nn, echo=None))
+            for r in outcomes[-1]["results"]:
+                print(f"   {r['kernels']:<9} {r['instructions']:>12,d} instructions", flush=True)
+    tests = None
+    if cmsis_nn and not args.skip_tests:
+        print("== tests/test_kernels_cmsis_nn.py with the real CMSIS-NN", flush=True)
+        tests = run_cmsis_nn_tests(cmsis_nn)
+        print("   " + tests)
+    write_results(outcomes, versions(cmsis_nn, args.cmsis_nn_version), tests)
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
