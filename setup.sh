@@ -23,6 +23,8 @@ fi
 
 # mbgen itself with its Python dependencies (torch is pinned to the CPU build 2.13.0).
 python3 -m pip install -q --disable-pip-version-check -e '.[test,tflite]'
+# pyenv installs console scripts behind shims that only appear after a rehash.
+if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
 
 if [ $run_demo -eq 1 ]; then
     mbgen compile mbv1_0.25_128 --target cortex-m7 -o out/mbv1_0.25_128-cortex-m7
