@@ -99,6 +99,18 @@ class Requant:
 
 
 @dataclass(frozen=True)
+class ColumnWord:
+    """Where word g (depths 4g..4g+3) of an interior pixel's receptive field comes from: the
+    last ``take`` bytes of kernel row ``run`` from ``offset`` on, then (take < 4) the first
+    4 - take bytes of row run + 1, or zero padding after the last row. Every load reads
+    4 bytes inside one kernel row's run of k_w * in_c bytes, never past it."""
+
+    run: int
+    offset: int
+    take: int
+
+
+@dataclass(frozen=True)
 class GemmCall:
     """A convolution or fully connected layer as an int8 GEMM: pixels x depth x channels."""
 
@@ -131,6 +143,7 @@ class GemmCall:
     pad_top: int
     pad_left: int
     pad_value: int               # what padded taps read: the input zero point
+    column_words: tuple[ColumnWord, ...] = ()   # IM2COL direct gather (empty: via bytes)
 
     @property
     def asm_block(self) -> bool:
@@ -156,7 +169,7 @@ class GemmCall:
                                       else 1)     # a group of 4 depths per channel
 
     @property
-    def column_words(self) -> int:
+    def cols_words(self) -> int:
         """int32 words of widened columns for one block of pixels."""
         return self.depth_padded // 2 * self.block_pixels
 
@@ -194,8 +207,24 @@ class GemmCall:
 
 
 @dataclass(frozen=True)
+class ChannelGroup:
+    """Consecutive channel records sharing one requantisation shift R (FAST), so the
+    sweep can saturate with SSAT's immediate shift; shift -1: R comes from each record."""
+
+    shift: int
+    first: int    # index of the group's first record
+    count: int
+
+
+@dataclass(frozen=True)
 class DepthwiseCall:
-    """A depthwise convolution over a ring of transposed, zero-point-padded int16 rows."""
+    """A depthwise convolution over a ring of transposed, zero-point-padded int16 rows.
+
+    Channel record (int32 words): the taps ((w0,w1), (w1,w2) int16 pairs per kernel row for
+    the unrolled 3x3, else one tap per word, row-major), the folded bias, the requantisation
+    triple (m, c, R) or (m, shift, 0), then the output channel it is for. Records are in
+    group order (by R), not channel order.
+    """
 
     template: ClassVar[str] = "kernels_mbgen/depthwise.c.j2"
     function: ClassVar[str] = "mbgen_depthwise"
@@ -203,6 +232,7 @@ class DepthwiseCall:
     output: r.BufferRef
     scratch_offset: int | None   # arena offset of the ring; None: on the stack
     unrolled_3x3: bool           # the 3x3, dilation-1 sweep (stride 1 or 2)
+    double_rows: bool            # unrolled, stride 1: two output rows per sweep
     in_h: int
     in_w: int
     in_c: int
@@ -219,10 +249,11 @@ class DepthwiseCall:
     pad_top: int
     pad_left: int
     pad_value: int
-    ring_rows: int               # rows the window spans: (k_h - 1) * dilation_h + 1
+    ring_rows: int               # rows a sweep spans (+1 for double-row sweeps)
     row_width: int               # int16 columns per transposed row (even)
     channel_words: int           # int32 words per channel record
-    channels: r.ConstArray       # per output channel: taps, bias, requant constants
+    channels: r.ConstArray       # the channel records
+    groups: tuple[ChannelGroup, ...]
     requant: Requant
 
     @property
@@ -230,25 +261,45 @@ class DepthwiseCall:
         return self.in_c * self.ring_rows * self.row_width
 
     @property
-    def asm_sweep(self) -> bool:
-        """The hand-scheduled 3x3 pair loop: FAST requantisation without an extra clamp and
-        ring offsets within LDR's 12-bit immediate."""
-        return (self.unrolled_3x3 and self.requant.is_fast
-                and not (self.requant.clamp_min or self.requant.clamp_max)
-                and 4 * self.row_width + 12 <= 4095 and self.out_c <= 4095)
+    def channel_stride(self) -> int:
+        """int16 elements of one channel's rows in the ring."""
+        return self.ring_rows * self.row_width
 
     @property
-    def sweep_rotations(self) -> list[int]:
-        """Ring slots of the window's top row, over all output rows."""
-        return sorted({(oy * self.stride_h) % self.ring_rows for oy in range(self.out_h)})
+    def asm_sweep(self) -> bool:
+        """The hand-scheduled 3x3 loops: FAST requantisation without an extra clamp, ring
+        offsets within LDR's and output offsets within STRB's 12-bit immediate."""
+        return (self.unrolled_3x3 and self.requant.is_fast
+                and not (self.requant.clamp_min or self.requant.clamp_max)
+                and 2 * self.ring_rows * self.row_width + 12 <= 4095
+                and (self.out_w + 1) * self.out_c <= 4095)
+
+    def rotations(self, rows: int) -> list[int]:
+        """Ring slots of the window's top row over the sweeps covering ``rows`` output rows
+        (1, or 2 for double-row sweeps)."""
+        tops = [oy for oy, count in self.sweeps() if count == rows]
+        return sorted({(oy * self.stride_h) % self.ring_rows for oy in tops})
+
+    def sweeps(self) -> list[tuple[int, int]]:
+        """(first output row, rows) of each sweep, in order."""
+        out, oy = [], 0
+        while oy < self.out_h:
+            count = 2 if self.double_rows and oy + 1 < self.out_h else 1
+            out.append((oy, count))
+            oy += count
+        return out
 
     @property
     def bias_word(self) -> int:
-        return self.k_h * self.k_w if not self.unrolled_3x3 else DW3_WEIGHT_WORDS
+        return DW3_WEIGHT_WORDS if self.unrolled_3x3 else self.k_h * self.k_w
 
     @property
     def requant_word(self) -> int:
         return self.bias_word + 1
+
+    @property
+    def index_word(self) -> int:
+        return self.bias_word + 4
 
 
 # ----------------------------------------------------------------------------- arithmetic
@@ -392,6 +443,19 @@ def gemm_weights(w: np.ndarray, fmt: WeightFormat, block_pixels: int, block_chan
         return pack_int16_pairs(lo, hi).transpose(0, 2, 1).reshape(-1)
     groups = blocks.reshape(blocks.shape[0], block_channels, depth_padded // 4, 4)
     return groups.transpose(0, 2, 1, 3).reshape(-1).astype(np.int8)
+
+
+def direct_column_words(depth: int, run_bytes: int, runs: int) -> tuple[ColumnWord, ...]:
+    """How to load an interior receptive field word by word straight from the input, when
+    each of its ``runs`` kernel rows is one contiguous run of ``run_bytes`` >= 4 bytes."""
+    if run_bytes < 4:
+        return ()
+    words = []
+    for g in range(_align(depth, 4) // 4):
+        run, offset = divmod(4 * g, run_bytes)
+        take = min(4, run_bytes - offset)
+        words.append(ColumnWord(run, offset, take))
+    return tuple(words)
 
 
 def gemm_stream(weights: np.ndarray, bias: np.ndarray, requant_table: np.ndarray,
@@ -590,6 +654,10 @@ def _lower_gemm(ctx: LoweringContext, index: int, node: ir.Node,
                         dilation_h=op.dilation[0], dilation_w=op.dilation[1],
                         pad_top=op.padding.top, pad_left=op.padding.left)
     gather = Gather.CONTIGUOUS if _is_contiguous(ctx.graph, node) else Gather.IM2COL
+    direct = ()
+    if gather is Gather.IM2COL and geometry["dilation_w"] == 1:
+        direct = direct_column_words(depth, geometry["k_w"] * geometry["in_c"],
+                                     geometry["k_h"])
     q = params.conv_quant(ctx.graph, node)
     per_channel = q.multipliers.size > 1
     if per_channel and q.multipliers.size != out_c:
@@ -614,7 +682,7 @@ def _lower_gemm(ctx: LoweringContext, index: int, node: ir.Node,
         scratch_offset=_scratch_offset(ctx, node), gather=gather, pixels=pixels,
         depth=depth, depth_padded=depth_padded, out_c=out_c, block_pixels=block_pixels,
         block_channels=block_channels, weight_format=fmt, stream=stream_array,
-        requant=requant, pad_value=-q.input_offset, **geometry)
+        requant=requant, pad_value=-q.input_offset, column_words=direct, **geometry)
 
 
 # ----------------------------------------------------------------------------- depthwise
@@ -638,6 +706,8 @@ def _depthwise_geometry(graph: ir.Graph, node: ir.Node) -> tuple[int, int, int] 
     if channels != out_c or out_c != in_c * op.depth_multiplier:
         return None
     ring_rows = (k_h - 1) * op.dilation[0] + 1
+    if _unrolled_3x3(graph, node) and op.stride[0] == 1:
+        ring_rows += 1   # double-row sweeps span one more row
     last = (_align(out_w, 2) - 1) * op.stride[1] + (k_w - 1) * op.dilation[1] + 1
     width = _align(max(last + 1, op.padding.left + in_w), 2)
     return in_c * ring_rows * width, ring_rows, width
@@ -661,7 +731,8 @@ def _lower_depthwise(ctx: LoweringContext, index: int, node: ir.Node,
     acc_lo, acc_hi = accumulator_range(bias, taps)
     requant, table = plan_requant(q, out_c, acc_lo, acc_hi, acc_doubled=True)
     scale = 2 if requant.is_fast else 1
-    unrolled = (k_h, k_w) == (3, 3) and op.dilation == (1, 1) and op.stride[1] in (1, 2)
+    unrolled = _unrolled_3x3(ctx.graph, node)
+    double_rows = unrolled and op.stride[0] == 1
     scaled = taps * scale
     if unrolled:
         rows = scaled.reshape(out_c, 3, 3)
@@ -671,22 +742,43 @@ def _lower_depthwise(ctx: LoweringContext, index: int, node: ir.Node,
     else:
         tap_words = scaled
     folded = wrap_int32(bias * scale)
-    record = np.concatenate([tap_words, folded[:, None], table], axis=1)
+    record = np.concatenate([tap_words, folded[:, None], table,
+                             np.arange(out_c, dtype=np.int64)[:, None]], axis=1)
+    if requant.is_fast:
+        order = np.argsort(table[:, 2], kind="stable")
+        record = record[order]
+        shifts = table[order, 2]
+        groups, first = [], 0
+        for shift in sorted(set(shifts.tolist())):
+            count = int((shifts == shift).sum())
+            groups.append(ChannelGroup(int(shift), first, count))
+            first += count
+    else:
+        groups = [ChannelGroup(-1, 0, out_c)]
     channel_words = record.shape[1]
     channels = ctx.const_values(
         index, "channels", "int32_t", record,
-        f"{node.name}: per channel {'(w0,w1),(w1,w2) int16 pairs per row' if unrolled else 'taps'}"
-        f"{' x2' if scale == 2 else ''}, bias + input_offset * sum(w), requant constants")
+        f"{node.name}: channel records by shift: "
+        f"{'(w0,w1),(w1,w2) int16 pairs per row' if unrolled else 'taps'}"
+        f"{' x2' if scale == 2 else ''}, bias + input_offset * sum(w), "
+        f"{_requant_comment(requant)}, output channel")
     return DepthwiseCall(
         input=ctx.buffer(node.inputs[0]), output=ctx.buffer(node.outputs[0]),
         scratch_offset=_scratch_offset(ctx, node), unrolled_3x3=unrolled,
+        double_rows=double_rows,
         in_h=in_h, in_w=in_w, in_c=in_c, out_h=out_h, out_w=out_w, out_c=out_c,
         depth_multiplier=op.depth_multiplier, k_h=k_h, k_w=k_w,
         stride_h=op.stride[0], stride_w=op.stride[1],
         dilation_h=op.dilation[0], dilation_w=op.dilation[1],
         pad_top=op.padding.top, pad_left=op.padding.left, pad_value=-q.input_offset,
-        ring_rows=ring_rows, row_width=row_width,
-        channel_words=channel_words, channels=channels, requant=requant)
+        ring_rows=ring_rows, row_width=row_width, channel_words=channel_words,
+        channels=channels, groups=tuple(groups), requant=requant)
+
+
+def _unrolled_3x3(graph: ir.Graph, node: ir.Node) -> bool:
+    _, k_h, k_w, _ = graph.tensors[node.inputs[1]].shape
+    return ((k_h, k_w) == (3, 3) and node.op.dilation == (1, 1)
+            and node.op.stride[1] in (1, 2))
 
 
 kernel_sets.register(MbgenKernels())
