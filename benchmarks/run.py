@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-MODELS = ("mbv1_0.25_128", "mbv2_0.35_96", str(SHARED / "models" / "person_detect.tflite"))
+ZOO_MODELS = ("mbv1_0.25_128", "mbv2_0.35_96")
+SHARED_MODEL = "models/person_detect.tflite"  # in ../shared, next to the repository
 TARGETS = ("cortex-m7", "cortex-m4")
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -132,13 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cmsis-nn-version", help="how to name the CMSIS-NN tree when it is "
                         "not a git checkout (e.g. v7.0.0-43-g99f736a6)")
+    parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared",
+                        help="the shared test data folder (default: ../shared)")
     parser.add_argument("--skip-tests", action="store_true",
                         help="do not run tests/test_kernels_cmsis_nn.py against CMSIS-NN")
     args = parser.parse_args(argv)
     from mbgen.bench import bench_model
     cmsis_nn = os.environ.get("CMSIS_NN_PATH") or None
     outcomes = []
-    for model in MODELS:
+    models = [*ZOO_MODELS, str(args.shared / SHARED_MODEL)]
+    for model in models:
         for target in TARGETS:
             print(f"== {Path(model).name} on {target}", flush=True)
             outcomes.append(bench_model(model, target, cmsis_nn=cmsis_nn, echo=None))
