@@ -144,21 +144,25 @@ class GemmCall:
     pad_left: int
     pad_value: int               # what padded taps read: the input zero point
     column_words: tuple[ColumnWord, ...] = ()   # IM2COL direct gather (empty: via bytes)
+    pair_groups: tuple[ChannelGroup, ...] = ()  # asm_block: channel pairs by shift
 
     @property
     def asm_block(self) -> bool:
-        """The hand-scheduled path: int16 pairs, 4x2 blocks, FAST requantisation without an
-        extra clamp, store offsets within STRB's 12-bit immediate."""
-        return (self.weight_format is WeightFormat.INT16_PAIRS and self.block_pixels == 4
-                and self.requant.is_fast and not (self.requant.clamp_min
-                                                  or self.requant.clamp_max)
-                and 3 * self.out_c + self.block_channels <= 4095)
+        """The hand-scheduled path (see _asm_block_eligible)."""
+        return _asm_block_eligible(self.weight_format, self.block_pixels, self.requant,
+                                   self.out_c, self.block_channels)
 
     @property
     def block_stream_units(self) -> int:
         """Stream elements (int32 words, or bytes for int8 weights) of one channel block."""
-        words = 4 * self.block_channels + self.steps * self.step_weight_words
+        words = (4 * self.block_channels + self.steps * self.step_weight_words
+                 + self.offset_words)
         return words if self.weight_format is WeightFormat.INT16_PAIRS else 4 * words
+
+    @property
+    def offset_words(self) -> int:
+        """Words of a block's output channel numbers (uint16 pairs) in the stream."""
+        return -(-self.block_channels // 2)
 
     @property
     def step_weight_words(self) -> int:
@@ -445,6 +449,15 @@ def gemm_weights(w: np.ndarray, fmt: WeightFormat, block_pixels: int, block_chan
     return groups.transpose(0, 2, 1, 3).reshape(-1).astype(np.int8)
 
 
+def _asm_block_eligible(fmt: WeightFormat, block_pixels: int, requant: Requant, out_c: int,
+                        block_channels: int) -> bool:
+    """int16 pairs, 4x2 blocks, FAST requantisation without an extra clamp, and store
+    offsets (channel + 3 rows of out_c) within STRB's 12-bit immediate."""
+    return (fmt is WeightFormat.INT16_PAIRS and block_pixels == 4 and requant.is_fast
+            and not (requant.clamp_min or requant.clamp_max)
+            and 3 * out_c + block_channels <= 4095)
+
+
 def direct_column_words(depth: int, run_bytes: int, runs: int) -> tuple[ColumnWord, ...]:
     """How to load an interior receptive field word by word straight from the input, when
     each of its ``runs`` kernel rows is one contiguous run of ``run_bytes`` >= 4 bytes."""
@@ -459,27 +472,58 @@ def direct_column_words(depth: int, run_bytes: int, runs: int) -> tuple[ColumnWo
 
 
 def gemm_stream(weights: np.ndarray, bias: np.ndarray, requant_table: np.ndarray,
-                fmt: WeightFormat, block_pixels: int, block_channels: int) -> np.ndarray:
+                fmt: WeightFormat, block_pixels: int, block_channels: int,
+                order: np.ndarray | None = None) -> np.ndarray:
     """Everything a GEMM layer reads from flash, in reading order, per channel block:
     the block's folded biases (int32), its weights (gemm_weights), then (m, c|shift, R|0)
-    int32 triples per channel. One pointer walks it. For int8 weights the stream is bytes
-    (int32 values little endian; each part is a multiple of 4 bytes, so words stay aligned).
+    int32 triples per channel, then the block's output channel numbers as uint16 pairs.
+    ``order`` lists the output channels in stream order (default: 0, 1, ...), padded to
+    whole blocks with repeats that are never stored. One pointer walks the stream. For int8
+    weights the stream is bytes (int32 values little endian; every part is a multiple of 4
+    bytes, so words stay aligned).
     """
     out_c = weights.shape[0]
     padded_c = _align(out_c, block_channels)
     blocks = padded_c // block_channels
-    bias_padded = np.zeros(padded_c, dtype=np.int64)
-    bias_padded[:out_c] = bias
-    table = np.zeros((padded_c, 3), dtype=np.int64)
-    table[:out_c] = requant_table
-    packed = gemm_weights(weights, fmt, block_pixels, block_channels, 1)
+    if order is None:
+        order = np.arange(out_c)
+    order = np.concatenate([order, np.full(padded_c - out_c, order[-1])]).astype(np.int64)
+    packed = gemm_weights(weights[order], fmt, block_pixels, block_channels, 1)
     per_block = packed.reshape(blocks, -1)
-    heads = bias_padded.reshape(blocks, block_channels)
-    tails = table.reshape(blocks, 3 * block_channels)
+    heads = bias[order].reshape(blocks, block_channels)
+    tails = requant_table[order].reshape(blocks, 3 * block_channels)
+    channels = order.reshape(blocks, -1, 2) if block_channels % 2 == 0 else \
+        np.concatenate([order, np.zeros(1, np.int64)]).reshape(blocks, -1, 2)
+    offsets = channels[:, :, 0] | (channels[:, :, 1] << 16)
     if fmt is WeightFormat.INT16_PAIRS:
-        return np.concatenate([heads, per_block.astype(np.int64), tails], axis=1).reshape(-1)
+        return np.concatenate([heads, per_block.astype(np.int64), tails,
+                               wrap_int32(offsets)], axis=1).reshape(-1)
     as_bytes = lambda words: wrap_int32(words).astype("<i4").view(np.int8).reshape(blocks, -1)
-    return np.concatenate([as_bytes(heads), per_block, as_bytes(tails)], axis=1).reshape(-1)
+    return np.concatenate([as_bytes(heads), per_block, as_bytes(tails), as_bytes(offsets)],
+                          axis=1).reshape(-1)
+
+
+def shift_grouped_pairs(shifts: np.ndarray) -> tuple[np.ndarray, tuple[ChannelGroup, ...]]:
+    """Output channels reordered into pairs of equal requantisation shift, grouped by shift
+    (so each group's stores can saturate with SSAT's immediate shift); the channels left
+    over from odd groups follow as mixed pairs (group shift -1), and an odd one out last."""
+    by_shift: dict[int, list[int]] = {}
+    for channel, shift in enumerate(shifts.tolist()):
+        by_shift.setdefault(int(shift), []).append(channel)
+    order: list[int] = []
+    groups: list[ChannelGroup] = []
+    leftovers: list[int] = []
+    for shift in sorted(by_shift):
+        channels = by_shift[shift]
+        pairs = len(channels) // 2
+        if pairs:
+            groups.append(ChannelGroup(shift, len(order) // 2, pairs))
+            order += channels[:2 * pairs]
+        leftovers += channels[2 * pairs:]
+    if len(leftovers) >= 2:
+        groups.append(ChannelGroup(-1, len(order) // 2, len(leftovers) // 2))
+    order += leftovers
+    return np.array(order, dtype=np.int64), tuple(groups)
 
 
 # ----------------------------------------------------------------------------- the kernel set
@@ -670,8 +714,11 @@ def _lower_gemm(ctx: LoweringContext, index: int, node: ir.Node,
     requant, table = plan_requant(q, out_c, acc_lo, acc_hi, acc_doubled=int16)
     scale = 2 if requant.is_fast and int16 else 1
     depth_padded = _align(depth, 4)
+    order, pair_groups = None, ()
+    if _asm_block_eligible(fmt, block_pixels, requant, out_c, block_channels):
+        order, pair_groups = shift_grouped_pairs(table[:, 2])
     stream = gemm_stream(weights * scale, wrap_int32(bias * scale), table, fmt, block_pixels,
-                         block_channels)
+                         block_channels, order)
     stream_array = ctx.const_values(
         index, "stream", "int32_t" if int16 else "int8_t", stream,
         f"{node.name}: per block of {block_channels} channels: bias + input_offset * sum(w), "
@@ -682,7 +729,8 @@ def _lower_gemm(ctx: LoweringContext, index: int, node: ir.Node,
         scratch_offset=_scratch_offset(ctx, node), gather=gather, pixels=pixels,
         depth=depth, depth_padded=depth_padded, out_c=out_c, block_pixels=block_pixels,
         block_channels=block_channels, weight_format=fmt, stream=stream_array,
-        requant=requant, pad_value=-q.input_offset, column_words=direct, **geometry)
+        requant=requant, pad_value=-q.input_offset, column_words=direct,
+        pair_groups=pair_groups, **geometry)
 
 
 # ----------------------------------------------------------------------------- depthwise
