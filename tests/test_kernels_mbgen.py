@@ -145,10 +145,12 @@ CASES = {
     "pw_asm_block": Layer("conv", (6, 6, 64), 32, seed=1, expect={"asm_block": True}),
     "pw_odd_everything": Layer("conv", (5, 3, 13), 7, seed=2,
                                expect={"tail_pixels": 3, "tail_channels": 1}),
-    "pw_long_depth_loop": Layer("conv", (3, 3, 164), 10, seed=3, expect={"asm_block": True}),
+    "pw_long_depth_loop": Layer("conv", (3, 3, 164), 10, seed=3,
+                                expect={"asm_block": True, "steps": 82}),
     "pw_relu6_clamped": Layer("conv", (4, 4, 24), 12, out="relu6_narrow", seed=4,
                               expect={"asm_block": False}),
-    "pw_no_activation": Layer("conv", (4, 5, 20), 6, out="none", seed=5),
+    "pw_no_activation": Layer("conv", (4, 5, 20), 6, out="none", seed=5,
+                              expect={"requant.scheme": mb.RequantScheme.FAST_SIGNED}),
     "pw_multiplier_above_one": Layer("conv", (2, 3, 8), 4, out="none", gain=0.002, seed=6,
                                      expect={"requant.scheme": mb.RequantScheme.EXACT}),
     "pw_per_tensor": Layer("conv", (4, 4, 16), 8, per_channel=False, seed=7),
@@ -173,13 +175,16 @@ CASES = {
     "dw_multiplier_2": Layer("dw", (6, 5, 3), kernel=(3, 3), padding=(1, 1, 1, 1),
                              multiplier=2, seed=18),
     "dw5x5_no_activation": Layer("dw", (9, 8, 6), kernel=(5, 5), padding=(2, 2, 2, 2),
-                                 out="none", seed=19, expect={"unrolled_3x3": False}),
+                                 out="none", seed=19,
+                                 expect={"unrolled_3x3": False,
+                                         "requant.scheme": mb.RequantScheme.FAST_SIGNED}),
     "dw3x3_dilated": Layer("dw", (9, 9, 4), kernel=(3, 3), dilation=(2, 2),
                            padding=(2, 2, 2, 2), seed=20, expect={"unrolled_3x3": False}),
     "dw3x1_stride_2x1": Layer("dw", (8, 5, 7), kernel=(3, 1), stride=(2, 1),
                               padding=(1, 1, 0, 0), out="relu", seed=21),
     # fully connected
-    "fc": Layer("fc", (1, 1, 64), 10, out="none", per_channel=False, seed=22),
+    "fc": Layer("fc", (1, 1, 64), 10, out="none", per_channel=False, seed=22,
+                expect={"requant.scheme": mb.RequantScheme.FAST_SIGNED}),
     "fc_odd": Layer("fc", (1, 1, 37), 7, out="none", per_channel=False, seed=23),
     "fc_relu6": Layer("fc", (1, 1, 48), 9, seed=24),
 }
@@ -318,6 +323,32 @@ def test_fast_requant_equals_tflite_wherever_it_is_accepted(seed):
     acc = _probe_accumulators(acc_lo, acc_hi, rng)
     fast = np.clip(_fast(acc, m, c, right), lo_act, hi_act)
     np.testing.assert_array_equal(fast, _exact(acc, m, shift, zp, lo_act, hi_act))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_signed_requant_equals_tflite_with_negative_outputs_kept(seed):
+    """Where the plain fast path must refuse (negative halves reachable, no clamp at the
+    zero point), the sign-fixed one still equals TFLite on every probed accumulator."""
+    rng = np.random.default_rng(100 + seed)
+    while True:
+        m = int(rng.integers(1 << 30, 1 << 31))
+        shift = int(rng.integers(-12, 0))
+        zp = int(rng.integers(-128, 128))
+        span = int(rng.integers(1000, 1 << 22))
+        acc_lo = int(rng.integers(-span, 0))
+        acc_hi = acc_lo + span
+        if mb.fast_requant(m, shift, zp, -128, 127, acc_lo, acc_hi) is None:
+            proof = mb.signed_requant(m, shift, zp, acc_lo, acc_hi)
+            if proof is not None:
+                break
+    c, right = proof
+    acc = _probe_accumulators(acc_lo, acc_hi, rng)
+    a2 = 2 * acc.astype(np.int64)
+    t = (((c << 32) + a2 * m + (1 << 31)) >> 32) + (acc < 0)* -1   # SMMLAR, + (acc >> 31)
+    fast = np.clip(t >> right, -128, 127)
+    exact = _exact(acc, m, shift, zp, -128, 127)
+    np.testing.assert_array_equal(fast, exact)
+    assert np.any(_fast(acc, m, c, right) != exact)   # the fix is needed here
 
 
 def test_fast_requant_refuses_a_range_with_a_negative_half():

@@ -47,7 +47,7 @@ CODE_RESERVE_BYTES = 128 * 1024
 # Taps of a 3x3 depthwise channel record: (w0,w1) and (w1,w2) int16 pairs per kernel row.
 DW3_WEIGHT_WORDS = 6
 # Channel pairs held in the pointwise block; pixels per block depend on the weight format.
-GEMM_STEPS_PER_LOOP = 16   # inner-loop unroll (k-pairs) before a counted loop takes over
+GEMM_STEPS_PER_LOOP = 32   # inner-loop unroll (k-pairs) before a counted loop takes over
 
 
 class WeightFormat(enum.Enum):
@@ -58,8 +58,9 @@ class WeightFormat(enum.Enum):
 
 
 class RequantScheme(enum.Enum):
-    FAST = "smmlar"    # SMMLAR(2*acc, m, c) >> R, proved exact for the layer
-    EXACT = "tflite"   # TFLite's MultiplyByQuantizedMultiplier, always exact
+    FAST = "smmlar"                # SMMLAR(2*acc, m, c) >> R, proved exact for the layer
+    FAST_SIGNED = "smmlar-signed"  # (SMMLAR(2*acc, m, c) + (acc >> 31)) >> R: any range
+    EXACT = "tflite"               # TFLite's MultiplyByQuantizedMultiplier, always exact
 
 
 class Gather(enum.Enum):
@@ -86,7 +87,12 @@ class Requant:
 
     @property
     def is_fast(self) -> bool:
-        return self.scheme is RequantScheme.FAST
+        """FAST or FAST_SIGNED: the (m, c, R) table and an accumulator of 2 * acc."""
+        return self.scheme is not RequantScheme.EXACT
+
+    @property
+    def sign_fix(self) -> bool:
+        return self.scheme is RequantScheme.FAST_SIGNED
 
     @property
     def clamp_min(self) -> bool:
@@ -273,7 +279,7 @@ class DepthwiseCall:
     def asm_sweep(self) -> bool:
         """The hand-scheduled 3x3 loops: FAST requantisation without an extra clamp, ring
         offsets within LDR's and output offsets within STRB's 12-bit immediate."""
-        return (self.unrolled_3x3 and self.requant.is_fast
+        return (self.unrolled_3x3 and self.requant.scheme is RequantScheme.FAST
                 and not (self.requant.clamp_min or self.requant.clamp_max)
                 and 2 * self.ring_rows * self.row_width + 12 <= 4095
                 and (self.out_w + 1) * self.out_c <= 4095)
@@ -387,23 +393,52 @@ def fast_requant(multiplier: int, shift: int, output_offset: int, act_min: int, 
     return c, right
 
 
+def signed_requant(multiplier: int, shift: int, output_offset: int, acc_lo: int,
+                   acc_hi: int) -> tuple[int, int] | None:
+    """(c, R) such that ssat8((SMMLAR(2*acc, m, c) + (acc >> 31)) >> R) equals TFLite's
+    MultiplyByQuantizedMultiplier(acc, m, shift) + output_offset, saturated, for every acc
+    in [acc_lo, acc_hi], whatever the clamp; None on a possible overflow.
+
+    With y = SMMLAR(2*acc, m, 0) as in ``fast_requant``, y has acc's sign (or is 0), and
+    floor((y + 2**(R-1) - 1) / 2**R) rounds y / 2**R to nearest with halves away from zero
+    for y < 0: subtracting one for a negative accumulator turns the half-up rounding into
+    RoundingDivideByPOT's, and when y = 0 it changes nothing (2**(R-1) - 1 < 2**R).
+    """
+    proof = fast_requant(multiplier, shift, output_offset, INT8_MAX, INT8_MAX, acc_lo, acc_hi)
+    if proof is None:
+        return None
+    c, right = proof
+    y_lo = (2 * acc_lo * multiplier + (1 << 31)) >> 32
+    if right == 0 or y_lo + c - 1 < INT32_MIN:
+        return None
+    return c, right
+
+
 def plan_requant(q: params.ConvQuant, channels: int, acc_lo: np.ndarray, acc_hi: np.ndarray,
                  acc_doubled: bool) -> tuple[Requant, np.ndarray]:
-    """FAST for the layer when every channel's proof holds, else EXACT; with the
-    (channels, 3) int32 table the kernel reads."""
+    """FAST for the layer when every channel's proof holds, else FAST_SIGNED when it holds
+    for every channel, else EXACT; with the (channels, 3) int32 table the kernel reads."""
     mults = np.broadcast_to(q.multipliers, (channels,)).astype(np.int64)
     shifts = np.broadcast_to(q.shifts, (channels,)).astype(np.int64)
-    fast = [fast_requant(int(mults[j]), int(shifts[j]), q.output_offset, q.act_min, q.act_max,
-                         int(acc_lo[j]), int(acc_hi[j])) for j in range(channels)]
-    if all(f is not None for f in fast):
-        table = np.array([(mults[j], fast[j][0], fast[j][1]) for j in range(channels)],
-                         dtype=np.int64).reshape(channels, 3)
-        return Requant(RequantScheme.FAST, acc_doubled, 0, q.act_min, q.act_max), table
+    for scheme in (RequantScheme.FAST, RequantScheme.FAST_SIGNED):
+        if scheme is RequantScheme.FAST:
+            proofs = [fast_requant(int(mults[j]), int(shifts[j]), q.output_offset, q.act_min,
+                                   q.act_max, int(acc_lo[j]), int(acc_hi[j]))
+                      for j in range(channels)]
+        else:
+            proofs = [signed_requant(int(mults[j]), int(shifts[j]), q.output_offset,
+                                     int(acc_lo[j]), int(acc_hi[j])) for j in range(channels)]
+        if all(p is not None for p in proofs):
+            table = np.array([(mults[j], proofs[j][0], proofs[j][1])
+                              for j in range(channels)], dtype=np.int64).reshape(channels, 3)
+            return Requant(scheme, acc_doubled, 0, q.act_min, q.act_max), table
     table = np.stack([mults, shifts, np.zeros(channels, np.int64)], axis=1)
     return Requant(RequantScheme.EXACT, False, q.output_offset, q.act_min, q.act_max), table
 
 
 def _requant_comment(requant: Requant) -> str:
+    if requant.sign_fix:
+        return "per channel (m, c, R) for (SMMLAR(2*acc, m, c) + (acc >> 31)) >> R"
     if requant.is_fast:
         return "per channel (m, c, R) for SMMLAR(2*acc, m, c) >> R"
     return "per channel (multiplier, shift, 0) in TFLite's convention"
@@ -453,7 +488,8 @@ def _asm_block_eligible(fmt: WeightFormat, block_pixels: int, requant: Requant, 
                         block_channels: int) -> bool:
     """int16 pairs, 4x2 blocks, FAST requantisation without an extra clamp, and store
     offsets (channel + 3 rows of out_c) within STRB's 12-bit immediate."""
-    return (fmt is WeightFormat.INT16_PAIRS and block_pixels == 4 and requant.is_fast
+    return (fmt is WeightFormat.INT16_PAIRS and block_pixels == 4
+            and requant.scheme is RequantScheme.FAST
             and not (requant.clamp_min or requant.clamp_max)
             and 3 * out_c + block_channels <= 4095)
 
