@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mbgen import cli, ir
+from mbgen import cli
 from mbgen.bench import bench_model, format_table
 from mbgen.export.tflite_writer import write_tflite
 from test_codegen import GraphBuilder

@@ -36,7 +36,6 @@ from mbgen.quantize import params
 
 NAME = "cmsis-nn"
 ENV_VAR = "CMSIS_NN_PATH"
-ROUNDING = "double rounding (CMSIS-NN default, TFLite reference); CMSIS_NN_USE_SINGLE_ROUNDING refused"
 
 # CMSIS-NN stores several dimensions and pads in (u)int16 locals.
 _MAX_DIM = 32767
@@ -351,7 +350,15 @@ def refusal(graph: ir.Graph, node: ir.Node) -> str | None:
             return "grouped convolution"
         if not _bias_ok(graph, node, w_shape[0]):
             return "bias must be int32 per output channel"
-        return _windowed_refusal(graph, node, op.stride, op.dilation, op.padding)
+        why = _windowed_refusal(graph, node, op.stride, op.dilation, op.padding)
+        if why is not None:
+            return why
+        conv, x, f, y = _populate_conv(graph, node, op)
+        if is_convolve_1x1(conv, x, f) and ((y.h - 1) * op.stride[0] >= x.h
+                                            or (y.w - 1) * op.stride[1] >= x.w):
+            # the 1x1 paths (the wrapper's pick too) read every output pixel's input unchecked
+            return "CMSIS-NN's 1x1 convolutions cannot take bottom/right padding"
+        return None
     if isinstance(op, ir.DepthwiseConv2D):
         w_shape = graph.tensors[node.inputs[1]].shape
         x_shape = graph.tensors[node.inputs[0]].shape
@@ -360,7 +367,15 @@ def refusal(graph: ir.Graph, node: ir.Node) -> str | None:
             return "depthwise weights must be (1, KH, KW, C * multiplier)"
         if not _bias_ok(graph, node, w_shape[3]):
             return "bias must be int32 per output channel"
-        return _windowed_refusal(graph, node, op.stride, op.dilation, op.padding)
+        why = _windowed_refusal(graph, node, op.stride, op.dilation, op.padding)
+        if why is not None:
+            return why
+        dw, _, f, y = _populate_dw_conv(graph, node, op)
+        if uses_depthwise_3x3(dw, f) and \
+                (y.w - 1) * op.stride[1] - op.padding.left + 1 >= x_shape[2]:
+            # the 3x3 kernel (the wrapper's pick too) reads the middle column unchecked
+            return "arm_depthwise_conv_3x3_s8 cannot take more than 1 column of right padding"
+        return None
     if isinstance(op, ir.FullyConnected):
         w = graph.tensors[node.inputs[1]]
         if len(w.shape) != 2 or graph.tensors[node.inputs[0]].size != w.shape[1] \
@@ -673,8 +688,8 @@ def library_root(path: str | os.PathLike | None = None) -> Path:
     given = path if path is not None else os.environ.get(ENV_VAR) or None
     if given is None:
         raise UserError(f"this folder calls CMSIS-NN (--kernels {NAME}): building it needs the "
-                        f"CMSIS-NN v6+ sources; pass --cmsis-nn PATH or set {ENV_VAR} to a "
-                        "checkout of https://github.com/ARM-software/CMSIS-NN")
+                        f"CMSIS-NN v6+ sources; set {ENV_VAR} (or give mbgen bench --cmsis-nn) "
+                        "to a checkout of https://github.com/ARM-software/CMSIS-NN")
     root = Path(given).expanduser()
     if not (root / "Include" / "arm_nnfunctions.h").is_file():
         raise UserError(f"{root} is not a CMSIS-NN source tree (no Include/arm_nnfunctions.h); "
