@@ -254,6 +254,23 @@ def test_int8_weights_when_flash_is_tight(name, tmp_path, monkeypatch):
     _check_in_qemu(graph, tmp_path / name, seed=CASES[name].seed)
 
 
+@needs_arm
+@pytest.mark.qemu
+@pytest.mark.parametrize("flags", ["-O0", "-Os", "-O3"])
+def test_other_optimisation_levels_give_the_same_bytes(flags, tmp_path):
+    """-O0 runs the asm blocks' C twins (the asm needs the frame pointer free); -Os and -O3
+    schedule the same asm differently. All must equal the reference."""
+    from mbgen.runner import build_firmware, run_elf
+    target = targets.get("cortex-m7")
+    for name in ("pw_asm_block", "dw3x3_s1_asm", "dw3x3_s2_odd", "conv_stem_3ch_s2"):
+        graph = build_graph(CASES[name])
+        out = tmp_path / name
+        _generate(graph, out)
+        elf = build_firmware(out, target, tmp_path / f"build-{name}", extra_cflags=[flags]).elf
+        x = test_inputs(graph, seed=4)[0]
+        assert run_elf(elf, target, x.tobytes(), timeout=60).output == _expected(graph, x)
+
+
 @pytest.mark.parametrize("name", ["pw_asm_block", "pw_odd_everything", "conv_stem_3ch_s2",
                                   "dw3x3_s2_odd", "dw5x5_no_activation", "fc_odd"])
 def test_folder_for_cortex_m_also_builds_on_the_host(name, tmp_path):
