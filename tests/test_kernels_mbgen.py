@@ -20,7 +20,6 @@ from mbgen import codegen, ir, targets
 from mbgen.codegen import kernels_mbgen as mb
 from mbgen.codegen.generator import lower_graph
 from mbgen.planner import plan_graph
-from mbgen.quantize import params
 from mbgen.reference import multiply_by_quantized_multiplier, run_int8
 
 A = ir.Activation

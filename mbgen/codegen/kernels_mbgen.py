@@ -17,10 +17,18 @@ Arithmetic tricks, each exact (the tests compare every case with ``mbgen.referen
 
 * the input offset is folded into the bias, ``bias' = bias + input_offset * sum(w)``,
   wrapped to int32 like the accumulator: padded taps then read the zero point itself.
-* requantisation uses SMMLAR (``round((2*acc*m + c*2**32) / 2**32)``) then one arithmetic
-  shift, instead of TFLite's SaturatingRoundingDoublingHighMul + RoundingDivideByPOT, only
-  for a layer where ``fast_requant`` proves it equal for every reachable accumulator of
-  every channel; otherwise the exact TFLite helper runs.
+* requantisation is SMMLAR (``floor((2*acc*m + c*2**32 + 2**31) / 2**32)``, weights and bias
+  doubled offline) then one arithmetic shift, instead of TFLite's
+  SaturatingRoundingDoublingHighMul + RoundingDivideByPOT, for a layer where
+  ``fast_requant`` proves it equal for every reachable accumulator of every channel; else
+  with a sign fix (``signed_requant``, any range without overflow); else TFLite's sequence.
+* channels are grouped by their requantisation shift, so SSAT's immediate shift does the
+  shift and the saturation in one instruction; each group is a copy of the block's code.
+
+The innermost blocks are inline assembly where GCC's allocation cannot be trusted (every
+operand of a 14-register block is live at once); each has a plain-C twin with the same
+arithmetic, used when not optimising and off-target (host builds of the same folder).
+See ``benchmarks/kernels_mbgen.md`` for what each part costs.
 """
 
 from __future__ import annotations
@@ -46,8 +54,8 @@ INT8_MIN, INT8_MAX = -128, 127
 CODE_RESERVE_BYTES = 128 * 1024
 # Taps of a 3x3 depthwise channel record: (w0,w1) and (w1,w2) int16 pairs per kernel row.
 DW3_WEIGHT_WORDS = 6
-# Channel pairs held in the pointwise block; pixels per block depend on the weight format.
-GEMM_STEPS_PER_LOOP = 32   # inner-loop unroll (k-pairs) before a counted loop takes over
+# GEMM inner steps unrolled before a counted loop takes over (each step is 11 instructions).
+GEMM_STEPS_PER_LOOP = 32
 # Pointwise shift groups of fewer pairs share the mixed code: each group is a copy of the
 # unrolled block. 1 keeps every group (4 costs mbv1_0.25_128 +0.7% instructions for -6 KB).
 MIN_GROUP_PAIRS = 1
@@ -77,9 +85,9 @@ class Gather(enum.Enum):
 class Requant:
     """Per-layer requantisation as the kernel runs it.
 
-    The kernel reads three int32 per output channel (``plan_requant``'s table): FAST (m, c, R) with
-    the output zero point and the rounding of the shift inside c; EXACT (m, shift, 0) in
-    TFLite's convention.
+    The kernel reads three int32 per output channel (``plan_requant``'s table): FAST and
+    FAST_SIGNED (m, c, R) with the output zero point and the rounding of the shift inside c;
+    EXACT (m, shift, 0) in TFLite's convention.
     """
 
     scheme: RequantScheme
@@ -162,24 +170,9 @@ class GemmCall:
                                    self.out_c, self.block_channels)
 
     @property
-    def block_stream_units(self) -> int:
-        """Stream elements (int32 words, or bytes for int8 weights) of one channel block."""
-        words = (4 * self.block_channels + self.steps * self.step_weight_words
-                 + self.offset_words)
-        return words if self.weight_format is WeightFormat.INT16_PAIRS else 4 * words
-
-    @property
     def offset_words(self) -> int:
         """Words of a block's output channel numbers (uint16 pairs) in the stream."""
         return -(-self.block_channels // 2)
-
-    @property
-    def step_weight_words(self) -> int:
-        """Weight words one inner step reads."""
-        if self.weight_format is WeightFormat.INT16_PAIRS and self.block_pixels > 1:
-            return self.block_channels            # one k-pair per channel
-        return self.block_channels * (2 if self.weight_format is WeightFormat.INT16_PAIRS
-                                      else 1)     # a group of 4 depths per channel
 
     @property
     def cols_words(self) -> int:
