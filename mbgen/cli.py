@@ -72,6 +72,8 @@ def print_summary(compiled) -> None:
         used = budget["firmware_flash_bytes"]
         print(f"  flash   {_kib(used)}{_percent(used, budget.get('flash_bytes'))}"
               " (whole firmware: weights + code)")
+    if "note" in budget:
+        print(f"  note    {budget['note']}")
 
 
 def cmd_compile(args: argparse.Namespace) -> int:

@@ -176,8 +176,10 @@ def prepare_out_dir(out_dir: Path, force: bool) -> None:
 # ----------------------------------------------------------------------------- compile
 
 
-def default_kernels(target) -> str:
-    return "portable"
+def kernel_preference(target) -> list[str]:
+    """Kernel sets to try, best first: our specialised SIMD kernels where the core has the DSP
+    extension, then portable C (the smallest code) when those do not fit the flash budget."""
+    return ["mbgen", "portable"] if target.dsp and not target.is_host else ["portable"]
 
 
 def constant_bytes(graph: ir.Graph) -> int:
@@ -201,19 +203,52 @@ def check_budget(arena_bytes: int, weights_bytes: int, target, options: CompileO
 
 
 def emit(prepared: PreparedModel, options: CompileOptions) -> CompiledModel:
-    """Plan the arena and write the C folder of a prepared model for `options.target`."""
-    from mbgen import codegen, planner, targets
+    """Plan the arena and write the C folder of a prepared model for `options.target`.
+
+    Without --kernels the target's preferred kernel set is tried first; when its firmware
+    (weights + specialised code) overflows the flash budget, the next one (portable C, the
+    smallest) is used instead, and the budget note says why.
+    """
+    from mbgen import targets
 
     target = targets.get(options.target)
-    graph = prepared.graph
-    kernels = options.kernels or default_kernels(target)
-    plan = planner.plan_graph(graph, scratch=codegen.scratch_requirements(graph, kernels))
-    # Check the budget before anything is written, so a model that does not fit leaves no folder.
-    budget = check_budget(plan.arena_size, constant_bytes(graph), target, options)
+    candidates = [options.kernels] if options.kernels else kernel_preference(target)
     out_dir = options.out_dir or default_out_dir(prepared.source, target.name)
     if options.emit_tflite is not None and options.emit_tflite.exists() and not options.force:
         raise UserError(f"{options.emit_tflite} already exists; pass --force to overwrite it")
-    prepare_out_dir(out_dir, options.force)
+    for attempt, kernels in enumerate(candidates):
+        try:
+            compiled = _emit_with(prepared, options, target, kernels, out_dir,
+                                  force=options.force or attempt > 0)
+        except FlashOverflow as overflow:
+            if attempt + 1 == len(candidates):
+                raise UserError(str(overflow)) from None
+            note = f"{kernels} kernels need {overflow.needed} bytes of flash, over the budget"
+            continue
+        if attempt > 0:
+            compiled.budget["note"] = note
+        break
+    if options.emit_tflite is not None:
+        from mbgen.export.tflite_writer import write_tflite
+        write_tflite(prepared.graph, options.emit_tflite)
+    return compiled
+
+
+class FlashOverflow(Exception):
+    def __init__(self, message: str, needed: int) -> None:
+        super().__init__(message)
+        self.needed = needed
+
+
+def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels: str,
+               out_dir: Path, force: bool) -> CompiledModel:
+    from mbgen import codegen, planner
+
+    graph = prepared.graph
+    plan = planner.plan_graph(graph, scratch=codegen.scratch_requirements(graph, kernels))
+    # Check the budget before anything is written, so a model that does not fit leaves no folder.
+    budget = check_budget(plan.arena_size, constant_bytes(graph), target, options)
+    prepare_out_dir(out_dir, force)
     report = codegen.generate(graph, plan, out_dir, name=options.name, target=target.name,
                               kernels=kernels)
     firmware_flash = measure_firmware_flash(out_dir, target, kernels)
@@ -222,13 +257,10 @@ def emit(prepared: PreparedModel, options: CompileOptions) -> CompiledModel:
         flash = budget["flash_bytes"]
         if flash and firmware_flash > flash:
             shutil.rmtree(out_dir, ignore_errors=True)
-            raise UserError(f"model does not fit {target.name}: weights + code need "
-                            f"{firmware_flash} bytes of flash but the budget is {flash} bytes "
-                            f"({firmware_flash - flash} bytes over); use a smaller model or "
-                            "--flash")
-    if options.emit_tflite is not None:
-        from mbgen.export.tflite_writer import write_tflite
-        write_tflite(graph, options.emit_tflite)
+            raise FlashOverflow(
+                f"model does not fit {target.name}: weights + code need {firmware_flash} bytes "
+                f"of flash but the budget is {flash} bytes ({firmware_flash - flash} bytes "
+                "over); use a smaller model or --flash", firmware_flash)
     return CompiledModel(prepared.source, prepared.float_graph, graph, plan, report, out_dir,
                          budget)
 

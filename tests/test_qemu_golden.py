@@ -7,7 +7,9 @@ host build of the same int8 graph; nothing here is a recorded output of the code
 
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ from mbgen.errors import UserError
 from mbgen.images import load_image, quantize_input
 from mbgen.quantize.calibration import synthetic_inputs
 from mbgen.reference import run_int8
-from mbgen.runner import run_host, run_qemu
+from mbgen.runner import build_firmware, run_elf, run_host, run_qemu
 
 pytestmark = [
     pytest.mark.qemu,
@@ -96,3 +98,38 @@ def test_model_too_large_for_target_is_refused_with_overflow(tmp_path):
     with pytest.raises(UserError, match=r"cortex-m7: weights need .*\(\d+ bytes over\)"):
         compile_model("mbv2_0.35_96", CompileOptions(target="cortex-m7",
                                                      out_dir=tmp_path / "big"))
+
+
+def _kernel_matrix() -> list[tuple[str, str]]:
+    cases = []
+    for target in targets.all_targets():
+        if target.is_host or not target.runs_in_qemu:
+            continue
+        cases.append((target.name, "portable"))
+        if target.dsp:
+            cases.append((target.name, "mbgen"))
+        if not target.mve:  # CMSIS-NN's Helium build needs other scratch buffers: refused
+            cases.append((target.name, "cmsis-nn"))
+    return cases
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target_name,kernels", _kernel_matrix())
+def test_every_kernel_set_on_every_qemu_target(target_name, kernels, prepared, tmp_path):
+    """mbv1_0.25_96 through each kernel set on each board, bit-exact with numpy and host C.
+
+    cmsis-nn builds against $CMSIS_NN_PATH when set, else our stand-in of those functions.
+    Flash is QEMU's here (int16 weights on every board): the budget is not what is tested.
+    """
+    target = targets.get(target_name)
+    model = prepared("mbv1_0.25_96")
+    emit(model, CompileOptions(target=target_name, out_dir=tmp_path / "fw", kernels=kernels,
+                               flash_bytes=16 * 1024 * 1024))
+    library = Path(os.environ.get("CMSIS_NN_PATH") or
+                   Path(__file__).resolve().parent / "cmsis_nn_standin")
+    build = build_firmware(tmp_path / "fw", target, cmsis_nn=library)
+    graph = model.graph
+    for label, q in _inputs(graph):
+        want = run_int8(graph, q)[graph.outputs[0]].ravel()
+        got = run_elf(build.elf, target, q.tobytes()).output_int8().ravel()
+        np.testing.assert_array_equal(got, want, err_msg=f"{kernels} on {target_name}, {label}")
