@@ -97,7 +97,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         Path(args.output).write_bytes(result.output)
         print(f"output: {len(result.output)} bytes -> {args.output}")
     else:
-        print("output:", " ".join(str(v) for v in result.output_int8()))
+        values = result.output_int8().ravel()
+        top = values.argsort(kind="stable")[::-1][:5]
+        head = " ".join(str(v) for v in values[:16]) + (" ..." if values.size > 16 else "")
+        print(f"output: {values.size} int8 values: {head}")
+        print("  top-5: " + ", ".join(f"[{i}] {values[i]}" for i in top))
     if result.total_instructions is not None:
         width = max((len(n) for n, _ in result.layer_instructions), default=5)
         for layer, count in result.layer_instructions:
