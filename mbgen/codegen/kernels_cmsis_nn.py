@@ -680,6 +680,7 @@ class LibraryBuild:
     root: Path
     sources: tuple[Path, ...]
     include_dirs: tuple[Path, ...]
+    cflags: tuple[str, ...] = ()
 
 
 def library_root(path: str | os.PathLike | None = None) -> Path:
@@ -702,15 +703,17 @@ def library_root(path: str | os.PathLike | None = None) -> Path:
 
 
 def library_build(target, path: str | os.PathLike | None = None) -> LibraryBuild:
-    """The CMSIS-NN headers and sources to build a cmsis-nn folder for ``target``."""
-    if getattr(target, "mve", False):
-        raise UserError(f"--kernels {NAME} does not support Helium (MVE) builds such as "
-                        f"{target.name} yet: CMSIS-NN takes other code paths and scratch "
-                        "buffers there; use --kernels portable or mbgen")
+    """The CMSIS-NN headers and sources to build a cmsis-nn folder for ``target``.
+
+    On Helium cores (Cortex-M55) CMSIS-NN switches to MVE code paths that want other scratch
+    buffers (kernel sums) than the DSP ones sized at generation time, so such a firmware is
+    built with MVE off (``-mcpu=<core>+nomve``): CMSIS-NN's DSP path on the same core.
+    """
     root = library_root(path)
     sources = [root / s for s in ENTRY_SOURCES]
     sources += [root / s for s in SUPPORT_SOURCES if (root / s).is_file()]
-    return LibraryBuild(root, tuple(sources), (root / "Include",))
+    cflags = (f"-mcpu={target.core}+nomve",) if getattr(target, "mve", False) else ()
+    return LibraryBuild(root, tuple(sources), (root / "Include",), cflags)
 
 
 def uses_library(report: dict) -> bool:

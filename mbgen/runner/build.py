@@ -107,3 +107,15 @@ def library_inputs(out_dir: Path, target, cmsis_nn: Path | None = None
         return [], []
     library = kernels_cmsis_nn.library_build(target, cmsis_nn)
     return list(library.sources), list(library.include_dirs)
+
+
+def library_cflags(out_dir: Path, target, cmsis_nn: Path | None = None) -> list[str]:
+    """Compiler flags the folder's libraries need on ``target`` (after the target's own)."""
+    try:
+        report = json.loads((Path(out_dir) / "report.json").read_text())
+    except (OSError, ValueError):
+        return []
+    from mbgen.codegen import kernels_cmsis_nn
+    if not isinstance(report, dict) or not kernels_cmsis_nn.uses_library(report):
+        return []
+    return list(kernels_cmsis_nn.library_build(target, cmsis_nn).cflags)

@@ -11,7 +11,7 @@ from mbgen import FIRMWARE_DIR
 from mbgen.errors import RunFailure, UserError
 from mbgen.runner import tools
 from mbgen.runner.build import (compile_once, default_build_dir, folder_sources, header_files,
-                                library_inputs)
+                                library_cflags, library_inputs)
 from mbgen.targets import Target
 
 
@@ -68,7 +68,8 @@ def build_firmware(out_dir: Path, target: Target, build_dir: Path | None = None,
     script = target.linker_script_path
     assert script is not None
     includes = [out_dir, FIRMWARE_DIR / "include", *map(Path, include_dirs), *lib_includes]
-    command = [gcc, *target.cflags, *firmware_cflags(target), *extra_cflags,
+    command = [gcc, *target.cflags, *firmware_cflags(target),
+               *library_cflags(out_dir, target, cmsis_nn), *extra_cflags,
                *(f"-I{d}" for d in includes), *map(str, sources),
                "-nostartfiles", "--specs=nano.specs", *target.ldflags,
                f"-L{script.parent}", f"-T{script}", f"-Wl,-Map={build_dir / 'firmware.map'}",
