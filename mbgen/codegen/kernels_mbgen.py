@@ -571,6 +571,7 @@ class _GraphChoices:
 
     dsp: bool
     int16_layers: frozenset[str]
+    mve: bool = False   # Helium: kernels_mve.lower is asked first (1x1, depthwise)
 
 
 def _target(ctx: LoweringContext):
@@ -611,7 +612,8 @@ class MbgenKernels:
             return self._choices[1]
         target = _target(ctx)
         choices = _GraphChoices(bool(target.dsp),
-                                choose_int16_layers(ctx.graph, target.flash_bytes))
+                                choose_int16_layers(ctx.graph, target.flash_bytes),
+                                bool(target.mve))
         self._choices = (ctx, choices)
         return choices
 
@@ -640,6 +642,11 @@ class MbgenKernels:
             if ctx.tensor(name).dtype != "int8":
                 return None
         op = node.op
+        if choices.mve and isinstance(op, (ir.Conv2D, ir.DepthwiseConv2D)):
+            from mbgen.codegen import kernels_mve   # Helium where it wins; else DSP
+            call = kernels_mve.lower(ctx, index, node)
+            if call is not None:
+                return call
         if isinstance(op, (ir.Conv2D, ir.FullyConnected)):
             fmt = (WeightFormat.INT16_PAIRS if node.name in choices.int16_layers
                    else WeightFormat.INT8)
