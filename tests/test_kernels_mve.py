@@ -46,6 +46,12 @@ CASES = {
     "dw5x3_dilated_7ch": (Layer("dw", (9, 8, 7), kernel=(5, 3), dilation=(2, 1),
                                 padding=(4, 4, 1, 1), out="relu", seed=40),
                           mve.MveDepthwiseCall),
+    "dw3x3_s1_13ch_interior_and_tails": (Layer("dw", (6, 9, 13), kernel=(3, 3),
+                                               padding=(1, 1, 1, 1), seed=43),
+                                         mve.MveDepthwiseCall),
+    "dw5x3_dilated_12ch_signed": (Layer("dw", (11, 8, 12), kernel=(5, 3), dilation=(2, 1),
+                                        padding=(4, 4, 1, 1), out="none", seed=44),
+                                  mve.MveDepthwiseCall),
     # not Helium's: must fall back to the DSP kernels and stay exact
     "conv3x3_stays_dsp": (Layer("conv", (6, 5, 3), 4, (3, 3), padding=(1, 1, 1, 1), seed=41),
                           mb.GemmCall),
@@ -56,9 +62,9 @@ CASES = {
 
 @pytest.fixture(autouse=True)
 def helium_depthwise(monkeypatch):
-    """The Helium depthwise kernel is off by default (slower than the DSP one by QEMU's
-    instruction count); these tests switch it on to keep it exact."""
-    monkeypatch.setattr(mve, "USE_DEPTHWISE", True)
+    """By default the Helium depthwise kernel only takes small maps (the DSP one counts
+    fewer instructions on large ones); these tests give it every depthwise case."""
+    monkeypatch.setattr(mve, "DEPTHWISE_MAX_OUTPUT_PIXELS", 1 << 30)
 
 
 def _generate(graph, out, target=TARGET) -> dict:
@@ -94,10 +100,21 @@ def test_cores_without_helium_keep_the_dsp_kernels(target):
     assert type(_lowered_call(graph, target)) is mb.DepthwiseCall
 
 
-def test_depthwise_stays_dsp_by_default(monkeypatch):
-    monkeypatch.setattr(mve, "USE_DEPTHWISE", False)
-    graph = build_graph(CASES["dw3x3_s1_5ch"][0])
-    assert type(_lowered_call(graph)) is mb.DepthwiseCall
+def test_depthwise_takes_only_small_maps_by_default(monkeypatch):
+    monkeypatch.undo()
+    assert type(_lowered_call(build_graph(CASES["dw3x3_s1_5ch"][0]))) is mb.DepthwiseCall
+    small = Layer("dw", (4, 4, 16), kernel=(3, 3), padding=(1, 1, 1, 1), seed=45)
+    assert type(_lowered_call(build_graph(small))) is mve.MveDepthwiseCall
+
+
+@pytest.mark.parametrize("name,groups", [("dw3x3_s1_5ch", 0), ("dw3x3_s2_16ch_odd", 2),
+                                         ("dw3x3_s1_13ch_interior_and_tails", 1),
+                                         ("dw5x3_dilated_12ch_signed", 1)])
+def test_depthwise_interior_groups(name, groups):
+    """8-channel interior groups exist where the QEMU cases need them covered."""
+    call = _lowered_call(build_graph(CASES[name][0]))
+    assert call.interior_groups == groups
+    assert call.vector_requant
 
 
 def test_pointwise_tail_geometry():
@@ -123,7 +140,8 @@ def test_layer_is_bit_exact_on_cortex_m55_in_qemu(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["pw_37_to_5_per_tensor", "pw_13_to_32_no_activation",
-                                  "dw3x3_s2_20ch_same_one_side", "dw5x3_dilated_7ch"])
+                                  "dw3x3_s2_20ch_same_one_side", "dw5x3_dilated_7ch",
+                                  "dw3x3_s1_13ch_interior_and_tails"])
 def test_folder_for_cortex_m55_also_builds_on_the_host(name, tmp_path):
     """Off-target the same folder compiles the plain-C twins: same bytes."""
     layer, _ = CASES[name]
@@ -156,11 +174,12 @@ def test_mbv1_is_bit_exact_on_cortex_m55_and_helium_counts_fewer_instructions(
     expected = run_int8(graph, x)[graph.outputs[0]].tobytes()
     target = targets.get(TARGET)
 
-    monkeypatch.setattr(mve, "USE_DEPTHWISE", False)   # the default build
+    monkeypatch.undo()   # the default build
     compiled = emit(model, CompileOptions(target=TARGET, out_dir=tmp_path / "mve",
                                           kernels=mb.NAME))
     lowered = lower_graph(compiled.graph, compiled.plan, "model", mb.NAME, TARGET)
     assert sum(type(layer.call) is mve.MvePointwiseCall for layer in lowered) == 13
+    assert sum(type(layer.call) is mve.MveDepthwiseCall for layer in lowered) == 2   # 3x3 maps
     layers = [layer for layer in compiled.report["layers"] if layer["macs"] > 0]
     assert all(layer["kernel"] == mb.NAME for layer in layers)
     helium = run_qemu(compiled.out_dir, target, x.tobytes(), timeout=300)
@@ -190,7 +209,8 @@ def test_cortex_m55_firmware_runs_helium_instructions(tmp_path):
         pytest.skip("needs arm-none-eabi-objdump")
     # objdump spells VMLADAVA.S8 by its alias VMLAVA.S8
     wanted = {"pw_37_to_5_per_tensor": ("vmlava.s8", "vctp.8"),
-              "dw3x3_s1_5ch": ("vldrb.s32", "vmul.i32", "vctp.32")}
+              "dw3x3_s1_13ch_interior_and_tails": ("vldrb.s32", "vmul.i32", "vctp.32",
+                                                   "vmullb.s16", "vmullt.s16")}
     for name, mnemonics in wanted.items():
         graph = build_graph(CASES[name][0])
         _generate(graph, tmp_path / name)

@@ -2,7 +2,7 @@
 
 Part of the ``mbgen`` kernel set: ``MbgenKernels.lower`` asks :func:`lower` first when the
 target has ``mve``, and keeps its DSP kernels for whatever this returns None for (depthwise
-layers too unless ``USE_DEPTHWISE``: see there why).
+layers with large maps too: see DEPTHWISE_MAX_OUTPUT_PIXELS).
 
 * pointwise (``templates/kernels_mve/pointwise.c.j2``): 1x1, stride 1, unpadded Conv2D as an
   int8 GEMM. A block of 2 pixels x 4 output channels accumulates over the input channels 16
@@ -11,10 +11,13 @@ layers too unless ``USE_DEPTHWISE``: see there why).
   offset is folded into the bias offline (``kernels_mbgen.fold_input_offset``): no tap is
   ever padded, so the fold is exact.
 * depthwise (``depthwise.c.j2``, depth multiplier 1, any kernel, stride, dilation, padding):
-  4 channels per vector, int8 widened to int32 lanes by VLDRB.S32, one VMLA.S32 per tap.
-  Out-of-image taps are skipped (the tap window is clipped per output pixel), so the input
-  offset is NOT folded (a folded bias assumes every tap present): each tap adds it with
-  VADD.I32. The last C % 4 channels are tail-predicated.
+  4 channels per vector, int8 widened to int32 lanes by VLDRB.S32, VMUL.I32 + VADD.I32 per
+  tap (MVE has no vector-by-vector VMLA). Out-of-image taps are skipped (the tap window is
+  clipped per output pixel), so the input offset is NOT folded (a folded bias assumes every
+  tap present): each tap adds it with VADD.I32. The last C % 4 channels are
+  tail-predicated. Interior pixels (whole window inside) with FAST requantisation take 8
+  channels per step instead: int16 lanes, VMULLB/VMULLT into even / odd int32 lanes, the
+  offset folded into a second bias (exact there: every tap is present).
 
 Requantisation, 4 channels per vector, reuses the DSP set's proofs
 (``kernels_mbgen.plan_requant``): where ``fast_requant`` proves SMMLAR(2*acc, m, c) >> R equal
@@ -45,11 +48,14 @@ BLOCK_PIXELS = 2
 BLOCK_CHANNELS = 4
 INPUT_CHUNK = 16   # int8 lanes of one Q register
 DW_LANES = 4       # int32 lanes of one Q register
-# Whether lower() takes depthwise layers. Off: 4 int32 lanes per tap (VMUL + VADD, MVE has
-# no vector-by-vector VMLA) lose to the DSP set's SMLAD sweeps, mbv1_0.25_96 on QEMU's
-# Cortex-M55 counts 1.3-3.8x the instructions per depthwise layer (0.8x only at 6x6 and
-# 3x3 outputs); the pointwise layers drop to 0.27-0.57x. The kernel stays tested.
-USE_DEPTHWISE = False
+INTERIOR_LANES = 8  # int16 lanes: channels per step of the interior depthwise path
+# Depthwise layers lower() takes: those of at most this many output pixels. Measured on
+# QEMU's Cortex-M55 (instructions, mbv1_0.25_96 and person_detect): the Helium kernel
+# (interior 8 channels per int16 step, VMULLB/VMULLT, ~0.75 instructions per MAC) loses to
+# the DSP set's SMLAD ring sweeps on larger maps (1.04-1.8x from 12x12 up, 1.34x at 6x6
+# stride 1, 0.93x at 6x6 stride 2) and wins on 3x3 maps (0.59x, 0.77x), where the ring's
+# per-row work dominates.
+DEPTHWISE_MAX_OUTPUT_PIXELS = 16
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,11 @@ class MveDepthwiseCall:
     input_offset: int
     weights: r.ConstArray       # int8 (k_h, k_w, channels) as in the model
     bias: r.ConstArray          # int32 per channel, NOT folded (padded taps are skipped)
+    # Interior pixels (whole window inside the image), FAST requantisation only: groups of
+    # 8 channels as int16 lanes, VMULLB/VMULLT products into even / odd int32 lanes. Per
+    # group 32 int32: folded bias, m, c, -R, each as 4 even then 4 odd channels.
+    interior_groups: int
+    interior: r.ConstArray | None
     # requantisation (flat: constants_of only sees a call's own fields)
     scheme: RequantScheme
     multipliers: r.ConstArray   # int32 per output channel
@@ -170,8 +181,10 @@ def lower(ctx: LoweringContext, index: int, node: ir.Node) -> MveCall | None:
         return None
     if isinstance(op, ir.Conv2D):
         return _lower_pointwise(ctx, index, node, op)
-    if isinstance(op, ir.DepthwiseConv2D) and USE_DEPTHWISE:
-        return _lower_depthwise(ctx, index, node, op)
+    if isinstance(op, ir.DepthwiseConv2D):
+        out_h, out_w, _ = nhwc(ctx.tensor(node.outputs[0]).shape)
+        if out_h * out_w <= DEPTHWISE_MAX_OUTPUT_PIXELS:
+            return _lower_depthwise(ctx, index, node, op)
     return None
 
 
@@ -254,8 +267,9 @@ def _lower_depthwise(ctx: LoweringContext, index: int, node: ir.Node,
         return None
     q = params.conv_quant(ctx.graph, node)
     bias = _bias(ctx, node, out_c)
-    acc_lo, acc_hi = _full_range(bias, w.data.astype(np.int64).reshape(-1, out_c).T,
-                                 q.input_offset)
+    taps = w.data.astype(np.int64).reshape(-1, out_c).T        # (channels, taps)
+    acc_lo, acc_hi = _full_range(bias, taps, q.input_offset)
+    requant = _requant_fields(ctx, index, node, q, out_c, acc_lo, acc_hi)
     return MveDepthwiseCall(
         input=ctx.buffer(node.inputs[0]), output=ctx.buffer(node.outputs[0]),
         in_h=in_h, in_w=in_w, channels=in_c, out_h=out_h, out_w=out_w, k_h=k_h, k_w=k_w,
@@ -267,4 +281,24 @@ def _lower_depthwise(ctx: LoweringContext, index: int, node: ir.Node,
                                  f"{node.name}: taps (k_h, k_w, channels)"),
         bias=ctx.const_values(index, "bias", "int32_t", bias,
                               f"{node.name}: bias (input offset added per tap)"),
-        **_requant_fields(ctx, index, node, q, out_c, acc_lo, acc_hi))
+        **requant, **_interior_fields(ctx, index, node, requant, bias, taps, q.input_offset))
+
+
+def _interior_fields(ctx: LoweringContext, index: int, node: ir.Node,
+                     requant: dict, bias: np.ndarray, taps: np.ndarray, input_offset: int
+                     ) -> dict[str, int | r.ConstArray | None]:
+    """The interior path's records (see MveDepthwiseCall); none without FAST requant."""
+    groups = len(bias) // INTERIOR_LANES
+    if requant["scheme"] is RequantScheme.EXACT or groups == 0:
+        return dict(interior_groups=0, interior=None)
+    folded = fold_input_offset(bias, taps, input_offset)   # every tap present: exact
+    columns = [folded, requant["multipliers"].values, requant["offsets"].values,
+               requant["shifts"].values]
+    n = groups * INTERIOR_LANES
+    words = np.stack([col[:n].astype(np.int64).reshape(groups, 4, 2) for col in columns],
+                     axis=1)                                  # (group, column, 4, even/odd)
+    record = words.transpose(0, 1, 3, 2).reshape(-1)          # even 4 then odd 4
+    return dict(interior_groups=groups, interior=ctx.const_values(
+        index, "interior", "int32_t", record,
+        f"{node.name}: per 8 channels: bias + input_offset * sum(w), m, c, -R "
+        f"(even channels, then odd)"))
