@@ -54,7 +54,7 @@ def _compile_options(args: argparse.Namespace):
         target=args.target, out_dir=Path(args.output) if args.output else None, name=args.name,
         kernels=args.kernels, calib_dir=Path(args.calib) if args.calib else None,
         calib_percentile=args.calib_percentile, force=args.force, ram_bytes=args.ram,
-        flash_bytes=args.flash,
+        flash_bytes=args.flash, weight_layout=args.weight_layout,
         emit_tflite=Path(args.emit_tflite) if getattr(args, "emit_tflite", None) else None)
 
 
@@ -142,6 +142,9 @@ def _add_compile_args(p: argparse.ArgumentParser, output_help: str) -> None:
     p.add_argument("--force", action="store_true", help="overwrite a folder mbgen did not make")
     p.add_argument("--ram", type=int, metavar="BYTES", help="override the target's RAM budget")
     p.add_argument("--flash", type=int, metavar="BYTES", help="override the flash budget")
+    p.add_argument("--weight-layout", choices=["auto", "int16", "int8"], default="auto",
+                   help="mbgen kernels: weights as pre-interleaved int16 pairs (fastest), "
+                        "int8 (half the flash), or auto: int16 where the flash budget allows")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -46,6 +46,7 @@ class CompileOptions:
     ram_bytes: int | None = None        # override the target's budget
     flash_bytes: int | None = None
     emit_tflite: Path | None = None
+    weight_layout: str = "auto"         # mbgen kernels: "int16" pairs, "int8", or by budget
 
 
 @dataclass
@@ -250,7 +251,8 @@ def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels
     budget = check_budget(plan.arena_size, constant_bytes(graph), target, options)
     prepare_out_dir(out_dir, force)
     report = codegen.generate(graph, plan, out_dir, name=options.name, target=target.name,
-                              kernels=kernels)
+                              kernels=kernels, flash_budget=budget["flash_bytes"],
+                              weight_layout=options.weight_layout)
     firmware_flash = measure_firmware_flash(out_dir, target, kernels)
     if firmware_flash is not None:
         budget["firmware_flash_bytes"] = firmware_flash

@@ -132,3 +132,21 @@ def test_every_kernel_set_on_every_qemu_target(target_name, kernels, prepared, t
         want = run_int8(graph, q)[graph.outputs[0]].ravel()
         got = run_elf(build.elf, target, q.tobytes()).output_int8().ravel()
         np.testing.assert_array_equal(got, want, err_msg=f"{kernels} on {target_name}, {label}")
+
+
+def test_weight_layout_flag_trades_flash_for_speed(prepared, tmp_path):
+    """--weight-layout int8 halves the GEMM weights' flash; both layouts stay bit-exact."""
+    model = prepared("mbv1_0.25_96")
+    target = targets.get("cortex-m7")
+    (_, q), = _inputs(model.graph)[-1:]
+    want = run_int8(model.graph, q)[model.graph.outputs[0]].ravel()
+    results = {}
+    for layout in ("int16", "int8"):
+        compiled = emit(model, CompileOptions(target="cortex-m7", out_dir=tmp_path / layout,
+                                              kernels="mbgen", weight_layout=layout))
+        run = run_qemu(tmp_path / layout, target, q.tobytes())
+        np.testing.assert_array_equal(run.output_int8().ravel(), want, err_msg=layout)
+        results[layout] = (compiled.budget["firmware_flash_bytes"], run.total_instructions)
+    print(f"int16: {results['int16']}, int8: {results['int8']} (flash bytes, instructions)")
+    assert results["int8"][0] < results["int16"][0]
+    assert results["int16"][1] < results["int8"][1]

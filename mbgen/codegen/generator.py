@@ -94,11 +94,12 @@ def _check_graph(graph: ir.Graph, name: str) -> None:
 
 
 def lower_graph(graph: ir.Graph, plan: GraphPlan, prefix: str, kernels: str,
-                target: str = "host") -> list[Layer]:
+                target: str = "host", flash_budget: int | None = None,
+                weight_layout: str = "auto") -> list[Layer]:
     """One Layer per node: the chosen kernel set's call record, else the portable one."""
     chosen = kernel_sets.get(kernels)
     fallback = kernel_sets.portable()
-    ctx = LoweringContext(graph, plan, prefix, target)
+    ctx = LoweringContext(graph, plan, prefix, target, flash_budget, weight_layout)
     layers = []
     for index, node in enumerate(graph.nodes):
         call, used = chosen.lower(ctx, index, node), chosen.name
@@ -154,12 +155,16 @@ def _check_out_dir(out_dir: Path, files: list[str]) -> list[Path]:
 
 
 def generate(graph: ir.Graph, plan: GraphPlan, out_dir: Path, *, name: str = "model",
-             target: str = "host", kernels: str = "portable", harness: bool = True) -> dict:
+             target: str = "host", kernels: str = "portable", harness: bool = True,
+             flash_budget: int | None = None, weight_layout: str = "auto") -> dict:
     """Write model.h/.c, model_weights.h/.c, model_kernels.h/.c, main.c and report.json
-    (``model`` replaced by ``name``) into ``out_dir``; return the report."""
+    (``model`` replaced by ``name``) into ``out_dir``; return the report.
+
+    ``flash_budget`` overrides the target's flash for layout decisions; ``weight_layout``
+    forces a kernel set's weight format ("int16" pairs: faster, "int8": half the flash)."""
     out_dir = Path(out_dir)
     _check_graph(graph, name)
-    layers = lower_graph(graph, plan, name, kernels, target)
+    layers = lower_graph(graph, plan, name, kernels, target, flash_budget, weight_layout)
     constants = _unique_constants(layers)
 
     env = environment()

@@ -611,9 +611,14 @@ class MbgenKernels:
         if self._choices is not None and self._choices[0] is ctx:
             return self._choices[1]
         target = _target(ctx)
-        choices = _GraphChoices(bool(target.dsp),
-                                choose_int16_layers(ctx.graph, target.flash_bytes),
-                                bool(target.mve))
+        if ctx.weight_layout == "int8":
+            int16_layers: frozenset[str] = frozenset()
+        elif ctx.weight_layout == "int16":
+            int16_layers = choose_int16_layers(ctx.graph, 0)   # no budget: every candidate
+        else:
+            flash = ctx.flash_budget if ctx.flash_budget is not None else target.flash_bytes
+            int16_layers = choose_int16_layers(ctx.graph, flash)
+        choices = _GraphChoices(bool(target.dsp), int16_layers, bool(target.mve))
         self._choices = (ctx, choices)
         return choices
 

@@ -27,6 +27,8 @@ class LoweringContext:
     plan: GraphPlan
     prefix: str
     target: str = "host"   # the target's name: a kernel set may depend on its core
+    flash_budget: int | None = None  # bytes of flash the user allows (None: the target's)
+    weight_layout: str = "auto"      # "auto" | "int16" | "int8": a kernel set's weight format
     _tensor_arrays: dict[str, ConstArray] = field(default_factory=dict)
     _symbols: set[str] = field(default_factory=set)
 
