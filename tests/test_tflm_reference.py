@@ -284,7 +284,7 @@ def mean_case(hw=(5, 7), c=6, keep_dims=True, same_quant=True):
 
 def softmax_case(n=10, beta=1.0):
     def build(m: GraphMaker) -> ir.Graph:
-        x = m.input((1, n), scale=m.scale(0.005, 0.03))  # logits spread over ~1..8
+        m.input((1, n), scale=m.scale(0.005, 0.03))  # logits spread over ~1..8
         out = act("y", (1, n), 1.0 / 256, -128)
         m.node(ir.Softmax(beta), ["x"], out)
         return m.graph("softmax")
@@ -304,7 +304,7 @@ def pad_case(hw=(4, 5), c=3, padding=ir.Padding(1, 2, 0, 3)):
 def unary_case(op: ir.OpAttrs, shape=(1, 6, 6, 8), output=None):
     """HardSwish, Logistic, ReLU, ReLU6, int8->int8 Quantize. ``output``: fixed (scale, zp)."""
     def build(m: GraphMaker) -> ir.Graph:
-        x = m.input(shape, scale=m.scale(0.02, 0.08))
+        m.input(shape, scale=m.scale(0.02, 0.08))
         scale, zp = output or (m.scale(0.01, 0.06), m.zp())
         m.node(op, ["x"], act("y", shape, scale, zp))
         return m.graph(ir.op_name(op).lower())
