@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -97,3 +99,23 @@ def test_models_and_targets_listed():
 def test_bad_arguments_exit_2():
     proc = mbgen("compile")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(shutil.which("qemu-system-arm") is None, reason="no qemu-system-arm")
+def test_verify_on_cortex_m_compares_host_qemu_and_numpy():
+    proc = mbgen("verify", "mbv1_0.25_96", "--target", "cortex-m4", "--count", "1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for what in ("host C vs numpy", "QEMU cortex-m4 vs numpy", "QEMU vs host C",
+                 "int8 vs float model"):
+        assert what in proc.stdout
+    assert "0 mismatched" in proc.stdout
+
+
+def test_verify_with_tflm_reference_prints_both_arenas(shared_dir):
+    model = shared_dir / "models" / "person_detect.tflite"
+    proc = mbgen("verify", str(model), "--target", "host", "--reference", "tflm",
+                 "--images", str(shared_dir / "images"), "--count", "1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "host C vs TFLM" in proc.stdout and "TFLM 85264 bytes" in proc.stdout
+    assert "0 mismatched" in proc.stdout
