@@ -38,6 +38,10 @@ def test_compile_host_prints_summary_of_paper_magnitude(tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["model"] == "mbv1_0.25_128" and report["target"] == "host"
     assert {"arena_bytes", "weights_bytes", "macs", "params", "layers"} <= set(report)
+    # Per-layer calibrated ranges are reported, and always include 0 (int8.md).
+    for layer in report["layers"]:
+        q = layer["output_quant"]
+        assert q["min"] <= 0.0 <= q["max"] and q["scale"] > 0, layer["name"]
 
 
 def test_refuses_to_overwrite_a_folder_it_did_not_make(tmp_path):

@@ -30,6 +30,17 @@ def layer_params(graph: ir.Graph, node: ir.Node) -> int:
                if name and graph.tensors[name].is_const)
 
 
+def _output_quant(graph: ir.Graph, node: ir.Node) -> dict | None:
+    """The layer's output scale and zero point, and the real range int8 covers with them
+    (the calibrated range, as the quantizer nudged it)."""
+    quant = graph.tensors[node.outputs[0]].quant
+    if quant is None or quant.scale.size != 1:
+        return None
+    scale, zero_point = quant.scalar_scale, quant.scalar_zero_point
+    return {"scale": scale, "zero_point": zero_point,
+            "min": scale * (-128 - zero_point), "max": scale * (127 - zero_point)}
+
+
 def build_report(graph: ir.Graph, layers: list[Layer], constants: list[ConstArray], *,
                  name: str, target: str, kernels: str, arena_bytes: int,
                  files: list[str]) -> dict:
@@ -59,7 +70,8 @@ def build_report(graph: ir.Graph, layers: list[Layer], constants: list[ConstArra
                 "params": layer.params,
                 "arena_offset": layer.arena_offset,
                 "output_bytes": layer.output_bytes,
+                "output_quant": _output_quant(graph, node),
             }
-            for layer in layers
+            for layer, node in zip(layers, graph.nodes, strict=True)
         ],
     }
