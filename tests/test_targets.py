@@ -48,7 +48,7 @@ def test_compiler_flags_describe_the_core(name):
     assert any(f in ("-O2", "-O3") for f in t.cflags)
     hard_float = "-mfloat-abi=hard" in t.cflags
     assert hard_float == (t.fpu != "none")
-    if t.fpu not in ("none",) and name != "cortex-m55":
+    if t.fpu not in ("none",) and name != "cortex-m55":  # M55: -mfpu=auto, from -mcpu
         assert f"-mfpu={t.fpu}" in t.cflags
 
 
@@ -144,3 +144,28 @@ def test_installed_qemu_has_every_board():
                              text=True).stdout
     boards = {line.split()[0] for line in listing.splitlines()[1:] if line.strip()}
     assert {targets.get(n).qemu_machine for n in QEMU_TARGETS} <= boards
+
+
+# What each part's FPU/vector unit really is (datasheets), as the compiler's own predefined
+# macros must see it with the target's flags: __ARM_FP 4 = single precision only, 14 = half,
+# single and double; no __ARM_FP = no FPU; __ARM_FEATURE_MVE 3 = Helium integer + float.
+PART_FEATURES = {
+    "cortex-m7": {"__ARM_FP": "4", "__ARM_FEATURE_MVE": None},    # STM32F746: FPv5-SP
+    "cortex-m4": {"__ARM_FP": "4", "__ARM_FEATURE_MVE": None},    # STM32F411: FPv4-SP
+    "cortex-m33": {"__ARM_FP": "4", "__ARM_FEATURE_MVE": None},   # STM32L552: FPv5-SP
+    "cortex-m3": {"__ARM_FP": None, "__ARM_FEATURE_MVE": None},   # STM32F103: no FPU
+    "cortex-m55": {"__ARM_FP": "14", "__ARM_FEATURE_MVE": "3"},   # Corstone-300: MVE + FP
+}
+
+
+@pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None, reason="needs arm-none-eabi-gcc")
+@pytest.mark.parametrize("name", QEMU_TARGETS)
+def test_flags_give_the_parts_fpu(name, tmp_path):
+    source = tmp_path / "empty.c"
+    source.write_text("int x;\n")
+    proc = subprocess.run(["arm-none-eabi-gcc", *targets.get(name).cflags, "-dM", "-E",
+                           str(source)], capture_output=True, text=True, check=True)
+    macros = dict(line.split()[1:3] for line in proc.stdout.splitlines()
+                  if len(line.split()) >= 3)
+    for macro, want in PART_FEATURES[name].items():
+        assert macros.get(macro) == want, (name, macro)
