@@ -7,8 +7,9 @@
  * MBGEN_FW_EXIT_FAULT.
  *
  * Stack overflow is caught, not left to corrupt .bss: by the main stack limit register on
- * Armv8-M (exact), by an inaccessible MPU region over the lowest STACK_GUARD_BYTES of the
- * stack on Armv7-M (a frame that jumps over the guard in one step can still slip through).
+ * Armv8-M (exact), by an inaccessible MPU region of STACK_GUARD_BYTES just below the stack
+ * reserve on Armv7-M (__stack_guard, aligned to its size by the linker script; a frame that
+ * jumps over it in one step can still slip through).
  */
 #include "mbgen_fw.h"
 
@@ -18,7 +19,7 @@
 #define MBGEN_FW_V8M 0
 #endif
 
-/* Armv7-M MPU guard: 2^(STACK_GUARD_SIZE_FIELD + 1) bytes, aligned as the stack bottom is. */
+/* Armv7-M MPU guard: 2^(STACK_GUARD_SIZE_FIELD + 1) bytes (MBGEN_STACK_GUARD_SIZE in ld). */
 #define STACK_GUARD_SIZE_FIELD 9u
 #define STACK_GUARD_BYTES (1u << (STACK_GUARD_SIZE_FIELD + 1u))
 
@@ -47,7 +48,7 @@
 /* Symbols from firmware/ld/common.ld. */
 extern uint32_t __data_load[], __data_start[], __data_end[];
 extern uint32_t __bss_start[], __bss_end[];
-extern uint32_t __stack_bottom[], __stack_top[];
+extern uint32_t __stack_bottom[], __stack_top[], __stack_guard[];
 extern uint32_t __ram_start[], __ram_end[];
 
 int main(void);
@@ -56,8 +57,10 @@ void mbgen_fw_reset(void);
 void mbgen_fw_start(void);
 void mbgen_fw_fault_report(const uint32_t *frame, uint32_t exception_number);
 
-/* A small stack of its own, so a fault caused by a stack overflow can still be reported. */
-static uint32_t fault_stack[256] __attribute__((aligned(8)));
+/* Fault reports run on a stack of their own, so a stack overflow can still be reported: the
+ * 1 KB guard gap the linker script leaves below the main stack (no-access to the MPU on
+ * Armv7-M, which is why the MPU goes off first). It costs no RAM beyond that gap. */
+extern uint32_t __fault_stack_top[];
 
 __attribute__((naked)) static void fault_entry(void)
 {
@@ -71,13 +74,18 @@ __attribute__((naked)) static void fault_entry(void)
 #if MBGEN_FW_V8M
         "movs r2, #0\n"
         "msr msplim, r2\n"
+#else
+        "movw r2, #0xED94\n" /* MPU_CTRL = 0 */
+        "movt r2, #0xE000\n"
+        "movs r3, #0\n"
+        "str r3, [r2]\n"
+        "dsb\n"
+        "isb\n"
 #endif
-        "movw r2, #:lower16:%c0\n"
-        "movt r2, #:upper16:%c0\n"
+        "movw r2, #:lower16:__fault_stack_top\n"
+        "movt r2, #:upper16:__fault_stack_top\n"
         "mov sp, r2\n"
-        "b mbgen_fw_fault_report\n"
-        :
-        : "i"(&fault_stack[sizeof fault_stack / sizeof fault_stack[0]]));
+        "b mbgen_fw_fault_report\n");
 }
 
 typedef void (*vector_t)(void);
@@ -121,11 +129,11 @@ __attribute__((naked, noreturn)) void mbgen_fw_reset(void)
 #if !MBGEN_FW_V8M
 static void guard_stack_bottom(void)
 {
-    if (((MPU_TYPE >> 8) & 0xFFu) == 0 || ((uintptr_t)__stack_bottom % STACK_GUARD_BYTES) != 0) {
-        return; /* no MPU, or a stack the guard cannot cover exactly */
+    if (((MPU_TYPE >> 8) & 0xFFu) == 0 || ((uintptr_t)__stack_guard % STACK_GUARD_BYTES) != 0) {
+        return; /* no MPU, or a guard the region cannot cover exactly */
     }
     MPU_RNR = 0;
-    MPU_RBAR = (uint32_t)(uintptr_t)__stack_bottom;
+    MPU_RBAR = (uint32_t)(uintptr_t)__stack_guard;
     /* XN, AP = no access (privileged or not), SIZE, ENABLE. */
     MPU_RASR = (1u << 28) | (0u << 24) | (STACK_GUARD_SIZE_FIELD << 1) | 1u;
     /* PRIVDEFENA: everything else keeps the default memory map. */
@@ -193,7 +201,7 @@ static int stack_overflowed(const uint32_t *frame)
     (void)frame;
     return (SCB_CFSR & (1u << 20)) != 0; /* STKOF */
 #else
-    return frame < __stack_bottom + STACK_GUARD_BYTES / sizeof(uint32_t);
+    return frame < __stack_bottom;
 #endif
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -9,10 +10,22 @@ from pathlib import Path
 
 from mbgen import FIRMWARE_DIR
 from mbgen.errors import RunFailure, UserError
-from mbgen.runner import tools
+from mbgen.runner import memory, tools
 from mbgen.runner.build import (compile_once, default_build_dir, folder_sources, header_files,
                                 library_cflags, library_inputs)
 from mbgen.targets import Target
+
+
+@dataclass(frozen=True)
+class ModelMemory:
+    """What the model's own code takes in the linked firmware (the example harness and
+    firmware/ not counted), from the linker map and GCC's call graph."""
+
+    flash_bytes: int      # model code + weights + the library code it calls (CMSIS-NN, libc)
+    static_ram_bytes: int  # .data + .bss of the model's files: the arena and any other statics
+    stack_bytes: int      # worst-case call chain from <name>_invoke
+    stack_bounded: bool   # False when a frame was dynamic or the chain recursed
+    stack_chain: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -23,6 +36,8 @@ class FirmwareBuild:
     text: int   # code + read-only data (weights): flash
     data: int   # initialised data: flash and RAM
     bss: int    # zeroed data (the arena): RAM, not counting the stack
+    stack_reserve: int = 0             # bytes the link reserved for the main stack
+    model: ModelMemory | None = None   # None when the folder names no model entry point
 
     @property
     def flash_bytes(self) -> int:
@@ -31,6 +46,14 @@ class FirmwareBuild:
     @property
     def ram_bytes(self) -> int:
         return self.data + self.bss
+
+
+# Exception entry stacks 8 words, 26 with the FPU's lazy context: the SysTick interrupt (the
+# instruction counter) lands on top of the deepest chain. Fault reports run on a stack of
+# their own (startup.c).
+EXCEPTION_FRAME_BYTES = 104
+FIRMWARE_ENTRY = "mbgen_fw_start"
+INTERRUPT_ENTRY = "mbgen_fw_systick_handler"
 
 
 def firmware_sources() -> list[Path]:
@@ -51,6 +74,8 @@ def build_firmware(out_dir: Path, target: Target, build_dir: Path | None = None,
                    cmsis_nn: Path | None = None) -> FirmwareBuild:
     """Compile the folder with firmware/ for ``target``'s QEMU board; returns ELF and sizes.
 
+    Each source becomes its own object (so the linker map tells whose bytes are whose) and
+    its call graph (``-fcallgraph-info=su``); the main stack is reserved from that graph.
     ``extra_cflags`` come after the target's, so e.g. ``["-O3"]`` overrides its -O2.
     Unchanged inputs are not rebuilt. Nothing is written into ``out_dir``. A folder calling
     CMSIS-NN gets its sources from ``cmsis_nn`` (default: $CMSIS_NN_PATH).
@@ -61,22 +86,86 @@ def build_firmware(out_dir: Path, target: Target, build_dir: Path | None = None,
     tools.check_newlib_nano(gcc)
     out_dir = Path(out_dir)
     lib_sources, lib_includes = library_inputs(out_dir, target, cmsis_nn)
-    sources = (folder_sources(out_dir) + firmware_sources() + [Path(p) for p in extra_sources]
-               + lib_sources)
+    folder = folder_sources(out_dir)
+    model_sources = [p for p in folder if p.name != HARNESS_SOURCE] + list(lib_sources)
+    harness_sources = ([p for p in folder if p.name == HARNESS_SOURCE] + firmware_sources()
+                       + [Path(p) for p in extra_sources])
     build_dir = Path(build_dir) if build_dir else default_build_dir(out_dir, target.name)
-    elf = build_dir / "firmware.elf"
     script = target.linker_script_path
     assert script is not None
     includes = [out_dir, FIRMWARE_DIR / "include", *map(Path, include_dirs), *lib_includes]
-    command = [gcc, *target.cflags, *firmware_cflags(target),
-               *library_cflags(out_dir, target, cmsis_nn), *extra_cflags,
-               *(f"-I{d}" for d in includes), *map(str, sources),
+    cflags = [*target.cflags, *firmware_cflags(target),
+              *library_cflags(out_dir, target, cmsis_nn), *extra_cflags,
+              *(f"-I{d}" for d in includes)]
+    headers = header_files(includes)
+    # Model objects come first on the link line: the C runtime members they need are
+    # reported (and counted) as theirs.
+    model_objects = _compile_objects(gcc, cflags, model_sources, headers, build_dir / "model")
+    harness_objects = _compile_objects(gcc, cflags, harness_sources, headers,
+                                       build_dir / "harness")
+    graph = memory.parse_call_graphs(
+        o.with_suffix(".ci").read_text() for o in model_objects + harness_objects)
+    stack_reserve = _stack_reserve(graph)
+    elf = build_dir / "firmware.elf"
+    map_file = build_dir / "firmware.map"
+    command = [gcc, *target.cflags, *extra_cflags, *map(str, model_objects + harness_objects),
                "-nostartfiles", "--specs=nano.specs", *target.ldflags,
-               f"-L{script.parent}", f"-T{script}", f"-Wl,-Map={build_dir / 'firmware.map'}",
+               f"-Wl,--defsym=MBGEN_STACK_SIZE={stack_reserve}",
+               f"-L{script.parent}", f"-T{script}", f"-Wl,-Map={map_file}",
                "-o", str(elf), "-lm"]
-    inputs = sources + header_files(includes) + sorted(script.parent.glob("*.ld"))
-    compile_once(command, inputs, elf, f"{out_dir} for {target.name}")
-    return FirmwareBuild(elf, *section_sizes(elf))
+    compile_once(command, [*model_objects, *harness_objects, *sorted(script.parent.glob("*.ld"))],
+                 elf, f"{out_dir} for {target.name}")
+    model = _model_memory(map_file.read_text(), graph, set(map(str, harness_objects)),
+                          _entry_point(out_dir))
+    return FirmwareBuild(elf, *section_sizes(elf), stack_reserve=stack_reserve, model=model)
+
+
+HARNESS_SOURCE = "main.c"
+
+
+def _compile_objects(gcc: str, cflags: list[str], sources: Sequence[Path],
+                     headers: Sequence[Path], obj_dir: Path) -> list[Path]:
+    """One object (and .ci call graph beside it) per source; numbered so that sources of the
+    same name from different folders cannot collide."""
+    objects = []
+    for number, source in enumerate(sources):
+        obj = obj_dir / f"{number:03d}-{source.stem}.o"
+        command = [gcc, *cflags, "-fcallgraph-info=su", "-c", str(source), "-o", str(obj)]
+        compile_once(command, [source, *headers], obj, f"{source.name}")
+        objects.append(obj)
+    return objects
+
+
+def _stack_reserve(graph: memory.CallGraph) -> int:
+    """The deepest chain from reset through main, plus one exception on top of it."""
+    deepest = memory.worst_stack(graph, FIRMWARE_ENTRY).bytes
+    interrupt = memory.worst_stack(graph, INTERRUPT_ENTRY).bytes
+    return -(-(deepest + EXCEPTION_FRAME_BYTES + interrupt) // 8) * 8
+
+
+def _entry_point(out_dir: Path) -> str:
+    """``<name>_invoke``, the name from the folder's report.json (``model`` without one)."""
+    try:
+        name = json.loads((out_dir / "report.json").read_text()).get("name", "model")
+    except (OSError, ValueError, AttributeError):
+        name = "model"
+    return f"{name}_invoke"
+
+
+def _model_memory(map_text: str, graph: memory.CallGraph, harness: set[str],
+                  entry: str) -> ModelMemory | None:
+    if entry not in graph.frames:
+        return None
+    sections = memory.map_input_sections(map_text)
+
+    def ours(origin: str) -> bool:  # the model's files, the libraries and C runtime it calls
+        return origin not in harness
+
+    stack = memory.worst_stack(graph, entry)
+    return ModelMemory(
+        flash_bytes=memory.bytes_by(sections, memory.FLASH_SECTIONS, ours),
+        static_ram_bytes=memory.bytes_by(sections, memory.RAM_SECTIONS, ours),
+        stack_bytes=stack.bytes, stack_bounded=stack.bounded, stack_chain=stack.chain)
 
 
 def section_sizes(elf: Path) -> tuple[int, int, int]:
