@@ -7,18 +7,20 @@ the records to the Jinja templates; nothing here writes C text itself.
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import jinja2
 import numpy as np
 
 import mbgen
-from mbgen import ir
+from mbgen import ir, output_folder, targets
 from mbgen.codegen import kernel_sets
 from mbgen.codegen.lowering import LoweringContext, is_valid_c_name
 from mbgen.codegen.records import ConstArray, Layer, constants_of
-from mbgen.codegen.report import GENERATOR_TAG, build_report, layer_macs, layer_params
+from mbgen.codegen.report import build_report, layer_macs, layer_params
 from mbgen.errors import UserError
+from mbgen.output_folder import REPORT
 from mbgen.planner import GraphPlan
 
 HOST_HARNESS = "harness/host_main.c.j2"
@@ -130,30 +132,6 @@ def _unique_constants(layers: list[Layer]) -> list[ConstArray]:
     return constants
 
 
-# ----------------------------------------------------------------------------- output folder
-
-
-def _check_out_dir(out_dir: Path, files: list[str]) -> list[Path]:
-    """Never overwrite files mbgen did not write: the folder must be new, empty or ours.
-    Returns stale files of our previous run to delete (e.g. after a --name change)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"output path {out_dir} exists and is not a folder")
-    if not out_dir.is_dir() or not any(out_dir.iterdir()):
-        return []
-    report = out_dir / "report.json"
-    previous: dict = {}
-    try:
-        previous = json.loads(report.read_text()) if report.is_file() else {}
-    except (OSError, ValueError):
-        previous = {}
-    if previous.get("generator") != GENERATOR_TAG:
-        raise UserError(f"output folder {out_dir} is not empty and was not made by mbgen; "
-                        "choose another output folder")
-    old = previous.get("files", [])
-    return [out_dir / f for f in old
-            if isinstance(f, str) and f not in files and "/" not in f and (out_dir / f).is_file()]
-
-
 def generate(graph: ir.Graph, plan: GraphPlan, out_dir: Path, *, name: str = "model",
              target: str = "host", kernels: str = "portable", harness: bool = True,
              flash_budget: int | None = None, weight_layout: str = "auto") -> dict:
@@ -184,6 +162,8 @@ def generate(graph: ir.Graph, plan: GraphPlan, out_dir: Path, *, name: str = "mo
         layer_names=[layer.name for layer in layers],
         weights_bytes=sum(c.nbytes for c in constants),
     )
+    build_flags = folder_build_flags(target, layers)
+    context["build_command"] = " ".join([build_flags["compiler"], *build_flags["cflags"]])
 
     sources = {
         f"{name}.h": "model.h.j2",
@@ -198,16 +178,34 @@ def generate(graph: ir.Graph, plan: GraphPlan, out_dir: Path, *, name: str = "mo
         if (mbgen.TEMPLATES_DIR / harness_template).is_file():
             sources["main.c"] = harness_template
 
-    files = list(sources) + ["report.json"]
-    stale = _check_out_dir(out_dir, files)
+    files = list(sources) + [REPORT]
     rendered = {path: env.get_template(t).render(context) for path, t in sources.items()}
     report = build_report(graph, layers, constants, name=name, target=target,
-                          kernels=kernels, arena_bytes=int(plan.arena_size), files=files)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for path in stale:
-        path.unlink()
-    for path, text in rendered.items():
-        (out_dir / path).write_text(text)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+                          kernels=kernels, arena_bytes=int(plan.arena_size), files=files,
+                          build=build_flags)
+    with tempfile.TemporaryDirectory(prefix="mbgen-render-") as staging:
+        for path, text in rendered.items():
+            (Path(staging) / path).write_text(text)
+        write_report(Path(staging), report)
+        output_folder.install(Path(staging), out_dir, files, force=False)
     return report
+
+
+# What every generated folder is checked to build with, on top of its target's flags.
+WARNING_FLAGS = ("-Wall", "-Wextra", "-Werror")
+
+
+def folder_build_flags(target_name: str, layers: list[Layer]) -> dict:
+    """The compiler and flags the folder is built and checked with for its target (CMSIS-NN's
+    extra core flags when a layer calls it), recorded so a user's build can use the same."""
+    target = targets.get(target_name)
+    cflags = list(target.cflags)
+    if any(layer.kernel_set == "cmsis-nn" for layer in layers):
+        from mbgen.codegen import kernels_cmsis_nn
+        cflags += kernels_cmsis_nn.core_cflags(target)
+    compiler = "cc" if target.is_host else "arm-none-eabi-gcc"
+    return {"compiler": compiler, "cflags": cflags + list(WARNING_FLAGS)}
+
+
+def write_report(folder: Path, report: dict) -> None:
+    (folder / REPORT).write_text(json.dumps(report, indent=2) + "\n")

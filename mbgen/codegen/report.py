@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from mbgen import ir
+from mbgen.output_folder import GENERATOR_TAG
 from mbgen.codegen.records import ConstArray, Layer
 
-GENERATOR_TAG = "mbgen"  # compiler.prepare_out_dir recognises our folders by it
 
 
 def layer_macs(graph: ir.Graph, node: ir.Node) -> int:
@@ -43,7 +43,7 @@ def _output_quant(graph: ir.Graph, node: ir.Node) -> dict | None:
 
 def build_report(graph: ir.Graph, layers: list[Layer], constants: list[ConstArray], *,
                  name: str, target: str, kernels: str, arena_bytes: int,
-                 files: list[str]) -> dict:
+                 files: list[str], build: dict) -> dict:
     fallbacks = [layer.name for layer in layers if layer.kernel_set != kernels]
     return {
         "generator": GENERATOR_TAG,
@@ -59,6 +59,7 @@ def build_report(graph: ir.Graph, layers: list[Layer], constants: list[ConstArra
         "output_shape": list(graph.tensors[graph.outputs[0]].shape),
         "fallback_layers": fallbacks,
         "files": files,
+        "build": build,
         "layers": [
             {
                 "name": layer.name,
