@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -21,10 +22,6 @@ class _Parser(argparse.ArgumentParser):
 
 def _kib(n: int) -> str:
     return f"{n / 1024:.1f} KB"
-
-
-def _percent(used: int, budget: int | None) -> str:
-    return f" ({100.0 * used / budget:.1f}% of {_kib(budget)})" if budget else ""
 
 
 # ----------------------------------------------------------------------------- commands
@@ -55,25 +52,43 @@ def _compile_options(args: argparse.Namespace):
         kernels=args.kernels, calib_dir=Path(args.calib) if args.calib else None,
         calib_percentile=args.calib_percentile, force=args.force, ram_bytes=args.ram,
         flash_bytes=args.flash, weight_layout=args.weight_layout,
+        cmsis_nn=Path(args.cmsis_nn) if args.cmsis_nn else None,
         emit_tflite=Path(args.emit_tflite) if getattr(args, "emit_tflite", None) else None)
+
+
+def _room(used: int, budget: int | None) -> str:
+    if not budget:
+        return ""
+    return (f" ({100.0 * used / budget:.1f}% of {_kib(budget)}; "
+            f"{_kib(budget - used)} left for the application)")
 
 
 def print_summary(compiled) -> None:
     r = compiled.report
+    memory = r["memory"]
     budget = compiled.budget
     print(f"{r['model']} -> {compiled.out_dir}  (target {r['target']}, kernels {r['kernels']})")
     print(f"  layers  {len(r['layers'])}")
     print(f"  MACs    {r['macs'] / 1e6:.2f} M")
     print(f"  params  {r['params'] / 1e6:.3f} M")
-    print(f"  arena   {_kib(r['arena_bytes'])}{_percent(r['arena_bytes'], budget.get('ram_bytes'))}")
-    print(f"  weights {_kib(r['weights_bytes'])}"
-          f"{_percent(r['weights_bytes'], budget.get('flash_bytes'))}")
-    if "firmware_flash_bytes" in budget:
-        used = budget["firmware_flash_bytes"]
-        print(f"  flash   {_kib(used)}{_percent(used, budget.get('flash_bytes'))}"
-              " (whole firmware: weights + code)")
+    parts = [f"arena {_kib(memory['arena_bytes'])}", f"input+output {_kib(memory['io_bytes'])}"]
+    if memory["other_static_ram_bytes"]:
+        parts.append(f"other statics {_kib(memory['other_static_ram_bytes'])}")
+    if memory["stack_bytes"] is not None:
+        bound = "" if memory["stack_bounded"] else " (at least)"
+        parts.append(f"stack {memory['stack_bytes']} B{bound}")
+    print(f"  RAM     {_kib(memory['sram_bytes'])}{_room(memory['sram_bytes'], budget.get('ram_bytes'))}"
+          f": {' + '.join(parts)}")
+    if memory["flash_bytes"] is not None:
+        print(f"  flash   {_kib(memory['flash_bytes'])}"
+              f"{_room(memory['flash_bytes'], budget.get('flash_bytes'))}: weights "
+              f"{_kib(memory['weights_bytes'])} + code {_kib(memory['code_bytes'])} "
+              "(the example main.c not counted)")
+    else:
+        print(f"  weights {_kib(memory['weights_bytes'])}")
     if "note" in budget:
         print(f"  note    {budget['note']}")
+    print(f"  folder  {budget['folder']}")
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -91,6 +106,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.input and not Path(args.input).is_file():
         raise UserError(f"input file not found: {args.input}")
     input_bytes = Path(args.input).read_bytes() if args.input else None
+    if args.qemu and not runner.folder_target(out_dir).runs_in_qemu:
+        raise UserError(f"{out_dir} was compiled for {runner.folder_target(out_dir).name}, "
+                        "which has no QEMU board; run it with --host, or compile for a "
+                        "Cortex-M target")
     result = runner.run_folder(out_dir, qemu=not args.host, input_bytes=input_bytes,
                                timeout=args.timeout)
     if args.output:
@@ -139,12 +158,16 @@ def _add_compile_args(p: argparse.ArgumentParser, output_help: str) -> None:
     p.add_argument("--calib", metavar="DIR", help="calibration images (png/jpg/bmp) or .npy")
     p.add_argument("--calib-percentile", type=float, metavar="P",
                    help="clip activation ranges at the P-th percentile instead of min/max")
-    p.add_argument("--force", action="store_true", help="overwrite a folder mbgen did not make")
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty folder mbgen did not make (adds mbgen's files; "
+                        "never removes or overwrites yours)")
     p.add_argument("--ram", type=int, metavar="BYTES", help="override the target's RAM budget")
     p.add_argument("--flash", type=int, metavar="BYTES", help="override the flash budget")
     p.add_argument("--weight-layout", choices=["auto", "int16", "int8"], default="auto",
                    help="mbgen kernels: weights as pre-interleaved int16 pairs (fastest), "
                         "int8 (half the flash), or auto: int16 where the flash budget allows")
+    p.add_argument("--cmsis-nn", metavar="PATH",
+                   help="CMSIS-NN source tree for --kernels cmsis-nn (default: $CMSIS_NN_PATH)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mbgen: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`mbgen run ... | head`): stop quietly, as cat would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

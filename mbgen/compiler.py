@@ -6,18 +6,17 @@ checks the result against the target's budget.
 
 from __future__ import annotations
 
-import json
-import shutil
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from mbgen import ir
-from mbgen.errors import UserError
+from mbgen import budget, ir, output_folder
+from mbgen.budget import BudgetOverflow
+from mbgen.errors import RunFailure, UserError
 
 MODEL_SUFFIXES = (".pt2", ".onnx", ".tflite")
-GENERATOR_TAG = "mbgen"
 
 
 @dataclass(frozen=True)
@@ -47,6 +46,7 @@ class CompileOptions:
     flash_bytes: int | None = None
     emit_tflite: Path | None = None
     weight_layout: str = "auto"         # mbgen kernels: "int16" pairs, "int8", or by budget
+    cmsis_nn: Path | None = None        # CMSIS-NN tree for cmsis-nn folders ($CMSIS_NN_PATH)
 
 
 @dataclass
@@ -143,43 +143,16 @@ def prepare(spec: str, options: CompileOptions) -> PreparedModel:
     return PreparedModel(source, graph, to_int8_graph(graph, options))
 
 
-# ----------------------------------------------------------------------------- output folder
+# ----------------------------------------------------------------------------- compile
 
 
 def default_out_dir(source: ModelSource, target: str) -> Path:
     return Path("out") / f"{source.display_name}-{target}"
 
 
-def prepare_out_dir(out_dir: Path, force: bool) -> None:
-    """Refuse to write into a non-empty folder that mbgen did not create, unless forced."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"output path {out_dir} exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        report = out_dir / "report.json"
-        ours = False
-        if report.is_file():
-            try:
-                ours = json.loads(report.read_text()).get("generator") == GENERATOR_TAG
-            except (ValueError, OSError):
-                ours = False
-        if not ours and not force:
-            raise UserError(f"output folder {out_dir} is not empty and was not made by mbgen; "
-                            "choose another -o or pass --force to overwrite it")
-        # Regenerating: clear what is there so no stale kernel file is left behind.
-        for child in out_dir.iterdir():
-            if child.is_dir():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-
-# ----------------------------------------------------------------------------- compile
-
-
 def kernel_preference(target) -> list[str]:
     """Kernel sets to try, best first: our specialised SIMD kernels where the core has the DSP
-    extension, then portable C (the smallest code) when those do not fit the flash budget."""
+    extension, then portable C (the smallest code) when those do not fit the budget."""
     return ["mbgen", "portable"] if target.dsp and not target.is_host else ["portable"]
 
 
@@ -188,43 +161,36 @@ def constant_bytes(graph: ir.Graph) -> int:
     return sum(t.nbytes for t in graph.tensors.values() if t.is_const)
 
 
-def check_budget(arena_bytes: int, weights_bytes: int, target, options: CompileOptions) -> dict:
-    """Arena against RAM and weights against flash; UserError saying by how much on overflow."""
-    ram = options.ram_bytes if options.ram_bytes is not None else target.ram_bytes
-    flash = options.flash_bytes if options.flash_bytes is not None else target.flash_bytes
-    if ram and arena_bytes > ram:
-        raise UserError(f"model does not fit {target.name}: the activation arena needs "
-                        f"{arena_bytes} bytes but the RAM budget is {ram} bytes "
-                        f"({arena_bytes - ram} bytes over); use a smaller model or --ram")
-    if flash and weights_bytes > flash:
-        raise UserError(f"model does not fit {target.name}: weights need {weights_bytes} bytes "
-                        f"of flash but the budget is {flash} bytes "
-                        f"({weights_bytes - flash} bytes over); use a smaller model or --flash")
-    return {"ram_bytes": ram, "flash_bytes": flash}
+def io_bytes(graph: ir.Graph) -> int:
+    """The caller's input and output buffers (they live outside the arena)."""
+    return (graph.tensors[graph.inputs[0]].nbytes
+            + sum(graph.tensors[name].nbytes for name in graph.outputs))
 
 
 def emit(prepared: PreparedModel, options: CompileOptions) -> CompiledModel:
     """Plan the arena and write the C folder of a prepared model for `options.target`.
 
-    Without --kernels the target's preferred kernel set is tried first; when its firmware
-    (weights + specialised code) overflows the flash budget, the next one (portable C, the
-    smallest) is used instead, and the budget note says why.
+    Without --kernels the target's preferred kernel set is tried first; when it overflows
+    the budget (its scratch in RAM, its specialised code in flash), the next one (portable C,
+    the smallest) is used instead, and the budget note says why. Nothing is written to the
+    output folder unless the model fits.
     """
     from mbgen import targets
 
     target = targets.get(options.target)
     candidates = [options.kernels] if options.kernels else kernel_preference(target)
     out_dir = options.out_dir or default_out_dir(prepared.source, target.name)
+    output_folder.check_destination(out_dir, options.force)
     if options.emit_tflite is not None and options.emit_tflite.exists() and not options.force:
         raise UserError(f"{options.emit_tflite} already exists; pass --force to overwrite it")
     for attempt, kernels in enumerate(candidates):
         try:
-            compiled = _emit_with(prepared, options, target, kernels, out_dir,
-                                  force=options.force or attempt > 0)
-        except FlashOverflow as overflow:
+            compiled = _emit_with(prepared, options, target, kernels, out_dir)
+        except BudgetOverflow as overflow:
             if attempt + 1 == len(candidates):
-                raise UserError(str(overflow)) from None
-            note = f"{kernels} kernels need {overflow.needed} bytes of flash, over the budget"
+                raise
+            note = (f"{kernels} kernels need {overflow.needed} bytes of {overflow.kind}, "
+                    "over the budget")
             continue
         if attempt > 0:
             compiled.budget["note"] = note
@@ -235,56 +201,52 @@ def emit(prepared: PreparedModel, options: CompileOptions) -> CompiledModel:
     return compiled
 
 
-class FlashOverflow(Exception):
-    def __init__(self, message: str, needed: int) -> None:
-        super().__init__(message)
-        self.needed = needed
-
-
 def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels: str,
-               out_dir: Path, force: bool) -> CompiledModel:
+               out_dir: Path) -> CompiledModel:
     from mbgen import codegen, planner
+    from mbgen.codegen.generator import write_report
 
     graph = prepared.graph
     plan = planner.plan_graph(graph, scratch=codegen.scratch_requirements(graph, kernels))
-    # Check the budget before anything is written, so a model that does not fit leaves no folder.
-    budget = check_budget(plan.arena_size, constant_bytes(graph), target, options)
-    prepare_out_dir(out_dir, force)
-    report = codegen.generate(graph, plan, out_dir, name=options.name, target=target.name,
-                              kernels=kernels, flash_budget=budget["flash_bytes"],
-                              weight_layout=options.weight_layout)
-    firmware_flash = measure_firmware_flash(out_dir, target)
-    if firmware_flash is not None:
-        budget["firmware_flash_bytes"] = firmware_flash
-        flash = budget["flash_bytes"]
-        if flash and firmware_flash > flash:
-            shutil.rmtree(out_dir, ignore_errors=True)
-            raise FlashOverflow(
-                f"model does not fit {target.name}: weights + code need {firmware_flash} bytes "
-                f"of flash but the budget is {flash} bytes ({firmware_flash - flash} bytes "
-                "over); use a smaller model or --flash", firmware_flash)
+    limits = budget.budget_for(target, options.ram_bytes, options.flash_bytes)
+    use = budget.MemoryUse(arena_bytes=int(plan.arena_size), io_bytes=io_bytes(graph),
+                           weights_bytes=constant_bytes(graph))
+    budget.check(use, limits)  # what is known before generating: refuse early
+    with tempfile.TemporaryDirectory(prefix="mbgen-") as tmp:
+        staging = Path(tmp) / (out_dir.resolve().name or "out")
+        report = codegen.generate(graph, plan, staging, name=options.name, target=target.name,
+                                  kernels=kernels, flash_budget=limits.flash_bytes or None,
+                                  weight_layout=options.weight_layout)
+        # The weights as the kernels store them (int16 layouts are larger than the raw int8).
+        use = replace(use, weights_bytes=int(report["weights_bytes"]))
+        firmware = None
+        if not target.is_host:
+            # The linked firmware is the only true measure of code, statics and stack; a
+            # build that fails is an error, never a skipped check.
+            from mbgen.runner import build_firmware
+            firmware = build_firmware(staging, target, Path(tmp) / "build",
+                                      cmsis_nn=options.cmsis_nn)
+            if firmware.model is None:
+                raise RunFailure(f"the linked firmware has no {options.name}_invoke")
+            use = use.linked(firmware.model)
+        budget.check(use, limits)
+        report["memory"] = budget.as_report(use, limits)
+        if firmware is not None:
+            report["memory"]["example_firmware"] = {
+                "text": firmware.text, "data": firmware.data, "bss": firmware.bss,
+                "stack_reserve": firmware.stack_reserve}
+        write_report(staging, report)
+        change = output_folder.install(staging, out_dir, report["files"], options.force)
+    summary = {"ram_bytes": limits.ram_bytes, "flash_bytes": limits.flash_bytes,
+               "folder": change.summary()}
     return CompiledModel(prepared.source, prepared.float_graph, graph, plan, report, out_dir,
-                         budget)
-
-
-def measure_firmware_flash(out_dir: Path, target) -> int | None:
-    """Flash bytes (text + data) of the whole firmware, when the Arm toolchain is here.
-
-    Code size is only known after linking, so compile builds the firmware once for Cortex-M
-    targets; without the toolchain (or without CMSIS-NN for a cmsis-nn folder: the build says
-    so with a UserError) the budget check falls back to the weights alone.
-    """
-    if target.is_host or not target.runs_in_qemu:
-        return None
-    from mbgen.errors import RunFailure
-    from mbgen.runner import build_firmware
-    try:
-        return build_firmware(out_dir, target).flash_bytes
-    except (UserError, RunFailure):
-        return None
+                         summary)
 
 
 def compile_model(spec: str, options: CompileOptions) -> CompiledModel:
     from mbgen import targets
-    targets.get(options.target)  # an unknown target is reported before any slow work
+    # An unknown target or a forbidden output folder is reported before any slow work.
+    target = targets.get(options.target)
+    out_dir = options.out_dir or default_out_dir(resolve_model(spec), target.name)
+    output_folder.check_destination(out_dir, options.force)
     return emit(prepare(spec, options), options)

@@ -712,8 +712,12 @@ def library_build(target, path: str | os.PathLike | None = None) -> LibraryBuild
     root = library_root(path)
     sources = [root / s for s in ENTRY_SOURCES]
     sources += [root / s for s in SUPPORT_SOURCES if (root / s).is_file()]
-    cflags = (f"-mcpu={target.core}+nomve",) if getattr(target, "mve", False) else ()
-    return LibraryBuild(root, tuple(sources), (root / "Include",), cflags)
+    return LibraryBuild(root, tuple(sources), (root / "Include",), core_cflags(target))
+
+
+def core_cflags(target) -> tuple[str, ...]:
+    """Flags a cmsis-nn folder adds after the target's: MVE off on Helium cores."""
+    return (f"-mcpu={target.core}+nomve",) if getattr(target, "mve", False) else ()
 
 
 def uses_library(report: dict) -> bool:
