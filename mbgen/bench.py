@@ -133,7 +133,7 @@ def format_table(outcome: dict) -> list[str]:
     if not results:
         return ["no kernel set to benchmark"]
     layers = results[0]["layers"]
-    name_w = min(max(len(layer["name"]) for layer in layers), 40)
+    name_w = max(len(layer["name"]) for layer in layers)  # whole names: none is cut
     head = f"{'layer':<{name_w}} {'op':<16} {'MACs':>9}"
     sub = f"{'':<{name_w}} {'':<16} {'':>9}"
     for r in results:
@@ -143,7 +143,7 @@ def format_table(outcome: dict) -> list[str]:
              f"{outcome['macs'] / 1e6:.2f} M MACs; outputs bit-exact with the numpy reference",
              "", head, sub]
     for i, layer in enumerate(layers):
-        row = f"{layer['name'][-name_w:]:<{name_w}} {layer['op']:<16} {_millions(layer['macs']):>9}"
+        row = f"{layer['name']:<{name_w}} {layer['op']:<16} {_millions(layer['macs']):>9}"
         for r in results:
             count = r["layers"][i]["instructions"]
             row += f" | {_millions(count):>10} {_per(layer['macs'], count):>8}"

@@ -145,8 +145,11 @@ def verify_model(spec: str, options: CompileOptions, reference: str = "numpy",
              f"({len(inputs)} inputs, kernels {compiled.report['kernels']})")
         if tflm_path is not None:
             from mbgen.tflm import tflm_arena_bytes
-            echo(f"  arena: mbgen {compiled.report['arena_bytes']} bytes, "
-                 f"TFLM {tflm_arena_bytes(tflm_path)} bytes")
+            # Like with like: TFLM's arena holds the input and output tensors too.
+            memory = compiled.report["memory"]
+            ours = memory["arena_bytes"] + memory["io_bytes"]
+            echo(f"  RAM: mbgen arena + input/output {ours} bytes, TFLM arena (input and "
+                 f"output inside) {tflm_arena_bytes(tflm_path)} bytes")
 
         outcome = VerifyOutcome()
 
