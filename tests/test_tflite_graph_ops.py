@@ -1,0 +1,210 @@
+"""CONCATENATION, MAX_POOL_2D, SPLIT, SPLIT_V and STRIDED_SLICE: TFLM, numpy and C agree.
+
+Each case is a small int8 graph with random shapes and quantisation (3 seeds), written with
+our TFLite writer and read back by our TFLite frontend. On that file and graph, three
+independent implementations must give the same bytes: real TFLM (``tflite_micro``), the
+numpy reference (``mbgen.reference.run_int8``) and the generated C built with the host's
+``cc -Werror``. The file must hold the TFLite operators the case is about.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from helpers_c import build_folder, run
+from mbgen import codegen, ir
+from mbgen.errors import UserError
+from mbgen.planner import plan_graph
+from mbgen.reference import run_int8
+from test_codegen import GraphBuilder
+
+pytest.importorskip("tflite_micro.python.tflite_micro.runtime",
+                    reason="TFLM reference needs the tflite-micro package")
+
+from mbgen.export.tflite_writer import tflite_bytes  # noqa: E402
+from mbgen.frontends.tflite_frontend import load_tflite  # noqa: E402
+from mbgen.tflm import run_tflm  # noqa: E402
+
+A = ir.Activation
+SEEDS = (0, 1, 2)
+
+
+class OpsBuilder(GraphBuilder):
+    """GraphBuilder plus the graph-shaping ops, with TFLite-converter quantisation: slices,
+    pools and concatenations keep their input's scale and zero point."""
+
+    def dims(self, low: int, high: int) -> int:
+        return int(self.rng.integers(low, high + 1))
+
+    def _like(self, x: str, shape: tuple[int, ...]) -> str:
+        return self._same_quant(x, shape)
+
+    def max_pool(self, x: str, k: tuple[int, int], stride: tuple[int, int],
+                 same: bool = True, act: ir.Activation = A.NONE) -> str:
+        _, h, w, c = self.shape(x)
+        p = ir.Padding.same(h, w, *k, *stride) if same else ir.Padding()
+        oh = self._out_size(h, p.top + p.bottom, k[0], stride[0], 1)
+        ow = self._out_size(w, p.left + p.right, k[1], stride[1], 1)
+        return self._node(ir.MaxPool2D(k, stride, p, act), [x], self._like(x, (1, oh, ow, c)))
+
+    def requantize_like(self, x: str, like: str) -> str:
+        q = self.quant(like)
+        return self.requantize(x, q.scalar_scale, q.scalar_zero_point)
+
+    def concat(self, xs: list[str], axis: int = 3) -> str:
+        """Inputs with other quantisation than the first are requantised to it first (what
+        TFLite's converter does; TFLM refuses a concatenation of differing inputs)."""
+        xs = [x if i == 0 or self.quant(x) == self.quant(xs[0]) else
+              self.requantize_like(x, xs[0]) for i, x in enumerate(xs)]
+        shape = list(self.shape(xs[0]))
+        shape[axis] = sum(self.shape(x)[axis] for x in xs)
+        return self._node(ir.Concatenation(axis), xs, self._like(xs[0], tuple(shape)))
+
+    def strided_slice(self, x: str, begin: tuple[int, ...], strides: tuple[int, ...],
+                      counts: tuple[int, ...]) -> str:
+        return self._node(ir.StridedSlice(begin, strides), [x], self._like(x, counts))
+
+    def split(self, x: str, sizes: list[int], axis: int = 3) -> list[str]:
+        """Consecutive slices along ``axis``: the writer makes them one SPLIT / SPLIT_V."""
+        shape, pieces, start = self.shape(x), [], 0
+        for size in sizes:
+            begin = tuple(start if d == axis else 0 for d in range(len(shape)))
+            counts = shape[:axis] + (size,) + shape[axis + 1:]
+            pieces.append(self.strided_slice(x, begin, (1,) * len(shape), counts))
+            start += size
+        return pieces
+
+
+# ----------------------------------------------------------------------------- cases
+
+
+def _fire_module(b: OpsBuilder) -> str:
+    """SqueezeNet: max-pool, squeeze 1x1, expand 1x1 and 3x3, concatenated on channels."""
+    x = b.input((1, b.dims(7, 12), b.dims(7, 12), b.dims(3, 8)), zero_point=b.dims(-20, 20))
+    y = b.max_pool(x, (3, 3), (2, 2), same=False)
+    s = b.conv(y, b.dims(3, 6), k=(1, 1), act=A.RELU)
+    return b.concat([b.conv(s, b.dims(4, 9), k=(1, 1), act=A.RELU),
+                     b.conv(s, b.dims(4, 9), k=(3, 3), act=A.RELU)])
+
+
+def _max_pools(b: OpsBuilder) -> str:
+    """SAME and VALID windows, strides 1 and 2, fused ReLU and ReLU6, odd sizes."""
+    x = b.input((1, b.dims(9, 15), b.dims(9, 15), b.dims(2, 7)), scale=0.05,
+                zero_point=b.dims(-40, -20))   # ReLU6 clamps at zp + 120: some maxima above
+    y = b.max_pool(x, (2, 2), (2, 2), same=True, act=A.RELU6)
+    y = b.conv(y, b.dims(3, 6), k=(1, 1), act=A.NONE)  # 1x1 convs keep the values spread
+    y = b.max_pool(y, (2, 3), (1, 2), same=False, act=A.RELU)
+    y = b.conv(y, b.dims(3, 6), k=(1, 1), act=A.NONE)
+    return b.max_pool(y, (3, 3), (1, 1), same=True)
+
+
+def _shuffle_unit(b: OpsBuilder) -> str:
+    """ShuffleNetV2 basic unit: SPLIT in halves, 1x1 / depthwise 3x3 / 1x1 on one half."""
+    c = 2 * b.dims(2, 5)
+    x = b.input((1, b.dims(5, 9), b.dims(5, 9), c), zero_point=b.dims(-20, 20))
+    left, right = b.split(x, [c // 2, c // 2])
+    y = b.conv(right, c // 2, k=(1, 1), act=A.RELU)
+    y = b.depthwise(y, act=A.NONE)
+    y = b.conv(y, c // 2, k=(1, 1), act=A.RELU)
+    return b.concat([left, y])
+
+
+def _split_v_reordered(b: OpsBuilder) -> str:
+    """SPLIT_V into three unequal pieces, concatenated in another order, one pooled."""
+    sizes = [b.dims(1, 3), b.dims(2, 5), b.dims(1, 4)]
+    x = b.input((1, b.dims(4, 8), b.dims(4, 8), sum(sizes)), zero_point=b.dims(-20, 20))
+    p0, p1, p2 = b.split(x, sizes)
+    return b.concat([p2, b.max_pool(p1, (3, 3), (1, 1)), p0])
+
+
+def _strided_slices(b: OpsBuilder) -> str:
+    """Every other channel from 1, a spatial stride-2 crop, then a concat along H."""
+    h, w, c = b.dims(6, 10), b.dims(6, 10), b.dims(5, 9)
+    x = b.input((1, h, w, c), zero_point=b.dims(-20, 20))
+    odd = b.strided_slice(x, (0, 0, 0, 1), (1, 1, 1, 2), (1, h, w, (c - 1 + 1) // 2))
+    y = b.conv(odd, 4, k=(1, 1), act=A.NONE)
+    top = b.strided_slice(y, (0, 1, 0, 0), (1, 2, 2, 1), (1, h // 2, (w + 1) // 2, 4))
+    rows = b.strided_slice(y, (0, 0, 0, 0), (1, 1, 2, 1), (1, h, (w + 1) // 2, 4))
+    return b.concat([rows, top], axis=1)
+
+
+def _concat_width_and_flat(b: OpsBuilder) -> str:
+    """Concatenation along W, then of flat (1, N) vectors."""
+    x = b.input((1, b.dims(3, 6), b.dims(3, 6), b.dims(3, 6)), zero_point=b.dims(-20, 20))
+    y = b.concat([x, b.conv(x, b.shape(x)[3], k=(3, 3), act=A.NONE)], axis=2)
+    pooled = b.max_pool(y, (2, 2), (2, 2))
+    return b.concat([b.reshape(t, (1, int(np.prod(b.shape(t))))) for t in (y, pooled)],
+                    axis=1)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    build: Callable[[OpsBuilder], str]
+    tflite_ops: frozenset[str]   # operators the written file must contain
+    min_distinct: int = 20       # the outputs must take this many values (no degenerate case)
+
+
+CASES = [
+    Case("fire_module", _fire_module, frozenset({"CONCATENATION", "MAX_POOL_2D"})),
+    Case("max_pools", _max_pools, frozenset({"MAX_POOL_2D"}), min_distinct=12),
+    Case("shuffle_unit", _shuffle_unit, frozenset({"SPLIT", "CONCATENATION"})),
+    Case("split_v_reordered", _split_v_reordered, frozenset({"SPLIT_V", "CONCATENATION"})),
+    Case("strided_slices", _strided_slices, frozenset({"STRIDED_SLICE", "CONCATENATION"})),
+    Case("concat_width_and_flat", _concat_width_and_flat, frozenset({"CONCATENATION"})),
+]
+
+
+def _operator_names(model: bytes) -> set[str]:
+    import tflite
+    from tflite.utils import BUILTIN_OPCODE2NAME
+    m = tflite.Model.GetRootAsModel(model, 0)
+    return {BUILTIN_OPCODE2NAME[max(m.OperatorCodes(i).BuiltinCode(),
+                                    m.OperatorCodes(i).DeprecatedBuiltinCode())]
+            for i in range(m.OperatorCodesLength())}
+
+
+def _inputs(graph: ir.Graph, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(1000 + seed)
+    shape = graph.tensors[graph.inputs[0]].shape
+    return [rng.integers(-128, 128, size=shape).astype(np.int8) for _ in range(2)] + \
+        [rng.choice(np.array([-128, 127], dtype=np.int8), size=shape)]
+
+
+def case_graph(case: Case, seed: int, tmp_path: Path) -> tuple[ir.Graph, bytes, ir.Graph]:
+    """(built graph, .tflite bytes our writer made of it, the graph our frontend reads)."""
+    builder = OpsBuilder(seed=seed * 7919 + sum(map(ord, case.name)), name=case.name)
+    graph = builder.graph(case.build(builder))
+    model = tflite_bytes(graph)
+    path = tmp_path / f"{case.name}.tflite"
+    path.write_bytes(model)
+    return graph, model, load_tflite(path)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_c_reference_and_tflm_agree(case: Case, seed: int, tmp_path: Path):
+    graph, model, loaded = case_graph(case, seed, tmp_path)
+    assert case.tflite_ops <= _operator_names(model)
+    codegen.generate(loaded, plan_graph(loaded), tmp_path / "out")
+    exe = build_folder(tmp_path / "out")
+    outputs = []
+    for x in _inputs(loaded, seed):
+        ours = run_int8(loaded, x)[loaded.outputs[0]]
+        np.testing.assert_array_equal(ours, run_int8(graph, x)[graph.outputs[0]],
+                                      err_msg="the graph read back computes otherwise")
+        theirs = run_tflm(model, x)
+        np.testing.assert_array_equal(ours, theirs.reshape(ours.shape),
+                                      err_msg=f"{case.name}/{seed}: reference vs TFLM")
+        got = np.frombuffer(run(exe, x.tobytes()), dtype=np.int8)
+        np.testing.assert_array_equal(got, ours.reshape(-1),
+                                      err_msg=f"{case.name}/{seed}: C vs reference")
+        outputs.append(ours)
+    assert len(np.unique(np.concatenate([o.reshape(-1) for o in outputs]))) >= case.min_distinct
