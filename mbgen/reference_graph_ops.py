@@ -29,29 +29,37 @@ def concatenation(graph: ir.Graph, node: ir.Node, args: list[np.ndarray]) -> np.
     return np.concatenate(args, axis=op.axis).astype(np.int8)
 
 
-def max_pool2d(graph: ir.Graph, node: ir.Node, args: list[np.ndarray]) -> np.ndarray:
-    op: ir.MaxPool2D = node.op
-    q = params.pool_quant(graph, node)
+def window_max(x: np.ndarray, op: ir.MaxPool2D, pad_value) -> np.ndarray:
+    """The maximum of every pooling window of NHWC ``x`` padded with ``pad_value``."""
     p = op.padding
-    x = np.pad(args[0].astype(np.int64), ((0, 0), (p.top, p.bottom), (p.left, p.right), (0, 0)),
-               constant_values=_BELOW_INT8)
+    x = np.pad(x, ((0, 0), (p.top, p.bottom), (p.left, p.right), (0, 0)),
+               constant_values=pad_value)
     (kh, kw), (sh, sw) = op.kernel, op.stride
     oh = (x.shape[1] - kh) // sh + 1
     ow = (x.shape[2] - kw) // sw + 1
-    result = np.full((x.shape[0], oh, ow, x.shape[3]), _BELOW_INT8, dtype=np.int64)
+    result = np.full((x.shape[0], oh, ow, x.shape[3]), pad_value, dtype=x.dtype)
     for ky in range(kh):        # one shifted, strided slice of the input per window tap
         for kx in range(kw):
             tap = x[:, ky:ky + (oh - 1) * sh + 1:sh, kx:kx + (ow - 1) * sw + 1:sw, :]
             result = np.maximum(result, tap)
+    return result
+
+
+def max_pool2d(graph: ir.Graph, node: ir.Node, args: list[np.ndarray]) -> np.ndarray:
+    q = params.pool_quant(graph, node)
+    result = window_max(args[0].astype(np.int64), node.op, _BELOW_INT8)
     return np.clip(result, q.act_min, q.act_max).astype(np.int8)
 
 
-def strided_slice(graph: ir.Graph, node: ir.Node, args: list[np.ndarray]) -> np.ndarray:
-    op: ir.StridedSlice = node.op
-    counts = graph.tensors[node.outputs[0]].shape
+def slice_of(x: np.ndarray, op: ir.StridedSlice, counts: tuple[int, ...]) -> np.ndarray:
+    """x[begin + i * strides] for i below ``counts`` (the output shape), contiguous."""
     index = tuple(slice(b, b + (n - 1) * s + 1, s)
                   for b, s, n in zip(op.begin, op.strides, counts))
-    return np.ascontiguousarray(args[0][index])
+    return np.ascontiguousarray(x[index])
+
+
+def strided_slice(graph: ir.Graph, node: ir.Node, args: list[np.ndarray]) -> np.ndarray:
+    return slice_of(args[0], node.op, graph.tensors[node.outputs[0]].shape)
 
 
 KERNELS = {

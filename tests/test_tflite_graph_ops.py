@@ -208,3 +208,75 @@ def test_c_reference_and_tflm_agree(case: Case, seed: int, tmp_path: Path):
                                       err_msg=f"{case.name}/{seed}: C vs reference")
         outputs.append(ours)
     assert len(np.unique(np.concatenate([o.reshape(-1) for o in outputs]))) >= case.min_distinct
+
+
+# ----------------------------------------------------------------------------- float graphs
+
+
+def _float_graph(seed: int) -> ir.Graph:
+    """A float fire-module-like graph: slices, max-pool, nested concatenations and one input
+    (a logistic, fixed at scale 1/256) whose quantisation cannot follow the concatenation."""
+    rng = np.random.default_rng(seed)
+    tensors: dict[str, ir.Tensor] = {}
+    nodes: list[ir.Node] = []
+
+    def t(name: str, shape: tuple[int, ...], data: np.ndarray | None = None) -> str:
+        tensors[name] = ir.Tensor(name, shape, "float32", data)
+        return name
+
+    def node(op: ir.OpAttrs, inputs: list[str], out: str) -> str:
+        nodes.append(ir.Node(out, op, inputs, [out]))
+        return out
+
+    def conv(x: str, out_c: int, name: str, act: ir.Activation) -> str:
+        _, h, w, c = tensors[x].shape
+        weight = t(f"{name}.w", (out_c, 1, 1, c), rng.normal(0, 0.5, (out_c, 1, 1, c))
+                   .astype(np.float32))
+        bias = t(f"{name}.b", (out_c,), rng.normal(0, 0.2, out_c).astype(np.float32))
+        return node(ir.Conv2D(activation=act), [x, weight, bias], t(name, (1, h, w, out_c)))
+
+    x = t("x", (1, 8, 8, 6))
+    a = conv(x, 4, "a", A.RELU)
+    pooled = node(ir.MaxPool2D((3, 3), (1, 1), ir.Padding.same(8, 8, 3, 3, 1, 1)), [a],
+                  t("pooled", (1, 8, 8, 4)))
+    b = conv(x, 3, "b", A.NONE)
+    piece = node(ir.StridedSlice((0, 0, 0, 2), (1, 1, 1, 1)), [x], t("piece", (1, 8, 8, 2)))
+    inner = node(ir.Concatenation(3), [pooled, b], t("inner", (1, 8, 8, 7)))
+    gate = node(ir.Logistic(), [conv(x, 2, "g", A.NONE)], t("gate", (1, 8, 8, 2)))
+    out = node(ir.Concatenation(3), [inner, piece, gate], t("out", (1, 8, 8, 11)))
+    graph = ir.Graph("float_concat", tensors, nodes, ["x"], [out])
+    ir.verify(graph)
+    return graph
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_quantizer_gives_concatenation_inputs_the_output_quantisation(seed: int, tmp_path: Path):
+    from mbgen.float_interp import run_float
+    from mbgen.quantize.quantizer import quantize
+    float_graph = _float_graph(seed)
+    rng = np.random.default_rng(seed)
+    calib = [rng.normal(0, 1, (1, 8, 8, 6)).astype(np.float32) for _ in range(4)]
+    graph = quantize(float_graph, calib)
+    for node in graph.nodes:
+        if isinstance(node.op, ir.Concatenation):
+            out = graph.tensors[node.outputs[0]].quant
+            for name in node.inputs:
+                q = graph.tensors[name].quant
+                assert np.array_equal(q.scale, out.scale), name
+                assert np.array_equal(q.zero_point, out.zero_point), name
+    # Only the logistic, fixed at 1/256, needs a requantisation; the convolutions were
+    # calibrated with the concatenation's range instead.
+    requantized = [n.inputs[0] for n in graph.nodes if isinstance(n.op, ir.Quantize)]
+    assert requantized == ["gate"]
+    q_out = graph.tensors["out"].quant
+    model = tflite_bytes(graph)
+    x_float = calib[0]
+    q_in = graph.tensors["x"].quant
+    x = np.clip(np.round(x_float / q_in.scalar_scale) + q_in.scalar_zero_point,
+                -128, 127).astype(np.int8)
+    ours = run_int8(graph, x)["out"]
+    np.testing.assert_array_equal(ours, run_tflm(model, x).reshape(ours.shape))
+    real = (ours.astype(np.float64) - q_out.scalar_zero_point) * q_out.scalar_scale
+    expected = run_float(float_graph, x_float)["out"]
+    cosine = float(np.sum(real * expected) / np.linalg.norm(real) / np.linalg.norm(expected))
+    assert cosine > 0.99, cosine
