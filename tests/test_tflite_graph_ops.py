@@ -280,3 +280,161 @@ def test_quantizer_gives_concatenation_inputs_the_output_quantisation(seed: int,
     expected = run_float(float_graph, x_float)["out"]
     cosine = float(np.sum(real * expected) / np.linalg.norm(real) / np.linalg.norm(expected))
     assert cosine > 0.99, cosine
+
+
+# ----------------------------------------------------------------------------- big depthwise
+
+HAVE_ARM = bool(shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm"))
+needs_arm = pytest.mark.skipif(not HAVE_ARM, reason="needs arm-none-eabi-gcc and qemu-system-arm")
+BIG_DEPTHWISE = [((5, 5), (1, 1)), ((5, 5), (2, 2)), ((7, 7), (1, 1)), ((7, 7), (2, 2))]
+
+
+def _depthwise_graph(kernel: tuple[int, int], stride: tuple[int, int], seed: int) -> ir.Graph:
+    b = GraphBuilder(seed=seed, name=f"dw{kernel[0]}s{stride[0]}")
+    rng = np.random.default_rng(seed)
+    x = b.input((1, int(rng.integers(9, 14)), int(rng.integers(9, 14)), int(rng.integers(3, 9))),
+                zero_point=int(rng.integers(-30, 30)))
+    return b.graph(b.depthwise(x, k=kernel, stride=stride, act=A.NONE))
+
+
+@pytest.mark.parametrize("kernels", ["portable", "cmsis-nn"])
+@pytest.mark.parametrize("kernel,stride", BIG_DEPTHWISE, ids=lambda v: "x".join(map(str, v)))
+def test_big_depthwise_on_the_host_equals_reference_and_tflm(kernel, stride, kernels,
+                                                              tmp_path: Path):
+    """5x5 and 7x7 depthwise at strides 1 and 2: the portable set (host cc) and the cmsis-nn
+    set (host build against CMSIS-NN, or our stand-in when CMSIS_NN_PATH is unset)."""
+    graph = _depthwise_graph(kernel, stride, seed=kernel[0] * 10 + stride[0])
+    model = tflite_bytes(graph)
+    out = tmp_path / "out"
+    if kernels == "portable":
+        report = codegen.generate(graph, plan_graph(graph), out)
+        exe = build_folder(out)
+        runner = lambda x: np.frombuffer(run(exe, x.tobytes()), np.int8)  # noqa: E731
+    else:
+        from test_kernels_cmsis_nn import _generate, _run_host
+        report = _generate(graph, out)
+        runner = lambda x: _run_host(out, tmp_path / "build", [x])[0]  # noqa: E731
+    assert report["layers"][0]["kernel"] == kernels and not report["fallback_layers"]
+    for x in _inputs(graph, seed=stride[0]):
+        want = run_int8(graph, x)[graph.outputs[0]]
+        np.testing.assert_array_equal(want, run_tflm(model, x).reshape(want.shape))
+        np.testing.assert_array_equal(runner(x), want.reshape(-1), err_msg=kernels)
+    assert len(np.unique(want)) > 20
+
+
+@needs_arm
+@pytest.mark.qemu
+@pytest.mark.parametrize("kernel,stride", [((7, 7), (1, 1)), ((7, 7), (2, 2))],
+                         ids=lambda v: "x".join(map(str, v)))
+def test_big_depthwise_with_the_mbgen_set_in_qemu(kernel, stride, tmp_path: Path):
+    """The mbgen set's generic depthwise kernel on Cortex-M7 (5x5 is in test_kernels_mbgen)."""
+    from test_kernels_mbgen import Layer, _check_in_qemu, build_graph, test_inputs
+    pad = ir.Padding.same(11, 10, *kernel, *stride)
+    layer = Layer("dw", (11, 10, 6), kernel=kernel, stride=stride, out="none",
+                  padding=(pad.top, pad.bottom, pad.left, pad.right), seed=kernel[0] + stride[0])
+    graph = build_graph(layer)
+    model = tflite_bytes(graph)
+    for x in test_inputs(graph, layer.seed):  # the inputs _check_in_qemu runs
+        want = run_int8(graph, x)[graph.outputs[0]]
+        np.testing.assert_array_equal(want, run_tflm(model, x).reshape(want.shape))
+    _check_in_qemu(graph, tmp_path / "out", seed=layer.seed)
+
+
+# ----------------------------------------------------------------------------- Cortex-M
+
+
+@needs_arm
+@pytest.mark.qemu
+def test_graph_ops_bit_exact_in_qemu_with_every_kernel_set(tmp_path: Path):
+    """The shuffle unit and the fire module as Cortex-M7 firmware (arm-none-eabi-gcc with the
+    target's flags and -Werror): the new ops fall back to the portable kernels."""
+    from mbgen import targets
+    from mbgen.runner import run_qemu
+    target = targets.get("cortex-m7")
+    for case, kernels in ((CASES[2], "mbgen"), (CASES[0], "portable")):
+        _, _, graph = case_graph(case, 0, tmp_path)
+        out = tmp_path / f"{case.name}-{kernels}"
+        plan = plan_graph(graph, codegen.scratch_requirements(graph, kernels))
+        report = codegen.generate(graph, plan, out, target="cortex-m7", kernels=kernels)
+        graph_ops = {"Concatenation", "StridedSlice", "MaxPool2D"}
+        for layer in report["layers"]:
+            if layer["op"] in graph_ops:
+                assert layer["kernel"] == "portable" and layer["name"] in report["fallback_layers"] \
+                    or kernels == "portable"
+        sources = [str(f) for f in sorted(out.glob("*.c")) if f.name != "main.c"]
+        compiled = subprocess.run(
+            ["arm-none-eabi-gcc", *target.cflags, "-std=c99", "-Wall", "-Wextra", "-Werror",
+             "-c", f"-I{out}", *sources], capture_output=True, text=True, cwd=tmp_path)
+        assert compiled.returncode == 0, compiled.stderr
+        x = _inputs(graph, 0)[0]
+        result = run_qemu(out, target, x.tobytes(), timeout=60)
+        np.testing.assert_array_equal(np.frombuffer(result.output, np.int8),
+                                      run_int8(graph, x)[graph.outputs[0]].reshape(-1))
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+def _refused(graph: ir.Graph, tmp_path: Path) -> str:
+    path = tmp_path / "bad.tflite"
+    path.write_bytes(tflite_bytes(graph))
+    with pytest.raises(UserError) as err:
+        load_tflite(path)
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+def _concat_graph(second_zero_point: int) -> ir.Graph:
+    q = ir.QuantParams.per_tensor
+    tensors = {"a": ir.Tensor("a", (1, 2, 2, 3), "int8", None, q(0.1, 3)),
+               "b": ir.Tensor("b", (1, 2, 2, 2), "int8", None, q(0.1, second_zero_point)),
+               "y": ir.Tensor("y", (1, 2, 2, 5), "int8", None, q(0.1, 3))}
+    return ir.Graph("cat", tensors, [ir.Node("cat", ir.Concatenation(3), ["a", "b"], ["y"])],
+                    ["a", "b"], ["y"])
+
+
+def test_concatenation_of_differently_quantised_inputs_is_refused_as_tflm_does(tmp_path):
+    model = tflite_bytes(_concat_graph(5))
+    from mbgen.errors import RunFailure
+    with pytest.raises(RunFailure, match="zero_point"):
+        run_tflm(model, [np.zeros((1, 2, 2, 3), np.int8), np.zeros((1, 2, 2, 2), np.int8)])
+    message = _refused(_concat_graph(5), tmp_path)
+    assert "operator 0 (CONCATENATION" in message and "'b'" in message
+    with pytest.raises(UserError, match="output's scale and zero point"):
+        run_int8(_concat_graph(5), {"a": np.zeros((1, 2, 2, 3), np.int8),
+                                    "b": np.zeros((1, 2, 2, 2), np.int8)})
+
+
+def test_unsupported_slice_masks_and_ops_are_refused_with_index_and_name(tmp_path):
+    import tflite_micro.tensorflow.lite.micro.python.schema_py_generated as schema
+
+    graph = _concat_graph(3)
+    model = bytearray(tflite_bytes(graph))
+    path = tmp_path / "ok.tflite"
+    path.write_bytes(model)
+    assert [ir.op_name(n.op) for n in load_tflite(path).nodes] == ["Concatenation"]
+
+    # the same file with the operator code turned into TFLite's GATHER (36)
+    m = schema.ModelT.InitFromPackedBuf(bytes(model), 0)
+    m.operatorCodes[0].builtinCode = m.operatorCodes[0].deprecatedBuiltinCode = 36
+    import flatbuffers
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
+    path.write_bytes(bytes(builder.Output()))
+    with pytest.raises(UserError, match=r"operator 0 \(GATHER -> 'y'\): operator not supported"):
+        load_tflite(path)
+
+    # a STRIDED_SLICE with a shrink-axis mask
+    q = ir.QuantParams.per_tensor(0.1, 0)
+    tensors = {"x": ir.Tensor("x", (1, 4, 4, 6), "int8", None, q),
+               "y": ir.Tensor("y", (1, 4, 4, 3), "int8", None, q)}
+    sliced = ir.Graph("s", tensors, [ir.Node("s", ir.StridedSlice((0, 0, 0, 1), (1, 1, 1, 2)),
+                                             ["x"], ["y"])], ["x"], ["y"])
+    m = schema.ModelT.InitFromPackedBuf(tflite_bytes(sliced), 0)
+    m.subgraphs[0].operators[0].builtinOptions.shrinkAxisMask = 1
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
+    path.write_bytes(bytes(builder.Output()))
+    with pytest.raises(UserError, match=r"operator 0 \(STRIDED_SLICE.*shrink-axis"):
+        load_tflite(path)
