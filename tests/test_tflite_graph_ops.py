@@ -419,23 +419,54 @@ def test_unsupported_slice_masks_and_ops_are_refused_with_index_and_name(tmp_pat
     # the same file with the operator code turned into TFLite's GATHER (36)
     m = schema.ModelT.InitFromPackedBuf(bytes(model), 0)
     m.operatorCodes[0].builtinCode = m.operatorCodes[0].deprecatedBuiltinCode = 36
-    import flatbuffers
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
-    path.write_bytes(bytes(builder.Output()))
+    path.write_bytes(_packed(m))
     with pytest.raises(UserError, match=r"operator 0 \(GATHER -> 'y'\): operator not supported"):
         load_tflite(path)
 
-    # a STRIDED_SLICE with a shrink-axis mask
-    q = ir.QuantParams.per_tensor(0.1, 0)
-    tensors = {"x": ir.Tensor("x", (1, 4, 4, 6), "int8", None, q),
-               "y": ir.Tensor("y", (1, 4, 4, 3), "int8", None, q)}
-    sliced = ir.Graph("s", tensors, [ir.Node("s", ir.StridedSlice((0, 0, 0, 1), (1, 1, 1, 2)),
-                                             ["x"], ["y"])], ["x"], ["y"])
-    m = schema.ModelT.InitFromPackedBuf(tflite_bytes(sliced), 0)
-    m.subgraphs[0].operators[0].builtinOptions.shrinkAxisMask = 1
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
-    path.write_bytes(bytes(builder.Output()))
-    with pytest.raises(UserError, match=r"operator 0 \(STRIDED_SLICE.*shrink-axis"):
+    # a STRIDED_SLICE with an ellipsis mask
+    m = schema.ModelT.InitFromPackedBuf(tflite_bytes(_slice_graph((1, 4, 4, 3))), 0)
+    m.subgraphs[0].operators[0].builtinOptions.ellipsisMask = 1
+    path.write_bytes(_packed(m))
+    with pytest.raises(UserError, match=r"operator 0 \(STRIDED_SLICE.*ellipsis"):
         load_tflite(path)
+
+
+def _slice_graph(out_shape: tuple[int, ...], begin=(0, 0, 0, 1), strides=(1, 1, 1, 2),
+                 out_zero_point: int = 0) -> ir.Graph:
+    tensors = {"x": ir.Tensor("x", (1, 4, 4, 6), "int8", None, ir.QuantParams.per_tensor(0.1, 0)),
+               "y": ir.Tensor("y", out_shape, "int8", None,
+                              ir.QuantParams.per_tensor(0.1, out_zero_point))}
+    return ir.Graph("s", tensors, [ir.Node("s", ir.StridedSlice(begin, strides), ["x"], ["y"])],
+                    ["x"], ["y"])
+
+
+def _packed(model) -> bytes:
+    import flatbuffers
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def test_shrink_axis_and_requantising_slices_copy_bytes_as_tflm(tmp_path: Path):
+    """A shrink-axis STRIDED_SLICE (a slice plus a Reshape view here) and slices whose output
+    quantisation differs from the input's: TFLM copies bytes, and so do we."""
+    import tflite_micro.tensorflow.lite.micro.python.schema_py_generated as schema
+    m = schema.ModelT.InitFromPackedBuf(tflite_bytes(_slice_graph(
+        (1, 1, 4, 3), begin=(0, 2, 0, 1))), 0)
+    m.subgraphs[0].operators[0].builtinOptions.shrinkAxisMask = 2
+    y = [t.name for t in m.subgraphs[0].tensors].index(b"y")
+    m.subgraphs[0].tensors[y].shape = np.array([1, 4, 3], np.int32)
+    shrunk = _packed(m)
+    requantising = tflite_bytes(_slice_graph((1, 4, 4, 3), out_zero_point=-9))
+    for model, ops in ((shrunk, ["StridedSlice", "Reshape"]), (requantising, ["StridedSlice"])):
+        path = tmp_path / "slice.tflite"
+        path.write_bytes(model)
+        graph = load_tflite(path)
+        assert [ir.op_name(n.op) for n in graph.nodes] == ops
+        codegen.generate(graph, plan_graph(graph), tmp_path / "out")
+        exe = build_folder(tmp_path / "out")
+        x = np.random.default_rng(0).integers(-128, 128, (1, 4, 4, 6)).astype(np.int8)
+        want = run_int8(graph, x)[graph.outputs[0]]
+        np.testing.assert_array_equal(want, run_tflm(model, x).reshape(want.shape))
+        np.testing.assert_array_equal(np.frombuffer(run(exe, x.tobytes()), np.int8),
+                                      want.reshape(-1))

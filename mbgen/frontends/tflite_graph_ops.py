@@ -7,8 +7,8 @@ while it converts one operator.
   output (the reference, planner and codegen rely on it); the TFLite writer turns such runs
   of slices back into one SPLIT / SPLIT_V.
 * STRIDED_SLICE: begin / end masks, negative indices and clamping as TFLite's
-  ``strided_slice_logic``; positive strides only; the ellipsis, new-axis and shrink-axis
-  masks and ``offset`` are refused.
+  ``strided_slice_logic``; positive strides only; a shrink-axis mask becomes a slice plus a
+  Reshape (a view); the ellipsis and new-axis masks and ``offset`` are refused.
 * CONCATENATION with a fused activation, or with an input whose scale or zero point differs
   from the output's, is refused, as TFLM refuses both (its int8 kernel only copies bytes).
 """
@@ -137,8 +137,9 @@ def strided_slice(b) -> None:
     b.expect(1 <= rank <= _MAX_RANK, f"input of rank {rank}")
     opts = b.require_options()
     begin_mask, end_mask, ellipsis, new_axis, shrink = opts.slice_masks
-    b.expect(ellipsis == 0 and new_axis == 0 and shrink == 0 and not opts.slice_offset,
-             "ellipsis, new-axis and shrink-axis masks and offset are not supported")
+    b.expect(ellipsis == 0 and new_axis == 0 and not opts.slice_offset,
+             "ellipsis and new-axis masks and offset are not supported")
+    b.expect(0 <= shrink < 1 << rank, f"shrink-axis mask {shrink} for rank {rank}")
     vectors = [b.attribute(i, what).reshape(-1)
                for i, what in ((ibegin, "begin"), (iend, "end"), (istrides, "strides"))]
     b.expect(all(v.size == rank for v in vectors), f"begin, end and strides need {rank} values")
@@ -151,14 +152,23 @@ def strided_slice(b) -> None:
         stop = dim if end_mask >> d & 1 else int(ends[d])
         start = min(max(start + dim if start < 0 else start, 0), dim)
         stop = min(max(stop + dim if stop < 0 else stop, 0), dim)
+        if shrink >> d & 1:  # one index, and the dimension disappears from the output
+            start = int(begins[d]) + dim if begins[d] < 0 else int(begins[d])
+            b.expect(0 <= start < dim, f"shrink-axis index {int(begins[d])} out of range")
+            stop = start + 1
         starts.append(start)
         counts.append(max(0, math.ceil((stop - start) / int(strides[d]))))
     b.expect(all(n >= 1 for n in counts), f"the slice of {shape} is empty")
-    b.expect(b.shape(out) == tuple(counts),
-             f"output shape {b.shape(out)} does not match the expected {tuple(counts)}")
+    kept = tuple(n for d, n in enumerate(counts) if not shrink >> d & 1)
+    b.expect(b.shape(out) == kept,
+             f"output shape {b.shape(out)} does not match the expected {kept}")
     b.expect(b.tensors[out].dtype == b.tensors[x].dtype, "STRIDED_SLICE changes the dtype")
+    sliced = out if kept == tuple(counts) else b.derived_tensor(out, f"{out}/unshrunk",
+                                                                tuple(counts))
     b.add_node(ir.StridedSlice(begin=tuple(starts), strides=tuple(int(s) for s in strides)),
-               [x], [out])
+               [x], [sliced])
+    if sliced != out:  # the shrunk dimensions are all 1: a view
+        b.add_node(ir.Reshape(kept), [sliced], [out])
 
 
 HANDLERS = {CONCATENATION: concatenation, MAX_POOL_2D: max_pool, SPLIT: split,
