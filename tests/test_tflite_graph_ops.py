@@ -470,3 +470,63 @@ def test_shrink_axis_and_requantising_slices_copy_bytes_as_tflm(tmp_path: Path):
         np.testing.assert_array_equal(want, run_tflm(model, x).reshape(want.shape))
         np.testing.assert_array_equal(np.frombuffer(run(exe, x.tobytes()), np.int8),
                                       want.reshape(-1))
+
+
+# ----------------------------------------------------------------------------- mutants
+
+_MUTATED_OPTIONS = ("ConcatenationOptionsT", "Pool2DOptionsT", "SplitOptionsT",
+                    "SplitVOptionsT", "StridedSliceOptionsT")
+
+
+def _mutant(model: bytes, rng) -> bytes | None:
+    """The model with one option field of a graph op (and maybe one of its int32 constant
+    operands: axis, size_splits, begin, end, strides) set to a plausible wrong value."""
+    import copy
+
+    import tflite_micro.tensorflow.lite.micro.python.schema_py_generated as schema
+    m = copy.deepcopy(schema.ModelT.InitFromPackedBuf(model, 0))
+    subgraph = m.subgraphs[0]
+    ops = [o for o in subgraph.operators
+           if type(o.builtinOptions).__name__ in _MUTATED_OPTIONS]
+    op = ops[rng.integers(len(ops))]
+    fields = sorted(vars(op.builtinOptions))
+    field = fields[rng.integers(len(fields))]
+    value = int(rng.choice([-3, -1, 0, 1, 2, 3, 5, 7, 100]))
+    setattr(op.builtinOptions, field, type(getattr(op.builtinOptions, field))(value))
+    if rng.random() < 0.3:
+        for i in op.inputs:
+            t = subgraph.tensors[i]
+            if t.type == 2 and m.buffers[t.buffer].data is not None:  # int32 constant
+                data = np.frombuffer(bytes(m.buffers[t.buffer].data), np.int32).copy()
+                data[rng.integers(data.size)] = rng.choice([-5, -1, 0, 1, 2, 9, 1000])
+                m.buffers[t.buffer].data = np.frombuffer(data.tobytes(), np.uint8)
+    return _packed(m)
+
+
+def test_mutated_graph_op_files_are_refused_in_one_line_or_agree_with_tflm(tmp_path: Path):
+    from mbgen.errors import RunFailure
+    rng = np.random.default_rng(10)
+    counts = {"refused": 0, "agree with TFLM": 0}
+    for case in CASES:
+        _, model, _ = case_graph(case, 0, tmp_path)
+        for _ in range(40):
+            data = _mutant(model, rng)
+            path = tmp_path / "mutant.tflite"
+            path.write_bytes(data)
+            try:
+                graph = load_tflite(path)
+                x = rng.integers(-128, 128, graph.tensors[graph.inputs[0]].shape).astype(np.int8)
+                ours = run_int8(graph, x)[graph.outputs[0]]
+            except UserError as err:
+                assert "\n" not in str(err)
+                counts["refused"] += 1
+                continue
+            try:
+                theirs = run_tflm(data, x)
+            except RunFailure as err:
+                pytest.fail(f"{case.name}: we ran a mutant TFLM refuses: {err}")
+            np.testing.assert_array_equal(ours.reshape(-1), theirs.reshape(-1),
+                                          err_msg=f"{case.name}: mutant disagrees with TFLM")
+            counts["agree with TFLM"] += 1
+    print(f"{sum(counts.values())} mutants: {counts}")
+    assert min(counts.values()) > 10
