@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from mbgen import ir
+from mbgen import ir, reference_graph_ops
 
 
 def _pad_nhwc(x: np.ndarray, p: ir.Padding, value: float = 0.0) -> np.ndarray:
@@ -130,6 +130,12 @@ def _run_node(graph: ir.Graph, node: ir.Node, values: dict[str, np.ndarray]) -> 
         return 1.0 / (1.0 + np.exp(-x))
     if isinstance(op, ir.BatchNorm):
         return _batchnorm(graph, node, x)
+    if isinstance(op, ir.Concatenation):
+        return np.concatenate([values[n] for n in node.inputs], axis=op.axis)
+    if isinstance(op, ir.MaxPool2D):
+        return _activate(reference_graph_ops.window_max(x, op, -np.inf), op.activation)
+    if isinstance(op, ir.StridedSlice):
+        return reference_graph_ops.slice_of(x, op, out_shape)
     raise NotImplementedError(f"float interpreter has no {ir.op_name(op)} (node {node.name})")
 
 

@@ -181,9 +181,40 @@ class Dequantize:
     """inputs: x. int8->float."""
 
 
+@dataclass(frozen=True)
+class Concatenation:
+    """inputs: x1..xN (N >= 1), equal shapes except along ``axis`` (non-negative).
+
+    No fused activation: TFLM refuses one on CONCATENATION."""
+
+    axis: int
+
+
+@dataclass(frozen=True)
+class MaxPool2D:
+    """inputs: x. Padded pixels never win (the window is clipped to the image, as TFLite)."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: Padding = Padding()
+    activation: Activation = Activation.NONE
+
+
+@dataclass(frozen=True)
+class StridedSlice:
+    """inputs: x. out[i] = x[begin + i * strides] per dimension, same rank as x.
+
+    Normalised: ``begin`` in range, ``strides`` >= 1, the output tensor's shape gives the
+    counts. TFLite's SPLIT / SPLIT_V become one StridedSlice per output."""
+
+    begin: tuple[int, ...]
+    strides: tuple[int, ...]
+
+
 OpAttrs = Union[Conv2D, DepthwiseConv2D, FullyConnected, Add, Mul, AveragePool2D, Mean,
                 Reshape, Pad, Softmax, ActivationOp, HardSwish, Logistic, BatchNorm,
-                Identity, Quantize, Dequantize]
+                Identity, Quantize, Dequantize, Concatenation, MaxPool2D,
+                StridedSlice]
 
 OP_TYPES: tuple[type, ...] = OpAttrs.__args__  # type: ignore[attr-defined]
 

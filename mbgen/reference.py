@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Union
 
 import numpy as np
 
-from mbgen import ir
+from mbgen import ir, reference_graph_ops
 from mbgen.errors import UserError
 from mbgen.quantize import params
 
@@ -475,6 +475,7 @@ _KERNELS: dict[type, Kernel] = {
     ir.Dequantize: _dequantize,
     ir.ActivationOp: _activation,
     ir.Identity: _identity,
+    **reference_graph_ops.KERNELS,
 }
 
 SUPPORTED_OPS: tuple[str, ...] = tuple(sorted(t.__name__ for t in _KERNELS))

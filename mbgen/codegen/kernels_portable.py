@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from mbgen import ir
+from mbgen.codegen import lower_graph_ops
 from mbgen.codegen import records as r
 from mbgen.codegen.lowering import LoweringContext, nhwc
 from mbgen.quantize import params
@@ -55,6 +56,12 @@ class PortableKernels:
             return _requantize(ctx, node)
         if isinstance(op, ir.ActivationOp):
             return _standalone_activation(ctx, node, op)
+        if isinstance(op, ir.Concatenation):
+            return lower_graph_ops.concatenation(ctx, node, op)
+        if isinstance(op, ir.StridedSlice):
+            return lower_graph_ops.strided_slice(ctx, node, op)
+        if isinstance(op, ir.MaxPool2D):
+            return lower_graph_ops.max_pool(ctx, node, op)
         return None
 
 

@@ -16,6 +16,8 @@ Mapping (operator versions as TFLite's converter assigns them for int8):
 * AveragePool2D needs SAME or VALID: a PAD operator would change the divisor.
 * Mean becomes MEAN (axes as an int32 constant), Reshape becomes RESHAPE with its shape
   constant, Pad becomes PAD, ActivationOp becomes RELU / RELU6.
+* Concatenation, MaxPool2D and StridedSlice: see ``tflite_graph_ops`` (runs of slices
+  that split one tensor become SPLIT / SPLIT_V again).
 * BatchNorm and Identity have no TFLite form; run the passes first.
 """
 
@@ -28,6 +30,7 @@ import numpy as np
 
 from mbgen import ir
 from mbgen.errors import UserError
+from mbgen.export import tflite_graph_ops
 
 _BUFFER_ALIGNMENT = 16
 _PLACEHOLDER_FOR_GREATER_OP_CODES = 127  # deprecated_builtin_code for codes above 127
@@ -76,6 +79,8 @@ class _ModelWriter:
         self.opcodes: dict[_OpCode, int] = {}
         self.operators: list = []
         self.used_names: set[str] = set(graph.tensors)
+        self.splits = tflite_graph_ops.find_splits(graph)  # slice runs written as SPLIT
+        self.in_splits = {n.name for run in self.splits.values() for n in run.nodes}
 
     # ---- tensors and buffers
 
@@ -176,6 +181,14 @@ class _ModelWriter:
                   s.BuiltinOptions.PadOptions, s.PadOptionsT())
 
     def node(self, node: ir.Node) -> None:
+        if node.name in self.in_splits:
+            if node.name in self.splits:
+                tflite_graph_ops.emit_split(self, self.splits[node.name])
+            return
+        if isinstance(node.op, tflite_graph_ops.GRAPH_OPS):
+            tflite_graph_ops.emit(self, node, _ACTIVATIONS[getattr(node.op, "activation",
+                                                                   ir.Activation.NONE)])
+            return
         s, op = self.s, node.op
         B, O = s.BuiltinOperator, s.BuiltinOptions
         ins, out = node.inputs, self.tensor(node.outputs[0])

@@ -38,6 +38,7 @@ import numpy as np
 
 from mbgen import ir
 from mbgen.errors import UserError
+from mbgen.frontends import tflite_graph_ops
 
 _TFLITE_IDENTIFIER = b"TFL3"
 _MAX_TENSOR_ELEMENTS = 1 << 31  # anything larger cannot be a microcontroller model
@@ -100,6 +101,10 @@ class _RawOptions:
     keep_dims: bool = False
     keep_num_dims: bool = False
     weights_format: int = 0
+    axis: int = 0                  # CONCATENATION
+    num_splits: int = 0            # SPLIT, SPLIT_V
+    slice_masks: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)  # STRIDED_SLICE: begin,
+    slice_offset: bool = False     # end, ellipsis, new-axis and shrink-axis masks; offset
 
 
 @dataclass(frozen=True)
@@ -298,6 +303,17 @@ def _read_options(tflite, op) -> _RawOptions:
         return _RawOptions(kind, beta=float(view(tflite.SoftmaxOptions).Beta()))
     if kind == kinds.ReducerOptions:
         return _RawOptions(kind, keep_dims=bool(view(tflite.ReducerOptions).KeepDims()))
+    if kind == kinds.ConcatenationOptions:
+        o = view(tflite.ConcatenationOptions)
+        return _RawOptions(kind, axis=int(o.Axis()), activation=o.FusedActivationFunction())
+    if kind in (kinds.SplitOptions, kinds.SplitVOptions):
+        o = view(tflite.SplitOptions if kind == kinds.SplitOptions else tflite.SplitVOptions)
+        return _RawOptions(kind, num_splits=int(o.NumSplits()))
+    if kind == kinds.StridedSliceOptions:
+        o = view(tflite.StridedSliceOptions)
+        return _RawOptions(kind, slice_masks=(o.BeginMask(), o.EndMask(), o.EllipsisMask(),
+                                              o.NewAxisMask(), o.ShrinkAxisMask()),
+                           slice_offset=bool(o.Offset()))
     return _RawOptions(kind)
 
 
@@ -552,6 +568,7 @@ class _GraphBuilder:
             B.LOGISTIC: lambda: self.unary(ir.Logistic()),
             B.RELU: lambda: self.unary(ir.ActivationOp(ir.Activation.RELU)),
             B.RELU6: lambda: self.unary(ir.ActivationOp(ir.Activation.RELU6)),
+            **{code: (lambda f=f: f(self)) for code, f in tflite_graph_ops.HANDLERS.items()},
         }
         handler = handlers.get(op.builtin)
         if handler is None:
@@ -559,7 +576,8 @@ class _GraphBuilder:
         expected = _expected_options(op.builtin)
         self.expect(op.options.kind in (0, expected) or expected is None,
                     f"builtin options of type {op.options.kind} do not belong to this operator")
-        self.expect(len(op.outputs) == 1, f"expected 1 output, found {len(op.outputs)}")
+        if op.builtin not in tflite_graph_ops.MULTI_OUTPUT:
+            self.expect(len(op.outputs) == 1, f"expected 1 output, found {len(op.outputs)}")
         handler()
 
     def inputs(self, minimum: int, maximum: int) -> list[int]:
@@ -818,7 +836,8 @@ def _expected_options(builtin: int) -> int | None:
     return {B.CONV_2D: O.Conv2DOptions, B.DEPTHWISE_CONV_2D: O.DepthwiseConv2DOptions,
             B.FULLY_CONNECTED: O.FullyConnectedOptions, B.ADD: O.AddOptions,
             B.MUL: O.MulOptions, B.AVERAGE_POOL_2D: O.Pool2DOptions,
-            B.MEAN: O.ReducerOptions, B.SOFTMAX: O.SoftmaxOptions}.get(builtin)
+            B.MEAN: O.ReducerOptions, B.SOFTMAX: O.SoftmaxOptions,
+            **tflite_graph_ops.OPTIONS}.get(builtin)
 
 
 def _type_name(code: int) -> str:

@@ -20,9 +20,13 @@ What the TFLite MLIR converter does for full-integer post-training quantisation,
   bias would exceed ``(2**31 - 1) // 2`` quanta, TFLite raises that channel's scale to
   ``|bias| / ((2**31 - 1) // 2)`` and the weight scale to ``bias_scale / input_scale``;
   we do the same (this also keeps tiny zero-channel scales from overflowing the bias).
-* **Fixed output quantisation**: AveragePool2D, Mean, Reshape and Pad output the input's
-  quantisation (the int8 kernels require it); Softmax and Logistic output scale 1/256 and
-  zero point -128.
+* **Fixed output quantisation**: AveragePool2D, MaxPool2D, Mean, Reshape, Pad and
+  StridedSlice output the input's quantisation (the int8 kernels require it); Softmax and
+  Logistic output scale 1/256 and zero point -128.
+* **Concatenation** (the converter's same-scale constraint; TFLM refuses anything else): the
+  output is calibrated, and every input takes the output's parameters. Where an input comes
+  (through same-quantisation ops) from a calibrated producer, that producer is quantised with
+  the concatenation's range; otherwise an int8 -> int8 Quantize is inserted before it.
 * Every other activation (fused ReLU/ReLU6 outputs included: the float interpreter applies the
   activation) is calibrated from its own observed values.
 
@@ -47,10 +51,11 @@ NEAR_ZERO_RANGE = 1e-6               # TFLite's kNearZeroTolerance
 BIAS_QUANTA_LIMIT = (2**31 - 1) // 2  # TFLite's kBiasMax: headroom left for the accumulator
 FIXED_UNIT_INTERVAL = ir.QuantParams.per_tensor(1.0 / 256.0, -128)  # softmax, logistic
 
-_SAME_AS_INPUT = (ir.AveragePool2D, ir.Mean, ir.Reshape, ir.Pad)
+_SAME_AS_INPUT = (ir.AveragePool2D, ir.Mean, ir.Reshape, ir.Pad, ir.MaxPool2D,
+                  ir.StridedSlice)
 _FIXED_OUTPUT = (ir.Softmax, ir.Logistic)
 _CALIBRATED = (ir.Conv2D, ir.DepthwiseConv2D, ir.FullyConnected, ir.Add, ir.Mul,
-               ir.ActivationOp, ir.HardSwish)
+               ir.ActivationOp, ir.HardSwish, ir.Concatenation)
 _CONV_LIKE = (ir.Conv2D, ir.DepthwiseConv2D, ir.FullyConnected)
 _WEIGHT_AXIS = {ir.Conv2D: 0, ir.DepthwiseConv2D: 3, ir.FullyConnected: None}
 
@@ -298,6 +303,7 @@ def quantize(float_graph: ir.Graph, calib_inputs: Sequence[np.ndarray],
     shaped like the model input). ``percentile`` P: clip ranges to the (100-P)th..Pth
     percentile instead of min/max. The input graph is not modified."""
     ranges = calibrate(float_graph, calib_inputs, percentile)
+    ranges.update(_concatenation_ranges(float_graph, ranges))
     builder = _Builder(float_graph)
     input_name = float_graph.inputs[0]
     builder.activation(input_name, activation_quant(*ranges[input_name]))
@@ -310,7 +316,10 @@ def quantize(float_graph: ir.Graph, calib_inputs: Sequence[np.ndarray],
         elif isinstance(op, (ir.Add, ir.Mul)):
             inputs = [_quantize_constant_operand(builder, node, n)
                       if float_graph.tensors[n].is_const else n for n in node.inputs]
-        if isinstance(op, _SAME_AS_INPUT):
+        if isinstance(op, ir.Concatenation):
+            builder.activation(out, activation_quant(*ranges[out]))
+            inputs = [_requantized_to(builder, nodes, name, out) for name in inputs]
+        elif isinstance(op, _SAME_AS_INPUT):
             builder.activation(out, builder.quant(node.inputs[0]))
         elif isinstance(op, _FIXED_OUTPUT):
             builder.activation(out, FIXED_UNIT_INTERVAL)
@@ -325,6 +334,44 @@ def quantize(float_graph: ir.Graph, calib_inputs: Sequence[np.ndarray],
                      list(float_graph.outputs), metadata)
     ir.verify(graph)
     return graph
+
+
+def _concatenation_ranges(graph: ir.Graph, ranges: dict[str, tuple[float, float]]
+                          ) -> dict[str, tuple[float, float]]:
+    """Calibration ranges to override so that concatenation inputs need no requantising.
+
+    Outermost concatenations first, so that nested ones inherit the outer range. An input
+    is followed back through same-quantisation ops to a calibrated producer (or the graph
+    input), which takes the concatenation's range unless another one claimed it first.
+    """
+    overrides: dict[str, tuple[float, float]] = {}
+    for node in reversed(graph.nodes):
+        if not isinstance(node.op, ir.Concatenation):
+            continue
+        wanted = overrides.get(node.outputs[0], ranges[node.outputs[0]])
+        for name in node.inputs:
+            producer = graph.producer(name)
+            while producer is not None and isinstance(producer.op, _SAME_AS_INPUT):
+                name = producer.inputs[0]
+                producer = graph.producer(name)
+            free = name in graph.inputs or (producer is not None
+                                            and isinstance(producer.op, _CALIBRATED))
+            if free and name not in overrides:
+                overrides[name] = wanted
+    return overrides
+
+
+def _requantized_to(builder: _Builder, nodes: list[ir.Node], name: str, like: str) -> str:
+    """``name``, or an int8 -> int8 Quantize of it to ``like``'s parameters (appended to
+    ``nodes``) when they differ."""
+    target = builder.quant(like)
+    if _same_quant(builder.quant(name), target):
+        return name
+    requantized = f"{name}/requantized_for_{like}"
+    builder.tensors[requantized] = ir.Tensor(requantized, builder.tensors[name].shape, "int8",
+                                             None, target)
+    nodes.append(ir.Node(requantized, ir.Quantize(), [name], [requantized]))
+    return requantized
 
 
 def describe_ranges(graph: ir.Graph) -> list[TensorRange]:
