@@ -218,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return status
     except UserError as exc:
         print(f"mbgen: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -123,3 +123,16 @@ def test_verify_with_tflm_reference_prints_both_arenas(shared_dir):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "host C vs TFLM" in proc.stdout and "TFLM 85264 bytes" in proc.stdout
     assert "0 mismatched" in proc.stdout
+
+
+def test_run_on_a_host_folder_with_qemu_is_refused_and_pipes_close_quietly(tmp_path):
+    out = tmp_path / "host"
+    assert mbgen("compile", "mbv1_0.25_96", "--target", "host", "-o", str(out)).returncode == 0
+    assert_user_error(mbgen("run", str(out), "--qemu"), "host", "--host")
+    # `mbgen run OUT | head`: the reader is gone before mbgen writes a line.
+    proc = subprocess.Popen([sys.executable, "-m", "mbgen.cli", "run", str(out), "--host"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=600) == 0, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
