@@ -158,3 +158,123 @@ def test_mean_any_axes(seed, same_quant, tmp_path):
     graph = mean_graph(seed, same_quant)
     kernel = "mean_hw_s8(" if graph.nodes[0].op.axes == (1, 2) else "mean_axes_s8("
     assert kernel in three_way(graph, tmp_path, seed, min_distinct=3)
+
+
+# ----------------------------------------------------------------------------- whole graphs
+
+
+def conv(m: Maker, x: ir.Tensor, name: str, cout: int, k: int, stride: int = 1,
+         depthwise: bool = False) -> ir.Tensor:
+    """A VALID conv (or depthwise) with random int8 weights and a bias, ReLU6 fused."""
+    _, h, w, cin = x.shape
+    if depthwise:
+        cout = cin
+        wt = m.weights(f"{name}_w", (1, k, k, cout), axis=3)
+    else:
+        wt = m.weights(f"{name}_w", (cout, k, k, cin), axis=0)
+    m.bias(f"{name}_b", x, wt, cout)
+    depth = k * k * (1 if depthwise else cin)
+    shape = (1, (h - k) // stride + 1, (w - k) // stride + 1, cout)
+    out = act(name, shape, m.conv_output_scale(x, wt, depth), m.zp())
+    attrs = (ir.DepthwiseConv2D((stride, stride), ir.Padding(), 1, (1, 1), ir.Activation.RELU6)
+             if depthwise else
+             ir.Conv2D((stride, stride), ir.Padding(), (1, 1), ir.Activation.RELU6))
+    m.node(attrs, [x.name, wt.name, f"{name}_b"], out)
+    return out
+
+
+def pad(m: Maker, x: ir.Tensor, name: str, amount: int = 1) -> ir.Tensor:
+    _, h, w, c = x.shape
+    out = like(name, (1, h + 2 * amount, w + 2 * amount, c), x)
+    m.node(ir.Pad(ir.Padding(amount, amount, amount, amount)), [x.name], out)
+    return out
+
+
+def tinynn_graph(seed: int) -> ir.Graph:
+    """What TinyNeuralNetwork writes for a small PyTorch CNN: NCHW input, TRANSPOSE to NHWC,
+    explicit PAD + VALID convs, TRANSPOSE back to NCHW, MEAN over W then H (one axis each),
+    a classifier and a RESHAPE / SQUEEZE pair that must cost nothing."""
+    m = Maker(np.random.default_rng(seed))
+    x = m.input((1, 3, 12, 10))
+    nhwc = like("nhwc", (1, 12, 10, 3), x)
+    m.node(ir.Transpose((0, 2, 3, 1)), ["x"], nhwc)
+    y = conv(m, pad(m, nhwc, "pad1"), "conv1", 8, 3, stride=2)
+    y = conv(m, pad(m, y, "pad2"), "dw2", 0, 3, depthwise=True)
+    y = conv(m, y, "pw3", 12, 1)
+    _, h, w, c = y.shape
+    nchw = like("nchw", (1, c, h, w), y)
+    m.node(ir.Transpose((0, 3, 1, 2)), [y.name], nchw)
+    mean_w = act("mean_w", (1, c, h), y.quant.scalar_scale * 0.7, m.zp())
+    m.node(ir.Mean((3,), False), ["nchw"], mean_w)
+    mean_h = act("mean_h", (1, c, 1), mean_w.quant.scalar_scale * 0.8, m.zp())
+    m.node(ir.Mean((-1,), True), ["mean_w"], mean_h)
+    flat = like("flat", (1, c), mean_h)
+    m.node(ir.Reshape((1, c)), ["mean_h"], flat)
+    wt = m.weights("fc_w", (5, c), axis=None)
+    m.bias("fc_b", flat, wt, 5)
+    m.node(ir.FullyConnected(), ["flat", "fc_w", "fc_b"],
+           act("logits", (1, 5), m.conv_output_scale(flat, wt, c), m.zp()))
+    return m.graph("tinynn")
+
+
+def uint8_interface_graph(seed: int) -> ir.Graph:
+    """A TF2 post-training-quantised model with inference_input/output_type=tf.uint8.
+
+    Seed 0 is what the converter writes (the same scale, zero points 128 apart: TFLM's
+    xor-0x80 fast path); the other seeds requantise for real at both ends."""
+    m = Maker(np.random.default_rng(seed))
+    scale = m.scale(0.01, 0.05)
+    zero_point = m.zp()
+    exact = seed == 0
+    m.add(ir.Tensor("x", (1, 9, 9, 3), "uint8", None, ir.QuantParams.per_tensor(
+        scale if exact else scale * 0.9, zero_point + 128 if exact else 128 + m.zp(5))))
+    q = act("q", (1, 9, 9, 3), scale, zero_point)
+    m.node(ir.Quantize(), ["x"], q)
+    y = conv(m, q, "conv1", 6, 3, stride=2)
+    pooled = act("pooled", (1, 6), y.quant.scalar_scale, y.quant.scalar_zero_point)
+    m.node(ir.Mean((1, 2), False), [y.name], pooled)
+    wt = m.weights("fc_w", (4, 6), axis=None)
+    m.bias("fc_b", pooled, wt, 4)
+    logits = act("logits", (1, 4), m.conv_output_scale(pooled, wt, 6), m.zp())
+    m.node(ir.FullyConnected(), ["pooled", "fc_w", "fc_b"], logits)
+    out_quant = (ir.QuantParams.per_tensor(logits.quant.scalar_scale,
+                                           logits.quant.scalar_zero_point + 128) if exact else
+                 ir.QuantParams.per_tensor(logits.quant.scalar_scale * 1.1, 128 + m.zp(20)))
+    m.node(ir.Quantize(), ["logits"], ir.Tensor("y", (1, 4), "uint8", None, out_quant))
+    return m.graph("uint8_interface")
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_tinynn_style_graph(seed, tmp_path):
+    model_c = three_way(tinynn_graph(seed), tmp_path, seed, min_distinct=4, inputs=4)
+    assert model_c.count("transpose_s8(&") == 2 and "mean_axes_s8(&" in model_c
+    assert "memcpy" not in model_c.split("_invoke(")[1]  # RESHAPE is a view, not a copy
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_uint8_interface_graph(seed, tmp_path):
+    model_c = three_way(uint8_interface_graph(seed), tmp_path, seed, min_distinct=3, inputs=4)
+    header = (tmp_path / "c" / "model.h").read_text()
+    assert "#define MODEL_INPUT_TYPE        uint8_t" in header
+    assert "#define MODEL_OUTPUT_TYPE       uint8_t" in header
+    assert "int model_invoke(const uint8_t *input, uint8_t *output);" in header
+    assert "requantize_u8_s8(&" in model_c and "requantize_s8_u8(&" in model_c
+
+
+@pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None, reason="needs arm-none-eabi-gcc")
+@pytest.mark.parametrize("kernels", ["portable", "mbgen"])
+def test_generated_c_builds_warning_free_for_cortex_m7(kernels, tmp_path):
+    """The new kernels and the uint8 API under the target's flags plus -Wall -Wextra -Werror."""
+    from mbgen import targets
+    flags = [*targets.get("cortex-m7").cflags, "-std=c99", "-Wall", "-Wextra", "-Werror"]
+    for graph in (tinynn_graph(0), uint8_interface_graph(1),
+                  pad_graph(0, True), mean_graph(0, False), transpose_graph(1)):
+        path = write_tflite(graph, tmp_path / f"{graph.name}.tflite")
+        out_dir = tmp_path / f"{graph.name}-{kernels}"
+        emit(prepare(str(path), CompileOptions()),
+             CompileOptions(target="cortex-m7", kernels=kernels, out_dir=out_dir))
+        for source in sorted(out_dir.glob("model*.c")):
+            proc = subprocess.run(["arm-none-eabi-gcc", *flags, f"-I{out_dir}", "-c",
+                                   str(source), "-o", str(tmp_path / "x.o")],
+                                  capture_output=True, text=True)
+            assert proc.returncode == 0, f"{source.name} ({graph.name}):\n{proc.stderr}"
