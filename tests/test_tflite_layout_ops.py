@@ -278,3 +278,30 @@ def test_generated_c_builds_warning_free_for_cortex_m7(kernels, tmp_path):
                                    str(source), "-o", str(tmp_path / "x.o")],
                                   capture_output=True, text=True)
             assert proc.returncode == 0, f"{source.name} ({graph.name}):\n{proc.stderr}"
+
+
+def _verify(path: Path, target: str) -> subprocess.CompletedProcess:
+    import sys
+    return subprocess.run([sys.executable, "-m", "mbgen.cli", "verify", str(path), "--target",
+                           target, "--reference", "tflm", "--count", "2"],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_mbgen_verify_takes_uint8_interface_models(tmp_path):
+    """`mbgen verify --reference tflm` feeds uint8 inputs and reads uint8 outputs."""
+    path = write_tflite(uint8_interface_graph(2), tmp_path / "u8.tflite")
+    result = _verify(path, "host")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "host C vs TFLM" in result.stdout and "0 mismatched: OK" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+@pytest.mark.skipif(not (shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm")),
+                    reason="needs arm-none-eabi-gcc and qemu-system-arm")
+@pytest.mark.parametrize("graph", [tinynn_graph(1), uint8_interface_graph(1)],
+                         ids=["tinynn", "uint8"])
+def test_mbgen_verify_in_qemu_cortex_m7(graph, tmp_path):
+    result = _verify(write_tflite(graph, tmp_path / "m.tflite"), "cortex-m7")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "QEMU cortex-m7 vs numpy" in result.stdout and "0 mismatched: OK" in result.stdout
