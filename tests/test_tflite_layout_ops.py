@@ -70,10 +70,14 @@ def random_input(graph: ir.Graph, rng: np.random.Generator) -> np.ndarray:
 
 
 def three_way(graph: ir.Graph, tmp_path: Path, seed: int, min_distinct: int = 4,
-              inputs: int = INPUTS_PER_CASE) -> str:
-    """Write ``graph`` as .tflite, compile the file to host C; on random inputs the C, our
-    reference (on the graph our frontend loaded) and TFLM agree exactly. Returns model.c."""
+              inputs: int = INPUTS_PER_CASE, edit=None) -> str:
+    """Write ``graph`` as .tflite (then ``edit(ModelT)`` it, if given), compile the file to
+    host C; on random inputs the C, our reference (on the graph our frontend loaded) and TFLM
+    agree exactly. Returns model.c."""
     path = write_tflite(graph, tmp_path / f"{graph.name}.tflite")
+    if edit is not None:
+        from test_tflite_frontend import _mutated
+        path = _mutated(path, edit, tmp_path)
     prepared = prepare(str(path), CompileOptions())
     out_dir = tmp_path / "c"
     emit(prepared, CompileOptions(target="host", out_dir=out_dir))
@@ -251,6 +255,24 @@ def test_tinynn_style_graph(seed, tmp_path):
     assert "memcpy" not in model_c.split("_invoke(")[1]  # RESHAPE is a view, not a copy
 
 
+def test_squeeze_is_a_view_too(tmp_path):
+    """The TinyNN graph with its RESHAPE written as SQUEEZE (how converters drop the 1)."""
+    def reshape_to_squeeze(model):
+        from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+        codes = model.operatorCodes
+        reshape = next(i for i, c in enumerate(codes)
+                       if c.builtinCode == schema.BuiltinOperator.RESHAPE)
+        codes[reshape].builtinCode = codes[reshape].deprecatedBuiltinCode = \
+            schema.BuiltinOperator.SQUEEZE
+        op = next(o for o in model.subgraphs[0].operators if o.opcodeIndex == reshape)
+        op.inputs = op.inputs[:1]
+        op.builtinOptionsType = schema.BuiltinOptions.SqueezeOptions
+        op.builtinOptions = schema.SqueezeOptionsT()
+        op.builtinOptions.squeezeDims = [2]
+    model_c = three_way(tinynn_graph(2), tmp_path, 2, edit=reshape_to_squeeze)
+    assert "memcpy" not in model_c.split("_invoke(")[1]
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_uint8_interface_graph(seed, tmp_path):
     model_c = three_way(uint8_interface_graph(seed), tmp_path, seed, min_distinct=3, inputs=4)
@@ -265,14 +287,16 @@ def test_uint8_interface_graph(seed, tmp_path):
 @pytest.mark.parametrize("kernels", ["portable", "mbgen"])
 def test_generated_c_builds_warning_free_for_cortex_m7(kernels, tmp_path):
     """The new kernels and the uint8 API under the target's flags plus -Wall -Wextra -Werror."""
-    from mbgen import targets
+    from mbgen import codegen, planner, targets
     flags = [*targets.get("cortex-m7").cflags, "-std=c99", "-Wall", "-Wextra", "-Werror"]
     for graph in (tinynn_graph(0), uint8_interface_graph(1),
                   pad_graph(0, True), mean_graph(0, False), transpose_graph(1)):
         path = write_tflite(graph, tmp_path / f"{graph.name}.tflite")
         out_dir = tmp_path / f"{graph.name}-{kernels}"
-        emit(prepare(str(path), CompileOptions()),
-             CompileOptions(target="cortex-m7", kernels=kernels, out_dir=out_dir))
+        int8_graph = prepare(str(path), CompileOptions()).graph
+        # generate() directly: compile's firmware link (flash measurement) is not needed here.
+        plan = planner.plan_graph(int8_graph, codegen.scratch_requirements(int8_graph, kernels))
+        codegen.generate(int8_graph, plan, out_dir, target="cortex-m7", kernels=kernels)
         for source in sorted(out_dir.glob("model*.c")):
             proc = subprocess.run(["arm-none-eabi-gcc", *flags, f"-I{out_dir}", "-c",
                                    str(source), "-o", str(tmp_path / "x.o")],
@@ -305,3 +329,80 @@ def test_mbgen_verify_in_qemu_cortex_m7(graph, tmp_path):
     result = _verify(write_tflite(graph, tmp_path / "m.tflite"), "cortex-m7")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "QEMU cortex-m7 vs numpy" in result.stdout and "0 mismatched: OK" in result.stdout
+
+
+# ----------------------------------------------------------------------------- refused files
+
+
+def _refusal(graph: ir.Graph, edit, tmp_path: Path) -> str:
+    """The one-line UserError our frontend gives for ``graph``'s file after ``edit``."""
+    from mbgen.errors import UserError
+    from mbgen.frontends.tflite_frontend import load_tflite
+    from test_tflite_frontend import _mutated
+    path = _mutated(write_tflite(graph, tmp_path / f"{graph.name}.tflite"), edit, tmp_path)
+    with pytest.raises(UserError) as caught:
+        load_tflite(path)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def _const_tensor(model, name_part: str):
+    sub = model.subgraphs[0]
+    return next(t for t in sub.tensors if name_part in t.name.decode())
+
+
+def test_malformed_layout_ops_are_refused_naming_the_operator(tmp_path):
+    def bad_perm(model):
+        t = _const_tensor(model, "/perm")
+        model.buffers[t.buffer].data = np.array([0, 0, 1, 2], "<i4").view(np.uint8)
+    message = _refusal(transpose_graph(0), bad_perm, tmp_path)
+    assert "operator 0 (TRANSPOSE" in message and "not a permutation" in message
+
+    def constant_off_scale(model):
+        t = _const_tensor(model, "/constant_values")
+        t.quantization.zeroPoint = t.quantization.zeroPoint + 1
+    message = _refusal(pad_graph(1, True), constant_off_scale, tmp_path)
+    assert "(PADV2" in message and "share the output's scale and zero point" in message
+
+    def uint8_into_transpose(model):  # a uint8 input that no QUANTIZE converts
+        sub = model.subgraphs[0]
+        sub.tensors[sub.inputs[0]].type = 3
+    message = _refusal(tinynn_graph(0), uint8_into_transpose, tmp_path)
+    assert "is uint8" in message and "uint8 interface" in message
+
+
+def float_tinynn_graph(rng: np.random.Generator) -> ir.Graph:
+    """The TinyNN layout around a float network: NCHW input, TRANSPOSE, PAD, VALID conv,
+    TRANSPOSE back, MEAN over one axis, a classifier."""
+    def f32(name, shape, data=None):
+        return ir.Tensor(name, tuple(shape), "float32", data)
+    tensors = [f32("x", (1, 3, 10, 8)), f32("nhwc", (1, 10, 8, 3)), f32("padded", (1, 12, 10, 3)),
+               f32("w", (6, 3, 3, 3), rng.normal(0, 0.3, (6, 3, 3, 3)).astype(np.float32)),
+               f32("b", (6,), rng.normal(0, 0.1, 6).astype(np.float32)),
+               f32("conv", (1, 10, 8, 6)), f32("nchw", (1, 6, 10, 8)), f32("mean", (1, 6, 10)),
+               f32("mean2", (1, 6)),
+               f32("fc_w", (4, 6), rng.normal(0, 0.5, (4, 6)).astype(np.float32)),
+               f32("logits", (1, 4))]
+    nodes = [ir.Node("t1", ir.Transpose((0, 2, 3, 1)), ["x"], ["nhwc"]),
+             ir.Node("pad", ir.Pad(ir.Padding(1, 1, 1, 1)), ["nhwc"], ["padded"]),
+             ir.Node("conv", ir.Conv2D(activation=ir.Activation.RELU), ["padded", "w", "b"],
+                     ["conv"]),
+             ir.Node("t2", ir.Transpose((0, 3, 1, 2)), ["conv"], ["nchw"]),
+             ir.Node("mean", ir.Mean((3,), False), ["nchw"], ["mean"]),
+             ir.Node("mean2", ir.Mean((2,), False), ["mean"], ["mean2"]),
+             ir.Node("fc", ir.FullyConnected(), ["mean2", "fc_w"], ["logits"])]
+    graph = ir.Graph("float_tinynn", {t.name: t for t in tensors}, nodes, ["x"], ["logits"])
+    ir.verify(graph)
+    return graph
+
+
+def test_float_tinynn_file_calibrates_and_matches_tflm(tmp_path):
+    """A float file with the layout ops compiles through calibration; the int8 graph it gives
+    is then checked three ways like the others."""
+    path = write_tflite(float_tinynn_graph(np.random.default_rng(3)), tmp_path / "f.tflite")
+    prepared = prepare(str(path), CompileOptions())
+    ops = [ir.op_name(n.op) for n in prepared.graph.nodes]
+    assert ops.count("Transpose") == 2 and ops.count("Mean") == 2
+    (tmp_path / "int8").mkdir()
+    three_way(prepared.graph, tmp_path / "int8", 0, min_distinct=4)
