@@ -103,15 +103,16 @@ def three_way(graph: ir.Graph, tmp_path: Path, seed: int, min_distinct: int = 4,
 
 
 def transpose_graph(seed: int) -> ir.Graph:
-    """Two random permutations in a row (ranks 4, 3, 4 over the seeds)."""
+    """A chain of random permutations (ranks 4, 3, 4 over the seeds; 4 perms in a row)."""
     m = Maker(np.random.default_rng(seed))
     rank = (4, 3, 4)[seed]
     x = m.input(random_shape(m.rng, rank))
-    first = random_perm(m.rng, rank)
-    middle = like("t", [x.shape[p] for p in first], x)
-    m.node(ir.Transpose(first), ["x"], middle)
-    second = random_perm(m.rng, rank)
-    m.node(ir.Transpose(second), ["t"], like("y", [middle.shape[p] for p in second], x))
+    current = x
+    for step in range(4):
+        perm = random_perm(m.rng, rank)
+        out = like("y" if step == 3 else f"t{step}", [current.shape[p] for p in perm], x)
+        m.node(ir.Transpose(perm), [current.name], out)
+        current = out
     return m.graph("transpose")
 
 
@@ -147,7 +148,7 @@ def mean_graph(seed: int, same_quant: bool) -> ir.Graph:
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_transpose(seed, tmp_path):
-    assert "transpose_s8(" in three_way(transpose_graph(seed), tmp_path, seed)
+    assert three_way(transpose_graph(seed), tmp_path, seed).count("transpose_s8(&") == 4
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -252,6 +253,9 @@ def uint8_interface_graph(seed: int) -> ir.Graph:
 def test_tinynn_style_graph(seed, tmp_path):
     model_c = three_way(tinynn_graph(seed), tmp_path, seed, min_distinct=4, inputs=4)
     assert model_c.count("transpose_s8(&") == 2 and "mean_axes_s8(&" in model_c
+    header = (tmp_path / "c" / "model.h").read_text()
+    assert "#define MODEL_INPUT_LAYOUT_NCHW 1" in header and "uint8_t [1, 3, 12, 10]" not in header
+    assert "int8_t [1, 3, 12, 10]" in header
     assert "memcpy" not in model_c.split("_invoke(")[1]  # RESHAPE is a view, not a copy
 
 
@@ -281,6 +285,7 @@ def test_uint8_interface_graph(seed, tmp_path):
     assert "#define MODEL_OUTPUT_TYPE       uint8_t" in header
     assert "int model_invoke(const uint8_t *input, uint8_t *output);" in header
     assert "requantize_u8_s8(&" in model_c and "requantize_s8_u8(&" in model_c
+    assert "INPUT_LAYOUT_NCHW" not in header
 
 
 @pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None, reason="needs arm-none-eabi-gcc")

@@ -15,6 +15,7 @@ import numpy as np
 import mbgen
 from mbgen import ir
 from mbgen.codegen import kernel_sets
+from mbgen.codegen.kernels_layout import input_is_nchw
 from mbgen.codegen.lowering import LoweringContext, is_valid_c_name
 from mbgen.codegen.records import ConstArray, Layer, constants_of
 from mbgen.codegen.report import GENERATOR_TAG, build_report, layer_macs, layer_params
@@ -180,6 +181,7 @@ def generate(graph: ir.Graph, plan: GraphPlan, out_dir: Path, *, name: str = "mo
         layers=layers, constants=constants, kernel_templates=kernel_templates,
         input_size=x.nbytes, output_size=y.nbytes,
         input_ctype=_IO_CTYPES[x.dtype], output_ctype=_IO_CTYPES[y.dtype],
+        input_nchw=input_is_nchw(graph),
         input_shape=list(x.shape), output_shape=list(y.shape),
         input_scale=x.quant.scalar_scale, input_zero_point=x.quant.scalar_zero_point,
         output_scale=y.quant.scalar_scale, output_zero_point=y.quant.scalar_zero_point,

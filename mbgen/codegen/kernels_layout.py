@@ -11,11 +11,13 @@ from mbgen import ir
 from mbgen.codegen import records_layout as rl
 from mbgen.codegen.lowering import LoweringContext
 from mbgen.codegen.records import BufferKind
+from mbgen.errors import UserError
 from mbgen.quantize import params
 
 _RANK = 4
 # The int32 sum of a mean must not overflow: |x| <= 128 per element.
 _MAX_MEAN_COUNT = ((1 << 31) - 1) // 256
+NCHW_TO_NHWC = (0, 2, 3, 1)
 
 
 def _rank4(shape: tuple[int, ...]) -> tuple[int, int, int, int]:
@@ -82,12 +84,21 @@ def mean_axes(ctx: LoweringContext, node: ir.Node, op: ir.Mean) -> rl.MeanAxesCa
     reduced = tuple(n if d in axes else 1 for d, n in enumerate(dims))
     q = params.mean_quant(ctx.graph, node)
     if q.count > _MAX_MEAN_COUNT:
-        raise ir.GraphError(f"{node.name}: mean over {q.count} values overflows int32 sums")
+        raise UserError(f"layer {node.name!r}: MEAN over {q.count} values would overflow "
+                        "its int32 sums")
     return rl.MeanAxesCall(
         input=ctx.buffer(node.inputs[0]), output=ctx.buffer(node.outputs[0]),
         kept=kept, reduced=reduced, strides=_strides(dims),  # type: ignore[arg-type]
         count=q.count, input_zero_point=q.input_zero_point,
         output_zero_point=q.output_zero_point, multiplier=q.multiplier, shift=q.shift)
+
+
+def input_is_nchw(graph: ir.Graph) -> bool:
+    """True when the model file takes NCHW: its input is only read by NCHW -> NHWC
+    transposes (TinyNeuralNetwork's files). The C API then takes NCHW as well."""
+    readers = graph.consumers(graph.inputs[0])
+    return bool(readers) and all(isinstance(n.op, ir.Transpose) and n.op.perm == NCHW_TO_NHWC
+                                 for n in readers)
 
 
 def boundary_requantize(ctx: LoweringContext,
