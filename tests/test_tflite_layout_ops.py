@@ -285,7 +285,7 @@ def test_uint8_interface_graph(seed, tmp_path):
     assert "#define MODEL_OUTPUT_TYPE       uint8_t" in header
     assert "int model_invoke(const uint8_t *input, uint8_t *output);" in header
     assert "requantize_u8_s8(&" in model_c and "requantize_s8_u8(&" in model_c
-    assert "INPUT_LAYOUT_NCHW" not in header
+    assert "#define MODEL_INPUT_LAYOUT_NCHW" not in header
 
 
 @pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None, reason="needs arm-none-eabi-gcc")
