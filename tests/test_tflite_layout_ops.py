@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers_c import build_folder, run
+from helpers_c import CFLAGS, build, build_folder, run
 from mbgen import ir
 
 pytest.importorskip("tflite_micro.python.tflite_micro.runtime",
@@ -70,10 +70,11 @@ def random_input(graph: ir.Graph, rng: np.random.Generator) -> np.ndarray:
 
 
 def three_way(graph: ir.Graph, tmp_path: Path, seed: int, min_distinct: int = 4,
-              inputs: int = INPUTS_PER_CASE, edit=None) -> str:
+              inputs: int = INPUTS_PER_CASE, edit=None, sanitize: bool = False) -> str:
     """Write ``graph`` as .tflite (then ``edit(ModelT)`` it, if given), compile the file to
-    host C; on random inputs the C, our reference (on the graph our frontend loaded) and TFLM
-    agree exactly. Returns model.c."""
+    host C (with ``sanitize``: under ASan and UBSan, which fail the run on any report); on
+    random inputs the C, our reference (on the graph our frontend loaded) and TFLM agree
+    exactly. Returns model.c."""
     path = write_tflite(graph, tmp_path / f"{graph.name}.tflite")
     if edit is not None:
         from test_tflite_frontend import _mutated
@@ -81,7 +82,12 @@ def three_way(graph: ir.Graph, tmp_path: Path, seed: int, min_distinct: int = 4,
     prepared = prepare(str(path), CompileOptions())
     out_dir = tmp_path / "c"
     emit(prepared, CompileOptions(target="host", out_dir=out_dir))
-    exe = build_folder(out_dir)
+    if sanitize:
+        exe = build(sorted(out_dir.glob("*.c")), [out_dir], out_dir / "prog",
+                    flags=CFLAGS + ("-g", "-fsanitize=address,undefined",
+                                    "-fno-sanitize-recover=all"))
+    else:
+        exe = build_folder(out_dir)
     rng = np.random.default_rng(1000 + seed)
     seen: set[int] = set()
     for _ in range(inputs):
@@ -257,6 +263,15 @@ def test_tinynn_style_graph(seed, tmp_path):
     assert "#define MODEL_INPUT_LAYOUT_NCHW 1" in header and "uint8_t [1, 3, 12, 10]" not in header
     assert "int8_t [1, 3, 12, 10]" in header
     assert "memcpy" not in model_c.split("_invoke(")[1]  # RESHAPE is a view, not a copy
+
+
+@pytest.mark.parametrize("make", [tinynn_graph, uint8_interface_graph,
+                                  lambda seed: pad_graph(seed, True),
+                                  lambda seed: mean_graph(seed, False)],
+                         ids=["tinynn", "uint8", "padv2", "mean"])
+def test_generated_c_is_sanitizer_clean(make, tmp_path):
+    """ASan + UBSan: no out-of-bounds access, no signed overflow or bad shift in the kernels."""
+    three_way(make(1), tmp_path, 1, min_distinct=3, sanitize=True)
 
 
 def test_squeeze_is_a_view_too(tmp_path):
