@@ -426,3 +426,28 @@ def test_float_tinynn_file_calibrates_and_matches_tflm(tmp_path):
     assert ops.count("Transpose") == 2 and ops.count("Mean") == 2
     (tmp_path / "int8").mkdir()
     three_way(prepared.graph, tmp_path / "int8", 0, min_distinct=4)
+
+
+def test_uint8_input_with_float_output(tmp_path):
+    """uint8 in, DEQUANTIZE to float out (another TF2 choice): the C takes uint8 and returns
+    the int8 values that TFLM's DEQUANTIZE turns into its float output."""
+    graph = uint8_interface_graph(1)
+    last = graph.nodes[-1]
+    logits = graph.tensors[last.inputs[0]]
+    graph.nodes[-1] = ir.Node(last.name, ir.Dequantize(), list(last.inputs), ["y"])
+    graph.tensors["y"] = ir.Tensor("y", logits.shape, "float32")
+    ir.verify(graph)
+    path = write_tflite(graph, tmp_path / "u8_float.tflite")
+    prepared = prepare(str(path), CompileOptions())
+    emit(prepared, CompileOptions(target="host", out_dir=tmp_path / "c"))
+    header = (tmp_path / "c" / "model.h").read_text()
+    assert "int model_invoke(const uint8_t *input, int8_t *output);" in header
+    exe = build_folder(tmp_path / "c")
+    scale, zero_point = logits.quant.scalar_scale, logits.quant.scalar_zero_point
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        x = random_input(graph, rng)
+        c_out = np.frombuffer(run(exe, x.tobytes()), dtype=np.int8).reshape(logits.shape)
+        assert np.array_equal(c_out, run_int8(prepared.graph, x)[prepared.graph.outputs[0]])
+        expected = (np.float32(scale) * (c_out.astype(np.float32) - np.float32(zero_point)))
+        assert np.array_equal(run_tflm(path, x), expected)
