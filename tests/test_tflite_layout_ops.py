@@ -451,3 +451,15 @@ def test_uint8_input_with_float_output(tmp_path):
         assert np.array_equal(c_out, run_int8(prepared.graph, x)[prepared.graph.outputs[0]])
         expected = (np.float32(scale) * (c_out.astype(np.float32) - np.float32(zero_point)))
         assert np.array_equal(run_tflm(path, x), expected)
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+@pytest.mark.skipif(not (shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm")),
+                    reason="needs arm-none-eabi-gcc and qemu-system-arm")
+def test_bench_runs_a_uint8_interface_model(tmp_path):
+    """bench checks its run against the reference with a uint8 input and output."""
+    from mbgen.bench import bench_model
+    path = write_tflite(uint8_interface_graph(0), tmp_path / "u8.tflite")
+    outcome = bench_model(str(path), "cortex-m7", ["portable"], echo=None)
+    assert outcome["results"][0]["instructions"] > 0
