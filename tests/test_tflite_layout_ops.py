@@ -127,7 +127,8 @@ def pad_graph(seed: int, constant: bool) -> ir.Graph:
     rank = 4 - seed % 3                       # ranks 4, 3, 2
     x = m.input(random_shape(m.rng, rank, high=4))
     pads = tuple((int(a), int(b)) for a, b in m.rng.integers(0, 3, size=(rank, 2)))
-    pads = ((0, 0),) + pads[1:-1] + ((1, pads[-1][1]),)   # always pad the last (channel) dim
+    # always pad the last (channel) dim; seed 2 pads the batch dimension too
+    pads = ((int(seed == 2), 0),) + pads[1:-1] + ((1, pads[-1][1]),)
     value = int(m.rng.integers(-128, 128)) if constant else x.quant.scalar_zero_point
     shape = [n + a + b for n, (a, b) in zip(x.shape, pads)]
     m.node(ir.PadND(pads, value), ["x"], like("y", shape, x))

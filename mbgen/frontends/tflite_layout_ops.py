@@ -1,8 +1,9 @@
 """TFLite operators that move values around the network, as converter-made files use them
 (TinyNeuralNetwork, TF2 post-training quantisation), and the uint8 interface of TF2 files.
 
-Each ``convert_*`` function maps the operator ``builder.op`` onto IR nodes through the
-``_GraphBuilder`` of ``tflite_frontend`` (its checks, tensors and messages):
+Each ``convert_*(b)`` maps the operator ``b.op`` onto IR nodes through ``b``, the
+``_GraphBuilder`` of ``tflite_frontend`` (its checks, tensors and messages; not imported here,
+as that module imports this one):
 
 * TRANSPOSE: any permutation of a rank <= 4 tensor becomes ``ir.Transpose``. A leading
   NCHW -> NHWC transpose of the graph input stays a real Transpose: the C API then takes the
