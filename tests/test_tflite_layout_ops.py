@@ -464,3 +464,15 @@ def test_bench_runs_a_uint8_interface_model(tmp_path):
     path = write_tflite(uint8_interface_graph(0), tmp_path / "u8.tflite")
     outcome = bench_model(str(path), "cortex-m7", ["portable"], echo=None)
     assert outcome["results"][0]["instructions"] > 0
+
+
+def test_absurd_boundary_scale_is_refused_not_miscompiled(tmp_path):
+    """A uint8 input scale of 1e30 would need a left shift of 106 (undefined in C)."""
+    from mbgen import codegen, planner
+    from mbgen.errors import UserError
+    graph = uint8_interface_graph(1)
+    x = graph.tensors["x"]
+    graph.tensors["x"] = ir.Tensor("x", x.shape, "uint8", None,
+                                   ir.QuantParams.per_tensor(1e30, 128))
+    with pytest.raises(UserError, match=r"layer 'n0_q': .* shift 106 > 31"):
+        codegen.generate(graph, planner.plan_graph(graph), tmp_path / "c", kernels="portable")

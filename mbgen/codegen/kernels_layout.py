@@ -30,6 +30,15 @@ def _strides(dims: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(math.prod(dims[k + 1:]) for k in range(len(dims)))
 
 
+def _checked_shift(node: ir.Node, shift: int) -> int:
+    """The C requantisation shifts an int32 left by at most 31 (more is undefined in C): a
+    larger one comes from an absurd scale ratio in the file."""
+    if shift > 31:
+        raise UserError(f"layer {node.name!r}: the ratio of its input and output scales is "
+                        f"too large (requantisation shift {shift} > 31)")
+    return shift
+
+
 def _int8_io(ctx: LoweringContext, node: ir.Node) -> bool:
     return all(ctx.tensor(n).dtype == "int8" for n in (node.inputs[0], node.outputs[0]))
 
@@ -90,7 +99,8 @@ def mean_axes(ctx: LoweringContext, node: ir.Node, op: ir.Mean) -> rl.MeanAxesCa
         input=ctx.buffer(node.inputs[0]), output=ctx.buffer(node.outputs[0]),
         kept=kept, reduced=reduced, strides=_strides(dims),  # type: ignore[arg-type]
         count=q.count, input_zero_point=q.input_zero_point,
-        output_zero_point=q.output_zero_point, multiplier=q.multiplier, shift=q.shift)
+        output_zero_point=q.output_zero_point, multiplier=q.multiplier,
+        shift=_checked_shift(node, q.shift))
 
 
 def input_is_nchw(graph: ir.Graph) -> bool:
@@ -116,4 +126,4 @@ def boundary_requantize(ctx: LoweringContext,
     return rl.BoundaryRequantizeCall(
         function=function, input=source, output=target, size=dst.size,
         input_zero_point=q.input_zero_point, output_zero_point=q.output_zero_point,
-        multiplier=q.multiplier, shift=q.shift)
+        multiplier=q.multiplier, shift=_checked_shift(node, q.shift))
