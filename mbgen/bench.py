@@ -60,8 +60,9 @@ def _bench_one(graph, target, kernels: str, x: np.ndarray, expected: np.ndarray,
         firmware = build_firmware(out, target, Path(tmp) / "build",
                                   cmsis_nn=Path(cmsis_nn) if cmsis_nn is not None else None)
         result = run_elf(firmware.elf, target, x.tobytes(), timeout=QEMU_TIMEOUT)
-    if not np.array_equal(result.output_int8(), expected):
-        wrong = int(np.count_nonzero(result.output_int8() != expected))
+    got = np.frombuffer(result.output, dtype=expected.dtype)
+    if not np.array_equal(got, expected):
+        wrong = int(np.count_nonzero(got != expected))
         raise RunFailure(f"{kernels} kernels on {target.name}: {wrong} of {expected.size} "
                          "outputs differ from the numpy int8 reference; no benchmark")
     counts = [count for _, count in result.layer_instructions]
@@ -95,7 +96,9 @@ def bench_model(model: str, target: str, kernel_sets: Sequence[str] | None = Non
     prepared = compiler.prepare(model, compiler.CompileOptions(target=t.name))
     graph = prepared.graph
     shape = graph.tensors[graph.inputs[0]].shape
-    x = np.random.default_rng(INPUT_SEED).integers(-128, 128, size=shape).astype(np.int8)
+    info = np.iinfo(graph.tensors[graph.inputs[0]].dtype)  # int8, or uint8 (uint8 interface)
+    x = np.random.default_rng(INPUT_SEED).integers(info.min, info.max + 1,
+                                                   size=shape).astype(info.dtype)
     expected = run_int8(graph, x)[graph.outputs[0]].reshape(-1)
     results = []
     for name in names:

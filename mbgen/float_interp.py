@@ -120,6 +120,8 @@ def _run_node(graph: ir.Graph, node: ir.Node, values: dict[str, np.ndarray]) -> 
         return x.reshape(out_shape)
     if isinstance(op, ir.Pad):
         return _pad_nhwc(x, op.padding)
+    if isinstance(op, ir.Transpose):
+        return np.ascontiguousarray(np.transpose(x, op.perm))
     if isinstance(op, ir.Softmax):
         return _softmax(node, x)
     if isinstance(op, ir.ActivationOp):

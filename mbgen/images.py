@@ -80,8 +80,10 @@ def load_image(path: str | Path, shape_nhwc: tuple[int, ...], value_range: str =
     return _map_pixels(pixels, value_range)[np.newaxis]
 
 
-def quantize_input(float_nhwc: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    """TFLite QUANTIZE: ``q = clamp(round(x / scale) + zero_point, -128, 127)``.
+def quantize_input(float_nhwc: np.ndarray, scale: float, zero_point: int,
+                   dtype: str = "int8") -> np.ndarray:
+    """TFLite QUANTIZE: ``q = clamp(round(x / scale) + zero_point, -128, 127)`` (for a
+    ``dtype`` "uint8" interface: clamped to [0, 255]).
 
     The division is float32 (x and the stored float32 scale) and rounding goes half away from
     zero (``std::round``), as in TFLite's reference Quantize kernel.
@@ -91,4 +93,5 @@ def quantize_input(float_nhwc: np.ndarray, scale: float, zero_point: int) -> np.
     x = np.asarray(float_nhwc, dtype=np.float32)
     scaled = (x / np.float32(scale)).astype(np.float64)  # exact widening: no double rounding
     q = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5) + int(zero_point)
-    return np.clip(q, -128, 127).astype(np.int8)
+    info = np.iinfo(dtype)
+    return np.clip(q, info.min, info.max).astype(dtype)

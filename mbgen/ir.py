@@ -211,10 +211,27 @@ class StridedSlice:
     strides: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class Transpose:
+    """inputs: x (rank <= 4). out.shape[i] == x.shape[perm[i]] (TFLite TRANSPOSE)."""
+
+    perm: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class PadND:
+    """inputs: x (rank <= 4). Pads every dim by ``pads[d] = (before, after)`` with ``value``:
+    the stored int8 value (TFLite PAD: the output zero point, PADV2: its constant operand).
+    ``ir.Pad`` stays the spatial zero-point case every frontend emits."""
+
+    pads: tuple[tuple[int, int], ...]
+    value: int
+
+
 OpAttrs = Union[Conv2D, DepthwiseConv2D, FullyConnected, Add, Mul, AveragePool2D, Mean,
                 Reshape, Pad, Softmax, ActivationOp, HardSwish, Logistic, BatchNorm,
                 Identity, Quantize, Dequantize, Concatenation, MaxPool2D,
-                StridedSlice]
+                StridedSlice, Transpose, PadND]
 
 OP_TYPES: tuple[type, ...] = OpAttrs.__args__  # type: ignore[attr-defined]
 
@@ -255,7 +272,7 @@ class QuantParams:
 class Tensor:
     name: str
     shape: tuple[int, ...]
-    dtype: str                        # "float32" | "int8" | "int32"
+    dtype: str                        # "float32" | "int8" | "int32" | "uint8" (I/O only)
     data: np.ndarray | None = None    # constants only
     quant: QuantParams | None = None
 
@@ -303,7 +320,8 @@ class Graph:
 
     @property
     def is_quantized(self) -> bool:
-        return any(self.tensors[n].dtype == "int8" for n in self.inputs)
+        # uint8 inputs: int8 models with a uint8 interface (QUANTIZE uint8 -> int8 first)
+        return any(self.tensors[n].dtype in ("int8", "uint8") for n in self.inputs)
 
     def copy(self) -> "Graph":
         """A shallow-structural copy: new dicts/lists/Node objects, shared numpy arrays."""
@@ -358,5 +376,5 @@ def verify(graph: Graph) -> None:
         for node in graph.nodes:
             for name in node.outputs:
                 t = graph.tensors[name]
-                if t.dtype == "int8" and (t.quant is None or t.quant.scale.size != 1):
+                if t.dtype in ("int8", "uint8") and (t.quant is None or t.quant.scale.size != 1):
                     raise GraphError(f"int8 activation {name!r} needs per-tensor quant params")

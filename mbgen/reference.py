@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Union
 
 import numpy as np
 
-from mbgen import ir, reference_graph_ops
+from mbgen import ir, reference_graph_ops, reference_layout
 from mbgen.errors import UserError
 from mbgen.quantize import params
 
@@ -431,6 +431,8 @@ def _quantize(graph: ir.Graph, node: ir.Node, args: list[np.ndarray]) -> np.ndar
     q = params.requantize_quant(graph, node)
     scaled = multiply_by_quantized_multiplier(x.astype(np.int64) - q.input_zero_point,
                                               q.multiplier, q.shift)
+    if graph.tensors[node.outputs[0]].dtype == "uint8":  # a uint8 interface's last op
+        return np.clip(scaled + q.output_zero_point, 0, 255).astype(np.uint8)
     return _clamp_int8(scaled + q.output_zero_point, q.act_min, q.act_max)
 
 
@@ -476,6 +478,7 @@ _KERNELS: dict[type, Kernel] = {
     ir.ActivationOp: _activation,
     ir.Identity: _identity,
     **reference_graph_ops.KERNELS,
+    **reference_layout.KERNELS,
 }
 
 SUPPORTED_OPS: tuple[str, ...] = tuple(sorted(t.__name__ for t in _KERNELS))
@@ -501,10 +504,10 @@ def _bind_inputs(graph: ir.Graph,
         if tuple(value.shape) != tuple(tensor.shape):
             raise UserError(f"input {name!r} has shape {value.shape}, the graph expects "
                             f"{tensor.shape}")
-        if tensor.dtype == "int8":
-            if value.dtype != np.int8:
-                raise UserError(f"input {name!r} must be int8 (got {value.dtype}); quantise "
-                                f"it with the input scale and zero point first")
+        if tensor.dtype in ("int8", "uint8"):
+            if value.dtype != np.dtype(tensor.dtype):
+                raise UserError(f"input {name!r} must be {tensor.dtype} (got {value.dtype}); "
+                                f"quantise it with the input scale and zero point first")
         elif tensor.dtype == "float32":
             value = value.astype(np.float32)
         bound[name] = value

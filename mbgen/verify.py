@@ -57,6 +57,7 @@ def make_inputs(graph: ir.Graph, images: Path | None, count: int) -> list[Verify
     name = graph.inputs[0]
     shape = tuple(graph.tensors[name].shape)
     scale, zero_point = _quant(graph, name)
+    dtype = graph.tensors[name].dtype  # int8, or uint8 for a uint8 interface
     floats: list[tuple[str, np.ndarray]] = []
     if images is not None:
         if not images.is_dir():
@@ -67,7 +68,8 @@ def make_inputs(graph: ir.Graph, images: Path | None, count: int) -> list[Verify
     # A different seed from calibration's, so verification does not reuse calibration data.
     for i, x in enumerate(synthetic_inputs(shape, count=count, seed=1234)):
         floats.append((f"synthetic{i}", x))
-    return [VerifyInput(label, x, quantize_input(x, scale, zero_point)) for label, x in floats]
+    return [VerifyInput(label, x, quantize_input(x, scale, zero_point, dtype))
+            for label, x in floats]
 
 
 def dequantize(graph: ir.Graph, q: np.ndarray) -> np.ndarray:
@@ -152,6 +154,10 @@ def verify_model(spec: str, options: CompileOptions, reference: str = "numpy",
                  f"output inside) {tflm_arena_bytes(tflm_path)} bytes")
 
         outcome = VerifyOutcome()
+        out_dtype = compiled.graph.tensors[compiled.graph.outputs[0]].dtype
+
+        def _output(raw: bytes) -> np.ndarray:  # uint8 for a uint8 interface
+            return np.frombuffer(raw, dtype=out_dtype)
 
         def record(c: Comparison) -> None:
             outcome.comparisons.append(c)
@@ -161,17 +167,17 @@ def verify_model(spec: str, options: CompileOptions, reference: str = "numpy",
         for item in inputs:
             want = run_int8(compiled.graph, item.int8_nhwc)[compiled.graph.outputs[0]]
             on_host = runner.run_host(host.out_dir, item.int8_nhwc.tobytes())
-            record(_exact(item.label, "host C vs numpy", _int8(on_host.output), want))
+            record(_exact(item.label, "host C vs numpy", _output(on_host.output), want))
             if not target.is_host:
                 on_target = runner.run_qemu(out_dir, target, item.int8_nhwc.tobytes())
                 record(_exact(item.label, f"QEMU {target.name} vs numpy",
-                              _int8(on_target.output), want))
-                record(_exact(item.label, "QEMU vs host C", _int8(on_target.output),
-                              _int8(on_host.output)))
+                              _output(on_target.output), want))
+                record(_exact(item.label, "QEMU vs host C", _output(on_target.output),
+                              _output(on_host.output)))
             if tflm_path is not None:
                 from mbgen.tflm import run_tflm
                 by_tflm = run_tflm(tflm_path, item.int8_nhwc)
-                record(_exact(item.label, "host C vs TFLM", _int8(on_host.output), by_tflm))
+                record(_exact(item.label, "host C vs TFLM", _output(on_host.output), by_tflm))
                 record(_exact(item.label, "numpy vs TFLM", want, by_tflm))
             if run_float_model is not None and item.float_nhwc is not None:
                 reference_float = run_float_model(item.float_nhwc)
@@ -185,6 +191,3 @@ def verify_model(spec: str, options: CompileOptions, reference: str = "numpy",
         echo(f"{exact} bit-exact, {failed} mismatched" + ("" if failed else ": OK"))
         return outcome
 
-
-def _int8(raw: bytes) -> np.ndarray:
-    return np.frombuffer(raw, dtype=np.int8)

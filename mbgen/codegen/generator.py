@@ -16,6 +16,7 @@ import numpy as np
 import mbgen
 from mbgen import ir, output_folder, targets
 from mbgen.codegen import kernel_sets
+from mbgen.codegen.kernels_layout import input_is_nchw
 from mbgen.codegen.lowering import LoweringContext, is_valid_c_name
 from mbgen.codegen.records import ConstArray, Layer, constants_of
 from mbgen.codegen.report import build_report, layer_macs, layer_params
@@ -26,6 +27,8 @@ from mbgen.planner import GraphPlan
 HOST_HARNESS = "harness/host_main.c.j2"
 CORTEXM_HARNESS = "harness/cortexm_main.c.j2"
 _VALUES_PER_LINE = 16
+# C element type of the caller's buffers: int8, or uint8 for a uint8 interface (TF2 PTQ files).
+_IO_CTYPES = {"int8": "int8_t", "uint8": "uint8_t"}
 
 
 # ----------------------------------------------------------------------------- jinja
@@ -90,7 +93,7 @@ def _check_graph(graph: ir.Graph, name: str) -> None:
                         f"{len(graph.outputs)} outputs; mbgen supports exactly one of each")
     for role, tensor_name in (("input", graph.inputs[0]), ("output", graph.outputs[0])):
         t = graph.tensors[tensor_name]
-        if t.dtype != "int8" or t.quant is None or t.quant.scale.size != 1:
+        if t.dtype not in _IO_CTYPES or t.quant is None or t.quant.scale.size != 1:
             raise UserError(f"model {graph.name!r}: {role} {tensor_name!r} is {t.dtype}; "
                             "codegen needs an int8 graph (quantize it first)")
 
@@ -155,6 +158,8 @@ def generate(graph: ir.Graph, plan: GraphPlan, out_dir: Path, *, name: str = "mo
         version=mbgen.__version__, model_name=graph.name, target=target, kernels=kernels,
         layers=layers, constants=constants, kernel_templates=kernel_templates,
         input_size=x.nbytes, output_size=y.nbytes,
+        input_ctype=_IO_CTYPES[x.dtype], output_ctype=_IO_CTYPES[y.dtype],
+        input_nchw=input_is_nchw(graph),
         input_shape=list(x.shape), output_shape=list(y.shape),
         input_scale=x.quant.scalar_scale, input_zero_point=x.quant.scalar_zero_point,
         output_scale=y.quant.scalar_scale, output_zero_point=y.quant.scalar_zero_point,

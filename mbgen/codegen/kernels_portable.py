@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from mbgen import ir
-from mbgen.codegen import lower_graph_ops
+from mbgen.codegen import kernels_layout, lower_graph_ops
 from mbgen.codegen import records as r
 from mbgen.codegen.lowering import LoweringContext, nhwc
 from mbgen.quantize import params
@@ -45,7 +45,7 @@ class PortableKernels:
         if isinstance(op, ir.AveragePool2D):
             return _average_pool(ctx, node, op)
         if isinstance(op, ir.Mean):
-            return _mean(ctx, node, op)
+            return _mean(ctx, node, op) or kernels_layout.mean_axes(ctx, node, op)
         if isinstance(op, ir.Softmax):
             return _softmax(ctx, node)
         if isinstance(op, ir.Pad):
@@ -53,7 +53,7 @@ class PortableKernels:
         if isinstance(op, (ir.Reshape, ir.Identity)):
             return _view(ctx, node)
         if isinstance(op, ir.Quantize):
-            return _requantize(ctx, node)
+            return _requantize(ctx, node) or kernels_layout.boundary_requantize(ctx, node)
         if isinstance(op, ir.ActivationOp):
             return _standalone_activation(ctx, node, op)
         if isinstance(op, ir.Concatenation):
@@ -62,7 +62,7 @@ class PortableKernels:
             return lower_graph_ops.strided_slice(ctx, node, op)
         if isinstance(op, ir.MaxPool2D):
             return lower_graph_ops.max_pool(ctx, node, op)
-        return None
+        return kernels_layout.lower(ctx, node)  # Transpose, PadND
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -316,7 +316,7 @@ def _requantize_call(ctx: LoweringContext, node: ir.Node,
 def _requantize(ctx: LoweringContext, node: ir.Node) -> r.RequantizeCall | None:
     """int8 -> int8 QUANTIZE (TFLM's Requantize)."""
     if ctx.tensor(node.inputs[0]).dtype != "int8" or ctx.tensor(node.outputs[0]).dtype != "int8":
-        return None  # float <-> int8 conversions stay outside the generated model
+        return None  # float <-> int8 stay outside; uint8 <-> int8: kernels_layout
     return _requantize_call(ctx, node, params.requantize_quant(ctx.graph, node))
 
 

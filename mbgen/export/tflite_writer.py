@@ -18,6 +18,10 @@ Mapping (operator versions as TFLite's converter assigns them for int8):
   constant, Pad becomes PAD, ActivationOp becomes RELU / RELU6.
 * Concatenation, MaxPool2D and StridedSlice: see ``tflite_graph_ops`` (runs of slices
   that split one tensor become SPLIT / SPLIT_V again).
+* Transpose becomes TRANSPOSE (perm as an int32 constant); PadND becomes PAD when it pads
+  with the output zero point, else PADV2 with a scalar constant in the output's quantisation.
+* uint8 tensors (a uint8 interface: QUANTIZE uint8 -> int8 first, int8 -> uint8 last) are
+  written as UINT8.
 * BatchNorm and Identity have no TFLite form; run the passes first.
 """
 
@@ -36,7 +40,7 @@ _BUFFER_ALIGNMENT = 16
 _PLACEHOLDER_FOR_GREATER_OP_CODES = 127  # deprecated_builtin_code for codes above 127
 _SCHEMA_VERSION = 3
 
-_TENSOR_TYPES = {"float32": 0, "int32": 2, "int8": 9}
+_TENSOR_TYPES = {"float32": 0, "int32": 2, "uint8": 3, "int8": 9}
 _ACTIVATIONS = {ir.Activation.NONE: 0, ir.Activation.RELU: 1, ir.Activation.RELU6: 3}
 _SAME, _VALID = 0, 1
 
@@ -180,6 +184,21 @@ class _ModelWriter:
                   [self.tensor(x), pads_index], [out_index],
                   s.BuiltinOptions.PadOptions, s.PadOptionsT())
 
+    def emit_pad_nd(self, node: ir.Node, op: ir.PadND, out_index: int) -> None:
+        s, x = self.s, node.inputs[0]
+        pads_index = self.int32_const(f"{x}/paddings", [list(p) for p in op.pads])
+        result = self.graph.tensors[node.outputs[0]]
+        operands = [self.tensor(x), pads_index]
+        if result.quant is not None and op.value == result.quant.scalar_zero_point:
+            self.emit(s.BuiltinOperator.PAD, 2, operands, [out_index],
+                      s.BuiltinOptions.PadOptions, s.PadOptionsT())
+            return
+        value = np.array([op.value], dtype=result.dtype)
+        operands.append(self.add_tensor(self.fresh_name(f"{node.name}/constant_values"), (1,),
+                                        result.dtype, value, result.quant))
+        self.emit(s.BuiltinOperator.PADV2, 2, operands, [out_index],
+                  s.BuiltinOptions.PadV2Options, s.PadV2OptionsT())
+
     def node(self, node: ir.Node) -> None:
         if node.name in self.in_splits:
             if node.name in self.splits:
@@ -257,6 +276,12 @@ class _ModelWriter:
             self.emit(B.RESHAPE, 1, [self.tensor(x), shape], [out], O.ReshapeOptions, opts)
         elif isinstance(op, ir.Pad):
             self.emit_pad(x, op.padding, out)
+        elif isinstance(op, ir.Transpose):
+            perm = self.int32_const(f"{node.name}/perm", list(op.perm))
+            self.emit(B.TRANSPOSE, 2 if int8 else 1, [self.tensor(x), perm], [out],
+                      O.TransposeOptions, s.TransposeOptionsT())
+        elif isinstance(op, ir.PadND):
+            self.emit_pad_nd(node, op, out)
         elif isinstance(op, ir.Softmax):
             opts = s.SoftmaxOptionsT()
             opts.beta = op.beta

@@ -14,7 +14,8 @@ Three stages, so that untrusted bytes are only touched in one place:
 Choices worth knowing:
 
 * TF 'SAME' padding becomes the explicit (possibly asymmetric) ``ir.Padding.same``.
-* A PAD operator stays an ``ir.Pad`` node; folding it into the following conv when it pads
+* TRANSPOSE, PAD / PADV2 and the uint8 interface: see ``tflite_layout_ops``. A spatial PAD
+  with the zero point stays an ``ir.Pad`` node; folding it into the following conv when it pads
   with the zero point is a pass's job, not the frontend's.
 * FULLY_CONNECTED takes a flat ``(1, I)`` input in the IR; when the file feeds it a tensor of
   another shape (TFLite flattens implicitly) we insert an explicit ``ir.Reshape`` before it,
@@ -39,6 +40,7 @@ import numpy as np
 from mbgen import ir
 from mbgen.errors import UserError
 from mbgen.frontends import tflite_graph_ops
+from mbgen.frontends import tflite_layout_ops as layout_ops
 
 _TFLITE_IDENTIFIER = b"TFL3"
 _MAX_TENSOR_ELEMENTS = 1 << 31  # anything larger cannot be a microcontroller model
@@ -339,6 +341,7 @@ class _GraphBuilder:
         self.nodes: list[ir.Node] = []
         self.folded_data: dict[int, np.ndarray] = {}  # float16 DEQUANTIZE outputs, as float32
         self.op: _RawOperator | None = None  # the operator being converted (for messages)
+        self.uint8_io = layout_ops.uint8_interface(model)  # uint8 input/output QUANTIZEs
 
     # ---- errors
 
@@ -424,7 +427,8 @@ class _GraphBuilder:
                             f"{zero_point.size} zero points")
         if not np.all(np.isfinite(q.scale)) or np.any(q.scale <= 0):
             raise self.fail(f"tensor {name!r} has a non-positive or non-finite scale")
-        low, high = (-128, 127) if t.type == _INT8 else (-(1 << 31), (1 << 31) - 1)
+        low, high = {_INT8: (-128, 127), _UINT8: (0, 255)}.get(
+            t.type, (-(1 << 31), (1 << 31) - 1))
         if np.any(zero_point < low) or np.any(zero_point > high):
             raise self.fail(f"tensor {name!r} has a zero point outside [{low}, {high}]")
         axis = None
@@ -453,10 +457,12 @@ class _GraphBuilder:
             raise self.fail(f"tensor {name!r} must not be a constant")
         if name in self.tensors:
             return name
-        if t.type == _UINT8:
+        if t.type == _UINT8 and t.index not in self.uint8_io:
             raise self.fail(self.legacy_message())
         if t.index in self.folded_data:
             dtype = "float32"
+        elif t.type == _UINT8:
+            dtype = "uint8"
         elif t.type in _IR_DTYPES:
             dtype = _IR_DTYPES[t.type]
         elif t.type == _INT16:
@@ -469,7 +475,7 @@ class _GraphBuilder:
         if dtype == "int32" and data is None:
             raise self.fail(f"int32 activation {name!r} is not supported")
         quant = self.quant_params(t) if dtype != "float32" else None
-        if dtype == "int8" and data is None and quant.scale.size != 1:
+        if dtype in ("int8", "uint8") and data is None and quant.scale.size != 1:
             raise self.fail(f"int8 activation {name!r} must be quantised per tensor")
         if data is not None:
             data = np.array(data, dtype=dtype)  # own, writable copy
@@ -505,11 +511,14 @@ class _GraphBuilder:
     def build(self) -> ir.Graph:
         model = self.model
         uint8 = [t for t in model.tensors if t.type == _UINT8]
-        if uint8 and any(t.type == _INT8 for t in model.tensors):
-            raise self.fail(f"tensor {self.tname(uint8[0].index)!r} is uint8: int8 models with "
-                            "a uint8 interface are not supported; re-convert with "
-                            "inference_input_type=tf.int8 and inference_output_type=tf.int8")
-        if uint8:
+        stray = [t for t in uint8 if t.index not in self.uint8_io]
+        if stray and any(t.type == _INT8 for t in model.tensors):
+            raise self.fail(f"tensor {self.tname(stray[0].index)!r} is uint8: int8 models with "
+                            "a uint8 interface are supported only as a QUANTIZE uint8->int8 "
+                            "reading the input and a QUANTIZE int8->uint8 writing the output; "
+                            "re-convert with inference_input_type=tf.int8 and "
+                            "inference_output_type=tf.int8")
+        if stray:
             raise UserError(self.legacy_message())
         self.expect(len(model.inputs) > 0, "the model has no inputs")
         self.expect(len(model.outputs) > 0, "the model has no outputs")
@@ -561,7 +570,9 @@ class _GraphBuilder:
             B.RESHAPE: self.reshape,
             B.SQUEEZE: self.reshape,
             B.SOFTMAX: self.softmax,
-            B.PAD: self.pad,
+            B.PAD: lambda: layout_ops.convert_pad(self),
+            B.PADV2: lambda: layout_ops.convert_pad(self),
+            B.TRANSPOSE: lambda: layout_ops.convert_transpose(self),
             B.QUANTIZE: lambda: self.unary(ir.Quantize()),
             B.DEQUANTIZE: self.dequantize,
             B.HARD_SWISH: lambda: self.unary(ir.HardSwish()),
@@ -791,22 +802,6 @@ class _GraphBuilder:
         self.expect(math.isfinite(beta) and beta > 0, f"invalid softmax beta {beta}")
         self.expect(self.shape(x) == self.shape(out), "input and output shapes differ")
         self.add_node(ir.Softmax(beta=beta), [x], [out])
-
-    def pad(self) -> None:
-        ix, ipads = self.inputs(2, 2)
-        x, out = self.tensor(ix, const=False), self.output()
-        _, h, w, c = self.image(x)
-        pads = self.attribute(ipads, "paddings")
-        self.expect(pads.shape == (4, 2), f"paddings must be (4, 2), not {pads.shape}")
-        self.expect(bool(np.all(pads >= 0)), "negative padding")
-        self.expect(bool(np.all(pads[0] == 0) and np.all(pads[3] == 0)),
-                    "only spatial (H, W) padding is supported")
-        padding = ir.Padding(int(pads[1, 0]), int(pads[1, 1]), int(pads[2, 0]), int(pads[2, 1]))
-        expected = (1, h + padding.top + padding.bottom, w + padding.left + padding.right, c)
-        self.expect(self.shape(out) == expected,
-                    f"output shape {self.shape(out)} does not match the expected {expected}")
-        self.same_quant(x, out)
-        self.add_node(ir.Pad(padding), [x], [out])
 
     def unary(self, op: ir.OpAttrs) -> None:
         (ix,) = self.inputs(1, 1)

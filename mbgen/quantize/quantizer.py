@@ -20,7 +20,7 @@ What the TFLite MLIR converter does for full-integer post-training quantisation,
   bias would exceed ``(2**31 - 1) // 2`` quanta, TFLite raises that channel's scale to
   ``|bias| / ((2**31 - 1) // 2)`` and the weight scale to ``bias_scale / input_scale``;
   we do the same (this also keeps tiny zero-channel scales from overflowing the bias).
-* **Fixed output quantisation**: AveragePool2D, MaxPool2D, Mean, Reshape, Pad and
+* **Fixed output quantisation**: AveragePool2D, MaxPool2D, Mean, Reshape, Pad, Transpose and
   StridedSlice output the input's quantisation (the int8 kernels require it); Softmax and
   Logistic output scale 1/256 and zero point -128.
 * **Concatenation** (the converter's same-scale constraint; TFLM refuses anything else): the
@@ -52,7 +52,7 @@ BIAS_QUANTA_LIMIT = (2**31 - 1) // 2  # TFLite's kBiasMax: headroom left for the
 FIXED_UNIT_INTERVAL = ir.QuantParams.per_tensor(1.0 / 256.0, -128)  # softmax, logistic
 
 _SAME_AS_INPUT = (ir.AveragePool2D, ir.Mean, ir.Reshape, ir.Pad, ir.MaxPool2D,
-                  ir.StridedSlice)
+                  ir.StridedSlice, ir.Transpose)
 _FIXED_OUTPUT = (ir.Softmax, ir.Logistic)
 _CALIBRATED = (ir.Conv2D, ir.DepthwiseConv2D, ir.FullyConnected, ir.Add, ir.Mul,
                ir.ActivationOp, ir.HardSwish, ir.Concatenation)
