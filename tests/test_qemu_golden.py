@@ -146,7 +146,7 @@ def test_weight_layout_flag_trades_flash_for_speed(prepared, tmp_path):
                                               kernels="mbgen", weight_layout=layout))
         run = run_qemu(tmp_path / layout, target, q.tobytes())
         np.testing.assert_array_equal(run.output_int8().ravel(), want, err_msg=layout)
-        results[layout] = (compiled.budget["firmware_flash_bytes"], run.total_instructions)
+        results[layout] = (compiled.report["memory"]["flash_bytes"], run.total_instructions)
     print(f"int16: {results['int16']}, int8: {results['int8']} (flash bytes, instructions)")
     assert results["int8"][0] < results["int16"][0]
     assert results["int16"][1] < results["int8"][1]
