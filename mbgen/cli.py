@@ -126,6 +126,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         for layer, count in result.layer_instructions:
             print(f"  {layer:<{width}} {count:>12,d} instructions")
         print(f"  {'total':<{width}} {result.total_instructions:>12,d} instructions")
+    if result.stack_peak_bytes is not None:
+        print(f"  stack peak {result.stack_peak_bytes:,d} bytes (measured, whole firmware)")
     return EXIT_OK
 
 

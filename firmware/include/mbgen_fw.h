@@ -50,4 +50,9 @@ void mbgen_fw_counter_start(void);
  * with the -icount shift the firmware was built for (see firmware/README.md). */
 uint64_t mbgen_fw_instructions(void);
 
+/* ---- stack ----------------------------------------------------------------------------- */
+
+/* The most bytes of the main stack used since reset (its painted words read back). */
+uint32_t mbgen_fw_stack_peak(void);
+
 #endif /* MBGEN_FW_H */

@@ -75,7 +75,8 @@ def run_elf(elf: Path, target: Target, input_bytes: bytes, timeout: float = 120)
             raise RunFailure(f"{label} printed no MBGEN_TOTAL line; console: "
                              f"{console.strip()[-300:]}")
         return RunResult(output=output_file.read_bytes(), total_instructions=report.total,
-                         layer_instructions=report.layers, stdout=console)
+                         layer_instructions=report.layers, stdout=console,
+                         stack_peak_bytes=report.stack_peak)
 
 
 def run_qemu(out_dir: Path, target: Target, input_bytes: bytes, timeout: float = 120, *,
