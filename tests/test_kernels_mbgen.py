@@ -18,6 +18,7 @@ import pytest
 from helpers_c import build_folder, run
 from mbgen import codegen, ir, targets
 from mbgen.codegen import kernels_mbgen as mb
+from mbgen.quantize import requant_proofs as rp
 from mbgen.codegen.generator import lower_graph
 from mbgen.planner import plan_graph
 from mbgen.reference import multiply_by_quantized_multiplier, run_int8
@@ -149,9 +150,9 @@ CASES = {
     "pw_relu6_clamped": Layer("conv", (4, 4, 24), 12, out="relu6_narrow", seed=4,
                               expect={"asm_block": False}),
     "pw_no_activation": Layer("conv", (4, 5, 20), 6, out="none", seed=5,
-                              expect={"requant.scheme": mb.RequantScheme.FAST_SIGNED}),
+                              expect={"requant.scheme": rp.RequantScheme.FAST_SIGNED}),
     "pw_multiplier_above_one": Layer("conv", (2, 3, 8), 4, out="none", gain=0.002, seed=6,
-                                     expect={"requant.scheme": mb.RequantScheme.EXACT}),
+                                     expect={"requant.scheme": rp.RequantScheme.EXACT}),
     "pw_per_tensor": Layer("conv", (4, 4, 16), 8, per_channel=False, seed=7),
     # other convolutions: im2col columns
     "conv_stem_3ch_s2": Layer("conv", (17, 15, 3), 8, (3, 3), (2, 2), (1, 1, 1, 1), seed=8),
@@ -176,14 +177,14 @@ CASES = {
     "dw5x5_no_activation": Layer("dw", (9, 8, 6), kernel=(5, 5), padding=(2, 2, 2, 2),
                                  out="none", seed=19,
                                  expect={"unrolled_3x3": False,
-                                         "requant.scheme": mb.RequantScheme.FAST_SIGNED}),
+                                         "requant.scheme": rp.RequantScheme.FAST_SIGNED}),
     "dw3x3_dilated": Layer("dw", (9, 9, 4), kernel=(3, 3), dilation=(2, 2),
                            padding=(2, 2, 2, 2), seed=20, expect={"unrolled_3x3": False}),
     "dw3x1_stride_2x1": Layer("dw", (8, 5, 7), kernel=(3, 1), stride=(2, 1),
                               padding=(1, 1, 0, 0), out="relu", seed=21),
     # fully connected
     "fc": Layer("fc", (1, 1, 64), 10, out="none", per_channel=False, seed=22,
-                expect={"requant.scheme": mb.RequantScheme.FAST_SIGNED}),
+                expect={"requant.scheme": rp.RequantScheme.FAST_SIGNED}),
     "fc_odd": Layer("fc", (1, 1, 37), 7, out="none", per_channel=False, seed=23),
     "fc_relu6": Layer("fc", (1, 1, 48), 9, seed=24),
 }
@@ -327,7 +328,7 @@ def _provable_draw(rng: np.random.Generator):
         span = int(rng.integers(1, 1 << 22))
         acc_lo = int(rng.integers(-span, 1))
         acc_hi = acc_lo + span
-        proof = mb.fast_requant(m, shift, zp, lo_act, hi_act, acc_lo, acc_hi)
+        proof = rp.fast_requant(m, shift, zp, lo_act, hi_act, acc_lo, acc_hi)
         if proof is not None:
             return m, shift, zp, lo_act, hi_act, acc_lo, acc_hi, proof
 
@@ -353,8 +354,8 @@ def test_signed_requant_equals_tflite_with_negative_outputs_kept(seed):
         span = int(rng.integers(1000, 1 << 22))
         acc_lo = int(rng.integers(-span, 0))
         acc_hi = acc_lo + span
-        if mb.fast_requant(m, shift, zp, -128, 127, acc_lo, acc_hi) is None:
-            proof = mb.signed_requant(m, shift, zp, acc_lo, acc_hi)
+        if rp.fast_requant(m, shift, zp, -128, 127, acc_lo, acc_hi) is None:
+            proof = rp.signed_requant(m, shift, zp, acc_lo, acc_hi)
             if proof is not None:
                 break
     c, right = proof
@@ -376,26 +377,26 @@ def test_fast_requant_refuses_a_range_with_a_negative_half():
     fast = _fast(acc, m, (1 << 2) + zp * 8, 3)
     exact = _exact(acc, m, shift, zp, -128, 127)
     assert np.any(fast != exact)           # e.g. acc = -8: y = -4, -0.5 -> 0 vs -1
-    assert mb.fast_requant(m, shift, zp, -128, 127, -200, 200) is None
+    assert rp.fast_requant(m, shift, zp, -128, 127, -200, 200) is None
     # a lower clamp at the zero point hides every such case
-    assert mb.fast_requant(m, shift, zp, zp, 127, -200, 200) is not None
+    assert rp.fast_requant(m, shift, zp, zp, 127, -200, 200) is not None
     clamped = np.clip(fast, zp, 127)
     np.testing.assert_array_equal(clamped, _exact(acc, m, shift, zp, zp, 127))
 
 
 def test_fast_requant_refuses_overflow_and_left_shifts():
-    assert mb.fast_requant(1 << 30, 1, 0, -128, 127, -10, 10) is None       # multiplier > 1
-    assert mb.fast_requant(1 << 30, -2, 0, -128, 127, 0, 1 << 30) is None   # 2*acc overflows
+    assert rp.fast_requant(1 << 30, 1, 0, -128, 127, -10, 10) is None       # multiplier > 1
+    assert rp.fast_requant(1 << 30, -2, 0, -128, 127, 0, 1 << 30) is None   # 2*acc overflows
 
 
 def test_folding_the_input_offset_wraps_like_int32():
     rng = np.random.default_rng(0)
     w = rng.integers(-127, 128, size=(4, 9))
     bias = np.array([2**31 - 5, -2**31 + 3, 0, 7])
-    folded = mb.fold_input_offset(bias, w, 128)
+    folded = rp.fold_input_offset(bias, w, 128)
     x = rng.integers(-128, 128, size=9)
-    direct = mb.wrap_int32(bias + ((x + 128) * w).sum(axis=1))
-    np.testing.assert_array_equal(mb.wrap_int32(folded + (x * w).sum(axis=1)), direct)
+    direct = rp.wrap_int32(bias + ((x + 128) * w).sum(axis=1))
+    np.testing.assert_array_equal(rp.wrap_int32(folded + (x * w).sum(axis=1)), direct)
 
 
 def test_sxtb16_order_pairs_match_the_widened_columns():

@@ -8,7 +8,7 @@ layers with large maps too: see DEPTHWISE_MAX_OUTPUT_PIXELS).
   int8 GEMM. A block of 2 pixels x 4 output channels accumulates over the input channels 16
   at a time with VMLADAVA.S8 (16 int8 products summed into a scalar int32); the last, partial
   16 is tail-predicated (VCTP8 + zeroing loads + VMLADAVA.S8 with the predicate). The input
-  offset is folded into the bias offline (``kernels_mbgen.fold_input_offset``): no tap is
+  offset is folded into the bias offline (``requant_proofs.fold_input_offset``): no tap is
   ever padded, so the fold is exact.
 * depthwise (``depthwise.c.j2``, depth multiplier 1, any kernel, stride, dilation, padding):
   4 channels per vector, int8 widened to int32 lanes by VLDRB.S32, VMUL.I32 + VADD.I32 per
@@ -20,7 +20,7 @@ layers with large maps too: see DEPTHWISE_MAX_OUTPUT_PIXELS).
   offset folded into a second bias (exact there: every tap is present).
 
 Requantisation, 4 channels per vector, reuses the DSP set's proofs
-(``kernels_mbgen.plan_requant``): where ``fast_requant`` proves SMMLAR(2*acc, m, c) >> R equal
+(``quantize.requant_proofs.plan_requant``): where ``fast_requant`` proves SMMLAR(2*acc, m, c) >> R equal
 to TFLite's MultiplyByQuantizedMultiplier for every reachable accumulator, VRMULH.S32
 (``(a*b + 2**31) >> 32``, SMMLAR without the addend) of 2*acc, VADD of c and VSHL by -R
 compute it, VMAX/VMIN clamp and VSTRB.32 narrows; FAST_SIGNED adds acc >> 31 first. Else
@@ -38,9 +38,10 @@ import numpy as np
 
 from mbgen import ir
 from mbgen.codegen import records as r
-from mbgen.codegen.kernels_mbgen import RequantScheme, accumulator_range, fold_input_offset, plan_requant
 from mbgen.codegen.lowering import LoweringContext, nhwc
 from mbgen.quantize import params
+from mbgen.quantize.requant_proofs import (RequantScheme, accumulator_range, fold_input_offset,
+                                          plan_requant)
 
 # Register block of the pointwise GEMM: 2 pixels x 4 channels = 8 scalar accumulators, 2
 # input vectors and 1 weight vector live at once (Helium has 8 Q registers).
