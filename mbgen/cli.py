@@ -139,6 +139,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from mbgen.html_report import write_report
+    path = write_report(Path(args.folder), Path(args.output) if args.output else None)
+    print(f"report: {path}")
+    return EXIT_OK
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from mbgen.bench import bench_model
     result = bench_model(args.model, args.target, kernel_sets=args.kernels,
@@ -206,6 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", metavar="DIR", help="photos to use as inputs (and synthetic ones)")
     p.add_argument("--count", type=int, default=3, help="synthetic inputs (default: 3)")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("report", help="write report.html: the memory plan as a picture, "
+                       "the layers and the budget")
+    p.add_argument("folder")
+    p.add_argument("-o", "--output", metavar="FILE.html",
+                   help="where to write it (default: OUT/report.html)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", help="instructions per layer and kernel set, in QEMU")
     p.add_argument("model")

@@ -187,7 +187,7 @@ def generate(graph: ir.Graph, plan: GraphPlan, out_dir: Path, *, name: str = "mo
     rendered = {path: env.get_template(t).render(context) for path, t in sources.items()}
     report = build_report(graph, layers, constants, name=name, target=target,
                           kernels=kernels, arena_bytes=int(plan.arena_size), files=files,
-                          build=build_flags)
+                          build=build_flags, plan=plan)
     with tempfile.TemporaryDirectory(prefix="mbgen-render-") as staging:
         for path, text in rendered.items():
             (Path(staging) / path).write_text(text)

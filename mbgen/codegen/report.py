@@ -5,6 +5,7 @@ from __future__ import annotations
 from mbgen import ir
 from mbgen.output_folder import GENERATOR_TAG
 from mbgen.codegen.records import ConstArray, Layer
+from mbgen.planner import GraphPlan
 
 
 
@@ -43,7 +44,7 @@ def _output_quant(graph: ir.Graph, node: ir.Node) -> dict | None:
 
 def build_report(graph: ir.Graph, layers: list[Layer], constants: list[ConstArray], *,
                  name: str, target: str, kernels: str, arena_bytes: int,
-                 files: list[str], build: dict) -> dict:
+                 files: list[str], build: dict, plan: GraphPlan) -> dict:
     fallbacks = [layer.name for layer in layers if layer.kernel_set != kernels]
     return {
         "generator": GENERATOR_TAG,
@@ -60,6 +61,7 @@ def build_report(graph: ir.Graph, layers: list[Layer], constants: list[ConstArra
         "fallback_layers": fallbacks,
         "files": files,
         "build": build,
+        "buffers": plan_buffers(graph, plan),
         "layers": [
             {
                 "name": layer.name,
@@ -76,3 +78,25 @@ def build_report(graph: ir.Graph, layers: list[Layer], constants: list[ConstArra
             for layer, node in zip(layers, graph.nodes, strict=True)
         ],
     }
+
+
+def plan_buffers(graph: ir.Graph, plan: GraphPlan) -> list[dict]:
+    """Every activation and scratch buffer of the memory plan: which layer makes it, the
+    layers it lives across (inclusive), its bytes and where it is (arena offset, or the
+    caller's input / output buffer)."""
+    producer = {out: node.name for node in graph.nodes for out in node.outputs}
+    buffers = []
+    for tensor, life in plan.lifetimes.items():
+        buffers.append({
+            "tensor": tensor, "layer": producer.get(tensor, "input"),
+            "first_use": life.first_use, "last_use": life.last_use, "bytes": life.size,
+            "offset": life.offset, "where": plan.external.get(tensor, "arena")})
+    names = [node.name for node in graph.nodes]
+    for node_name, offset in plan.scratch_offsets.items():
+        index = names.index(node_name)
+        size = next(b.size for b in plan.buffers if b.name.endswith(":" + node_name)
+                    and b.first_use == index)
+        buffers.append({
+            "tensor": f"scratch of {node_name}", "layer": node_name, "first_use": index,
+            "last_use": index, "bytes": size, "offset": offset, "where": "scratch"})
+    return buffers

@@ -1,0 +1,85 @@
+"""`mbgen report OUT`: the memory picture names every layer and draws every buffer where the
+plan put it; the budget bars and the layer table are there."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+
+import pytest
+
+from mbgen.compiler import CompileOptions, emit
+from mbgen.errors import UserError
+from mbgen.html_report import write_report
+
+
+class _Svg(HTMLParser):
+    """Collects the timeline's buffer rectangles (with their titles) and layer labels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rects: list[dict] = []
+        self.layer_labels: list[str] = []
+        self.budget_bars = 0
+        self.table_rows = 0
+        self._in: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "rect" and a.get("class") == "buffer":
+            self.rects.append({**a, "title": ""})
+            self._in = "rect"
+        elif tag == "title" and self._in == "rect":
+            self._in = "title"
+        elif tag == "text" and a.get("class") == "layer":
+            self.layer_labels.append("")
+            self._in = "layer"
+        elif tag == "svg" and a.get("class") == "budget":
+            self.budget_bars += 1
+        elif tag == "tr":
+            self.table_rows += 1
+
+    def handle_data(self, data):
+        if self._in == "title":
+            self.rects[-1]["title"] += data
+        elif self._in == "layer":
+            self.layer_labels[-1] += data
+
+    def handle_endtag(self, tag):
+        if tag in ("title", "text"):
+            self._in = None if tag == "text" or self._in != "title" else "rect"
+        if tag == "rect":
+            self._in = None
+
+
+def test_report_pictures_the_plan(prepared, tmp_path):
+    model = prepared("mbv2_0.35_96")
+    graph = model.graph
+    compiled = emit(model, CompileOptions(target="cortex-m7", kernels="portable",
+                                          out_dir=tmp_path / "out", flash_bytes=1 << 24))
+    report, plan = compiled.report, compiled.plan
+    page = _Svg()
+    page.feed(write_report(tmp_path / "out").read_text())
+    names = [node.name for node in graph.nodes]
+    # Every layer is named under the picture, in order.
+    assert [label.split(" ", 1)[1] for label in page.layer_labels] == names
+    # One rectangle per planned buffer, each at its arena offset (residuals included).
+    assert len(page.rects) == len(report["buffers"]) == len(plan.lifetimes)
+    arena_rects = [r for r in page.rects if "arena offset" in r["title"]]
+    scale = 320 / plan.arena_size
+    for rect, buffer in zip(page.rects, report["buffers"]):
+        assert buffer["layer"] in rect["title"]
+        if buffer["offset"] is not None:
+            assert float(rect["y"]) == pytest.approx(buffer["offset"] * scale, abs=0.01)
+    assert arena_rects and page.table_rows == len(names) + 1
+    assert page.budget_bars == 2  # RAM and flash of the Cortex-M7 budget
+    # Its own page it rewrites; anything else it refuses to overwrite.
+    write_report(tmp_path / "out")
+    (tmp_path / "mine.html").write_text("<html>mine</html>")
+    with pytest.raises(UserError, match="not written by mbgen"):
+        write_report(tmp_path / "out", tmp_path / "mine.html")
+    assert (tmp_path / "mine.html").read_text() == "<html>mine</html>"
+
+
+def test_report_needs_a_generated_folder(tmp_path):
+    with pytest.raises(UserError, match="report.json"):
+        write_report(tmp_path)
