@@ -24,6 +24,19 @@ from typing import Union
 import numpy as np
 
 
+class Requantization(enum.Enum):
+    """How an int8 op turns its int32 (or rescaled) value into the output's int8.
+
+    TFLITE: Q31 multiplier and shift, rounding half away from zero (TFLite, TFLM, CMSIS-NN).
+    ONNXRUNTIME: float32 scale, rounding half to even, as onnxruntime's CPU provider (MLAS)
+    runs QLinearConv, QGemm, QLinearAdd, QLinearGlobalAveragePool and QuantizeLinear.
+    Every kernel set that only knows TFLite's arithmetic must decline ONNXRUNTIME nodes.
+    """
+
+    TFLITE = "tflite"
+    ONNXRUNTIME = "onnxruntime"
+
+
 class Activation(enum.Enum):
     """Activation fused into the op that produces a tensor."""
 
@@ -67,6 +80,7 @@ class Conv2D:
     padding: Padding = Padding()
     dilation: tuple[int, int] = (1, 1)
     activation: Activation = Activation.NONE
+    requantization: Requantization = Requantization.TFLITE
 
 
 @dataclass(frozen=True)
@@ -78,6 +92,7 @@ class DepthwiseConv2D:
     depth_multiplier: int = 1
     dilation: tuple[int, int] = (1, 1)
     activation: Activation = Activation.NONE
+    requantization: Requantization = Requantization.TFLITE
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,7 @@ class FullyConnected:
     """inputs: x (1,I), weight (O,I), bias (O,) optional. Output (1,O)."""
 
     activation: Activation = Activation.NONE
+    requantization: Requantization = Requantization.TFLITE
 
 
 @dataclass(frozen=True)
@@ -92,6 +108,7 @@ class Add:
     """inputs: a, b of the same shape (residual connection)."""
 
     activation: Activation = Activation.NONE
+    requantization: Requantization = Requantization.TFLITE
 
 
 @dataclass(frozen=True)
@@ -117,6 +134,7 @@ class Mean:
 
     axes: tuple[int, ...] = (1, 2)
     keep_dims: bool = True
+    requantization: Requantization = Requantization.TFLITE
 
 
 @dataclass(frozen=True)
@@ -175,6 +193,8 @@ class Identity:
 class Quantize:
     """inputs: x. float->int8, or int8->int8 requantisation (TFLite QUANTIZE)."""
 
+    requantization: Requantization = Requantization.TFLITE
+
 
 @dataclass(frozen=True)
 class Dequantize:
@@ -186,6 +206,11 @@ OpAttrs = Union[Conv2D, DepthwiseConv2D, FullyConnected, Add, Mul, AveragePool2D
                 Identity, Quantize, Dequantize]
 
 OP_TYPES: tuple[type, ...] = OpAttrs.__args__  # type: ignore[attr-defined]
+
+
+def requantization_of(op: OpAttrs) -> Requantization:
+    """The op's requantisation arithmetic (TFLITE for ops that have no choice)."""
+    return getattr(op, "requantization", Requantization.TFLITE)
 
 
 def op_name(op: OpAttrs) -> str:

@@ -1,0 +1,501 @@
+"""int8 ONNX models (onnxruntime.quantization) to int8 IR graphs with onnxruntime arithmetic.
+
+Both formats that ``quantize_static`` writes are read, with their quantisation parameters
+taken as stored:
+
+* **QOperator**: QuantizeLinear, QLinearConv (group 1 or depthwise), QLinearMatMul,
+  com.microsoft QGemm / QLinearAdd / QLinearGlobalAveragePool, Flatten/Reshape on int8
+  tensors, DequantizeLinear.
+* **QDQ**: float Conv / Gemm / MatMul / Add / GlobalAveragePool whose inputs come from
+  DequantizeLinear and whose output goes to one QuantizeLinear. onnxruntime fuses such
+  groups into the QOperator kernels above, so they become the same IR ops; Flatten/Reshape
+  between a DequantizeLinear and a QuantizeLinear with equal parameters is a reshape.
+
+Every int8 op gets ``requantization=ONNXRUNTIME`` (float32 scales, round half to even; see
+``mbgen/quantize/onnxruntime_params.py``). Activations are int8; uint8 activations are refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mbgen import ir
+from mbgen.errors import UserError
+from mbgen.frontends.onnx_frontend import (_Converter, _graph_inputs, _layout_for, _Layout,
+                                           _OnnxNode, _Order, _pair,
+                                           _reshape_target)
+
+ORT = ir.Requantization.ONNXRUNTIME
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul",
+                           "QGemm", "QLinearAdd", "QLinearGlobalAveragePool", "MatMulInteger",
+                           "QLinearMul", "QLinearAveragePool", "QLinearSigmoid"})
+_DOMAINS = ("", "ai.onnx", "com.microsoft")
+
+
+def is_quantized(model) -> bool:
+    """True when the model holds any quantised ONNX op (then this module converts it)."""
+    return any(n.op_type in QUANTIZED_OPS and n.domain in _DOMAINS for n in model.graph.node)
+
+
+@dataclass(frozen=True)
+class _Dequantized:
+    """A DequantizeLinear output: an int8 activation, or int8/int32 constant data."""
+
+    tensor: str | None               # IR name of the int8 activation, None for constants
+    data: np.ndarray | None          # the stored integers of a constant
+    scale: np.ndarray                # float32
+    zero_point: np.ndarray           # int32
+    axis: int
+
+
+def convert(model, constants: dict[str, np.ndarray], shapes: dict, name: str) -> ir.Graph:
+    return _QuantizedConverter(model, constants, shapes, name).convert()
+
+
+class _QuantizedConverter(_Converter):
+    """Walks the ONNX nodes in order; QDQ groups are converted at their float op."""
+
+    def __init__(self, model, constants, shapes, name) -> None:
+        super().__init__(model, constants, shapes, name)
+        self.dequantized: dict[str, _Dequantized] = {}
+        self.float_tensors: set[str] = set()
+
+    # ------------------------------------------------------------------ tensors
+
+    def _int8_activation(self, onnx_name: str, layout: _Layout, scale: float,
+                         zero_point: int) -> str:
+        name = self._unique_tensor_name(onnx_name)
+        self.ir_names[onnx_name] = name
+        self.layouts[onnx_name] = layout
+        self.tensors[name] = ir.Tensor(name, layout.ir_shape, "int8",
+                                       quant=ir.QuantParams.per_tensor(scale, zero_point))
+        return name
+
+    def _int_const(self, wanted: str, data: np.ndarray, dtype: str,
+                   quant: ir.QuantParams) -> str:
+        name = self._unique_tensor_name(wanted)
+        data = np.ascontiguousarray(data, dtype=dtype)
+        self.tensors[name] = ir.Tensor(name, tuple(data.shape), dtype, data, quant)
+        return name
+
+    def _scalar_param(self, node: _OnnxNode, index: int, what: str) -> np.ndarray:
+        value = np.asarray(self._constant(node, index, what))
+        if value.size != 1:
+            raise UserError(f"ONNX {node.op_type} {node.where()}: {what} must be one value, "
+                            f"got shape {value.shape}")
+        return value.reshape(-1)
+
+    def _scale_zp(self, node: _OnnxNode, scale_index: int, what: str) -> tuple[float, int]:
+        scale = self._scalar_param(node, scale_index, f"{what} scale").astype(np.float32)
+        zp = self._zero_point(node, scale_index + 1, what)
+        if zp.size != 1:
+            raise UserError(f"ONNX {node.op_type} {node.where()}: {what} zero point must be "
+                            "one value")
+        return float(scale[0]), int(zp[0])
+
+    def _zero_point(self, node: _OnnxNode, index: int, what: str) -> np.ndarray:
+        if index >= len(node.inputs) or not node.inputs[index]:
+            raise UserError(f"ONNX {node.op_type} {node.where()}: {what} has no zero point "
+                            "(uint8 default); mbgen reads int8 models only")
+        value = np.asarray(self._constant(node, index, f"{what} zero point"))
+        if value.dtype != np.int8:
+            raise UserError(f"ONNX {node.op_type} {node.where()}: {what} is {value.dtype}; "
+                            "mbgen reads int8 quantised ONNX models only (quantize_static "
+                            "with activation_type=QInt8, weight_type=QInt8)")
+        return value.reshape(-1).astype(np.int32)
+
+    def _int8_input(self, node: _OnnxNode, index: int, scale: float, zero_point: int) -> str:
+        """An int8 activation read with the given parameters (they must be the tensor's)."""
+        name, _ = self._input(node, index)
+        tensor = self.tensors[name]
+        if tensor.dtype != "int8":
+            raise UserError(f"ONNX {node.op_type} {node.where()} reads {node.inputs[index]!r}, "
+                            "which is not an int8 tensor")
+        q = tensor.quant
+        if np.float32(q.scalar_scale) != np.float32(scale) or q.scalar_zero_point != zero_point:
+            raise UserError(f"ONNX {node.op_type} {node.where()} reads {node.inputs[index]!r} "
+                            "with other quantisation parameters than it was written with")
+        return name
+
+    def _weight(self, node: _OnnxNode, data: np.ndarray, scale: np.ndarray,
+                zero_point: np.ndarray, channels: int, axis: int, what: str) -> ir.QuantParams:
+        if data.dtype != np.int8:
+            raise UserError(f"ONNX {node.op_type} {node.where()}: weights are {data.dtype}; "
+                            "mbgen reads int8 weights only")
+        if np.any(zero_point != 0):
+            raise UserError(f"ONNX {node.op_type} {node.where()}: weight zero points must be 0 "
+                            "(symmetric int8 weights)")
+        scale = np.asarray(scale, dtype=np.float32).reshape(-1)
+        if scale.size not in (1, channels):
+            raise UserError(f"ONNX {node.op_type} {node.where()}: {scale.size} {what} scales "
+                            f"for {channels} output channels")
+        return ir.QuantParams(scale, np.zeros(scale.size, dtype=np.int32),
+                              axis if scale.size > 1 else None)
+
+    def _bias(self, node: _OnnxNode, data: np.ndarray | None, channels: int, x_scale: float,
+              w_quant: ir.QuantParams) -> list[str]:
+        if data is None:
+            return []
+        if data.dtype != np.int32 or data.size != channels:
+            raise UserError(f"ONNX {node.op_type} {node.where()}: bias must be {channels} int32 "
+                            "values")
+        scale = (np.float32(x_scale) * w_quant.scale).astype(np.float32)
+        quant = ir.QuantParams(scale, np.zeros(scale.size, dtype=np.int32), w_quant.axis)
+        return [self._int_const(f"{node.label}_bias", data.reshape(channels), "int32", quant)]
+
+    # ------------------------------------------------------------------ driver
+
+    def convert(self) -> ir.Graph:
+        graph_input = _graph_inputs(self.model.graph)[0]
+        shape = self.shapes.get(graph_input.name)
+        if shape is None or len(shape) not in (2, 4):
+            raise UserError(f"ONNX model input {graph_input.name!r} must be NCHW (rank 4) or "
+                            f"(1, N), got shape {shape}")
+        self.tensors["input"] = ir.Tensor("input", _layout_for(shape).ir_shape, "float32")
+        self.ir_names[graph_input.name] = "input"
+        self.layouts[graph_input.name] = _layout_for(shape)
+        self.float_tensors.add(graph_input.name)
+        for node in self.onnx_nodes:
+            if node.label not in self.absorbed:
+                self._convert_node(node)
+        outputs = []
+        for out in self.model.graph.output:
+            if out.name not in self.layouts:
+                raise UserError(f"ONNX model output {out.name!r} is not computed by an op "
+                                "mbgen converts (a QDQ group without its QuantizeLinear?)")
+            outputs.append(self.ir_names[out.name])
+        used = {name for n in self.nodes for name in n.inputs}
+        tensors = {k: t for k, t in self.tensors.items() if not t.is_const or k in used}
+        metadata = {"source": "onnx", "opset": str(self.opset), "requantization": ORT.value,
+                    "producer": f"{self.model.producer_name} {self.model.producer_version}".strip()}
+        return ir.Graph(self.name, tensors, self.nodes, ["input"], outputs, metadata)
+
+    def _convert_node(self, node: _OnnxNode) -> None:
+        domain = node.proto.domain
+        handler = _HANDLERS.get(node.op_type) if domain in _DOMAINS else None
+        if handler is None:
+            op = node.op_type if domain in ("", "ai.onnx") else f"{domain}.{node.op_type}"
+            raise UserError(f"unsupported ONNX op {op!r} in an int8 model (node {node.label!r})")
+        self._check_single_output(node)
+        handler(self, node)
+
+    # ------------------------------------------------------------------ Q / DQ
+
+    def _quantize_linear(self, node: _OnnxNode) -> None:
+        scale, zp = self._scale_zp(node, 1, "output")
+        source = node.inputs[0]
+        if source in self.dequantized and self.dequantized[source].tensor is not None:
+            dq = self.dequantized[source]  # DQ -> Q with the same parameters: nothing to do
+            if np.float32(dq.scale[0]) != np.float32(scale) or int(dq.zero_point[0]) != zp:
+                raise UserError(f"ONNX QuantizeLinear {node.where()} requantises "
+                                f"{source!r} (DequantizeLinear -> QuantizeLinear with other "
+                                "parameters), which mbgen does not support")
+            self.ir_names[node.proto.output[0]] = dq.tensor
+            self.layouts[node.proto.output[0]] = self.layouts[source]
+            return
+        if source not in self.float_tensors:
+            raise UserError(f"ONNX QuantizeLinear {node.where()} quantises {source!r}, which "
+                            "is not the float model input nor the output of a QDQ group")
+        x, layout = self._input(node, 0)
+        out = self._int8_activation(node.proto.output[0], layout, scale, zp)
+        self.nodes.append(ir.Node(self._unique_node_name(node.label), ir.Quantize(ORT), [x],
+                                  [out]))
+
+    def _dequantize_linear(self, node: _OnnxNode) -> None:
+        value = node.inputs[0]
+        attrs = node.attrs
+        if value in self.constants:
+            data = np.asarray(self.constants[value])
+            scale = np.asarray(self._constant(node, 1, "scale"), dtype=np.float32).reshape(-1)
+            zp = np.zeros(scale.size, dtype=np.int32)
+            if len(node.inputs) > 2 and node.inputs[2]:
+                zp = np.asarray(self.constants.get(node.inputs[2], 0)).reshape(-1)
+                zp = zp.astype(np.int32)
+            self.dequantized[node.proto.output[0]] = _Dequantized(
+                None, data, scale, zp, int(attrs.get("axis", 1)))
+            return
+        scale, zp = self._scale_zp(node, 1, "input")
+        x = self._int8_input(node, 0, scale, zp)
+        out = node.proto.output[0]
+        self.dequantized[out] = _Dequantized(x, None, np.array([scale], np.float32),
+                                             np.array([zp], np.int32), 1)
+        # A DequantizeLinear that ends the model (or feeds float ops) is a real op.
+        self.ir_names[out] = x
+        self.layouts[out] = self.layouts[value]
+        if self._feeds_graph_output(out):
+            layout = self.layouts[value]
+            name = self._unique_tensor_name(out)
+            self.tensors[name] = ir.Tensor(name, layout.ir_shape, "float32")
+            self.ir_names[out] = name
+            self.nodes.append(ir.Node(self._unique_node_name(node.label), ir.Dequantize(),
+                                      [x], [name]))
+
+    def _feeds_graph_output(self, value: str) -> bool:
+        return value in {o.name for o in self.model.graph.output}
+
+    def _qdq_output(self, node: _OnnxNode) -> tuple[str, float, int]:
+        """The QuantizeLinear that closes a QDQ group: its output name, scale and zero point."""
+        quantize = self._single_consumer(node.proto.output[0])
+        if quantize is None or quantize.op_type != "QuantizeLinear":
+            raise UserError(f"ONNX {node.op_type} {node.where()} in an int8 model is not "
+                            "followed by exactly one QuantizeLinear; mbgen runs float ops "
+                            "only inside DequantizeLinear/QuantizeLinear groups")
+        scale, zp = self._scale_zp(quantize, 1, "output")
+        self.absorbed.add(quantize.label)
+        return quantize.proto.output[0], scale, zp
+
+    def _dq_input(self, node: _OnnxNode, index: int) -> _Dequantized:
+        value = node.inputs[index] if index < len(node.inputs) else ""
+        if value not in self.dequantized:
+            raise UserError(f"ONNX {node.op_type} {node.where()} in an int8 model reads "
+                            f"{value!r}, which is not the output of a DequantizeLinear")
+        return self.dequantized[value]
+
+    # ------------------------------------------------------------------ convolutions
+
+    def _emit_conv(self, node: _OnnxNode, x: str, layout: _Layout, weight: np.ndarray,
+                   w_scale: np.ndarray, w_zp: np.ndarray, bias: np.ndarray | None,
+                   x_scale: float, out_name: str, out_scale: float, out_zp: int) -> None:
+        attrs = node.attrs
+        if weight.ndim != 4:
+            raise UserError(f"ONNX {node.op_type} {node.where()} is not 2-D")
+        out_ch, in_per_group, kh, kw = weight.shape
+        in_ch = layout.onnx_shape[1]
+        group = int(attrs.get("group", 1))
+        stride = _pair(attrs.get("strides", (1, 1)), node)
+        dilation = _pair(attrs.get("dilations", (1, 1)), node)
+        padding = self._window_padding(node, layout.onnx_shape[2:], (kh, kw), stride, dilation)
+        if group == 1 and in_per_group == in_ch:
+            quant = self._weight(node, weight, w_scale, w_zp, out_ch, 0, "weight")
+            op: ir.OpAttrs = ir.Conv2D(stride, padding, dilation, requantization=ORT)
+            w = self._int_const(node.inputs[1], weight.transpose(0, 2, 3, 1), "int8", quant)
+        elif group == in_ch and in_per_group == 1 and out_ch % in_ch == 0:
+            quant = self._weight(node, weight, w_scale, w_zp, out_ch, 3, "weight")
+            op = ir.DepthwiseConv2D(stride, padding, out_ch // in_ch, dilation,
+                                    requantization=ORT)
+            w = self._int_const(node.inputs[1], weight.transpose(1, 2, 3, 0), "int8", quant)
+        else:
+            raise UserError(f"ONNX {node.op_type} {node.where()} has group={group} with "
+                            f"{in_ch} input channels; mbgen supports group=1 and "
+                            "group=channels (depthwise) only")
+        inputs = [x, w] + self._bias(node, bias, out_ch, x_scale, quant)
+        # onnx's shape inference stops at com.microsoft ops: the size comes from the window.
+        n, _, in_h, in_w = layout.onnx_shape
+        out_hw = [(size + lo + hi - (k - 1) * d - 1) // s + 1 for size, lo, hi, k, d, s in
+                  ((in_h, padding.top, padding.bottom, kh, dilation[0], stride[0]),
+                   (in_w, padding.left, padding.right, kw, dilation[1], stride[1]))]
+        if min(out_hw) < 1:
+            raise UserError(f"ONNX {node.op_type} {node.where()}: the window is larger than "
+                            "the padded input")
+        out = self._int8_activation(out_name, _layout_for((n, out_ch, *out_hw)), out_scale,
+                                    out_zp)
+        self.nodes.append(ir.Node(self._unique_node_name(node.label), op, inputs, [out]))
+
+    def _qlinear_conv(self, node: _OnnxNode) -> None:
+        x_scale, x_zp = self._scale_zp(node, 1, "input")
+        x = self._int8_input(node, 0, x_scale, x_zp)
+        layout = self.layouts[node.inputs[0]]
+        weight = np.asarray(self._constant(node, 3, "weight"))
+        w_scale = np.asarray(self._constant(node, 4, "weight scale"))
+        w_zp = self._zero_point(node, 5, "weight")
+        y_scale, y_zp = self._scale_zp(node, 6, "output")
+        bias = self._optional_constant(node, 8, "bias")
+        self._emit_conv(node, x, layout, weight, w_scale, w_zp, bias, x_scale,
+                        node.proto.output[0], y_scale, y_zp)
+
+    def _qdq_conv(self, node: _OnnxNode) -> None:
+        x = self._dq_input(node, 0)
+        w = self._dq_input(node, 1)
+        b = self._dq_input(node, 2) if len(node.inputs) > 2 and node.inputs[2] else None
+        if x.tensor is None or w.data is None or (b is not None and b.data is None):
+            raise UserError(f"ONNX Conv {node.where()}: expected a dequantised activation, "
+                            "constant weights and a constant bias")
+        out, y_scale, y_zp = self._qdq_output(node)
+        self._emit_conv(node, x.tensor, self.layouts[node.inputs[0]], w.data, w.scale,
+                        w.zero_point, None if b is None else b.data, float(x.scale[0]), out,
+                        y_scale, y_zp)
+
+    # ------------------------------------------------------------------ fully connected
+
+    def _emit_fc(self, node: _OnnxNode, x: str, weight_oi: np.ndarray, w_scale: np.ndarray,
+                 w_zp: np.ndarray, bias: np.ndarray | None, x_scale: float, out_name: str,
+                 out_scale: float, out_zp: int) -> None:
+        layout = self.layouts[node.inputs[0]]
+        if len(layout.onnx_shape) != 2 or not layout.same_order_as_onnx:
+            raise UserError(f"ONNX {node.op_type} {node.where()} needs a (1, N) input, got "
+                            f"{layout.onnx_shape}")
+        out_features = weight_oi.shape[0]
+        quant = self._weight(node, weight_oi, w_scale, w_zp, out_features, 0, "weight")
+        w = self._int_const(f"{node.label}_weight", weight_oi, "int8", quant)
+        if bias is not None and bias.ndim > 1:
+            bias = bias.reshape(-1)
+        inputs = [x, w] + self._bias(node, bias, out_features, x_scale, quant)
+        layout_out = _Layout(_Order.PLAIN, (1, out_features))
+        out = self._int8_activation(out_name, layout_out, out_scale, out_zp)
+        self.nodes.append(ir.Node(self._unique_node_name(node.label),
+                                  ir.FullyConnected(requantization=ORT), inputs, [out]))
+
+    def _gemm_weight(self, node: _OnnxNode, b: np.ndarray) -> np.ndarray:
+        attrs = node.attrs
+        if int(attrs.get("transA", 0)) or float(attrs.get("alpha", 1.0)) != 1.0 \
+                or float(attrs.get("beta", 1.0)) != 1.0:
+            raise UserError(f"ONNX {node.op_type} {node.where()}: only transA=0, alpha=1 and "
+                            "beta=1 are supported")
+        return b if int(attrs.get("transB", 0)) else b.T
+
+    def _qgemm(self, node: _OnnxNode) -> None:
+        x_scale, x_zp = self._scale_zp(node, 1, "input")
+        x = self._int8_input(node, 0, x_scale, x_zp)
+        if len(node.inputs) < 9 or not node.inputs[7]:
+            raise UserError(f"ONNX QGemm {node.where()} has a float output; mbgen needs int8")
+        weight = self._gemm_weight(node, np.asarray(self._constant(node, 3, "weight")))
+        w_scale = np.asarray(self._constant(node, 4, "weight scale"))
+        w_zp = self._zero_point(node, 5, "weight")
+        bias = self._optional_constant(node, 6, "bias")
+        y_scale, y_zp = self._scale_zp(node, 7, "output")
+        self._emit_fc(node, x, weight, w_scale, w_zp, bias, x_scale, node.proto.output[0],
+                      y_scale, y_zp)
+
+    def _qlinear_matmul(self, node: _OnnxNode) -> None:
+        x_scale, x_zp = self._scale_zp(node, 1, "input")
+        x = self._int8_input(node, 0, x_scale, x_zp)
+        weight = np.asarray(self._constant(node, 3, "weight")).T
+        w_scale = np.asarray(self._constant(node, 4, "weight scale"))
+        w_zp = self._zero_point(node, 5, "weight")
+        y_scale, y_zp = self._scale_zp(node, 6, "output")
+        self._emit_fc(node, x, weight, w_scale, w_zp, None, x_scale, node.proto.output[0],
+                      y_scale, y_zp)
+
+    def _qdq_fc(self, node: _OnnxNode) -> None:
+        x = self._dq_input(node, 0)
+        w = self._dq_input(node, 1)
+        b = self._dq_input(node, 2) if len(node.inputs) > 2 and node.inputs[2] else None
+        if x.tensor is None or w.data is None or (b is not None and b.data is None):
+            raise UserError(f"ONNX {node.op_type} {node.where()}: expected a dequantised "
+                            "activation, constant weights and a constant bias")
+        weight = self._gemm_weight(node, w.data) if node.op_type == "Gemm" else w.data.T
+        out, y_scale, y_zp = self._qdq_output(node)
+        self._emit_fc(node, x.tensor, weight, w.scale, w.zero_point,
+                      None if b is None else b.data, float(x.scale[0]), out, y_scale, y_zp)
+
+    # ------------------------------------------------------------------ elementwise, pooling
+
+    def _emit_binary(self, node: _OnnxNode, a: str, b: str, out_name: str, scale: float,
+                     zp: int) -> None:
+        la, lb = self.layouts[node.inputs[0]], self.layouts[node.inputs[3]
+                                                             if node.op_type == "QLinearAdd"
+                                                             else node.inputs[1]]
+        if la.onnx_shape != lb.onnx_shape:
+            raise UserError(f"ONNX {node.op_type} {node.where()}: broadcasting "
+                            f"{la.onnx_shape} with {lb.onnx_shape} is not supported")
+        out = self._int8_activation(out_name, la, scale, zp)
+        self.nodes.append(ir.Node(self._unique_node_name(node.label),
+                                  ir.Add(requantization=ORT), [a, b], [out]))
+
+    def _qlinear_add(self, node: _OnnxNode) -> None:
+        a_scale, a_zp = self._scale_zp(node, 1, "input A")
+        b_scale, b_zp = self._scale_zp(node, 4, "input B")
+        y_scale, y_zp = self._scale_zp(node, 6, "output")
+        self._emit_binary(node, self._int8_input(node, 0, a_scale, a_zp),
+                          self._int8_input(node, 3, b_scale, b_zp),
+                          node.proto.output[0], y_scale, y_zp)
+
+    def _qdq_add(self, node: _OnnxNode) -> None:
+        a, b = self._dq_input(node, 0), self._dq_input(node, 1)
+        if a.tensor is None or b.tensor is None:
+            raise UserError(f"ONNX Add {node.where()}: adding a constant is not supported")
+        out, y_scale, y_zp = self._qdq_output(node)
+        self._emit_binary(node, a.tensor, b.tensor, out, y_scale, y_zp)
+
+    def _emit_global_pool(self, node: _OnnxNode, x: str, out_name: str, scale: float,
+                          zp: int) -> None:
+        if int(node.attrs.get("channels_last", 0)):
+            raise UserError(f"ONNX {node.op_type} {node.where()}: channels_last is not "
+                            "supported")
+        layout = self.layouts[node.inputs[0]]
+        if layout.order is not _Order.NHWC:
+            raise UserError(f"ONNX {node.op_type} {node.where()} needs an NCHW input")
+        n, c, _, _ = layout.onnx_shape
+        out = self._int8_activation(out_name, _layout_for((n, c, 1, 1)), scale, zp)
+        self.nodes.append(ir.Node(self._unique_node_name(node.label),
+                                  ir.Mean((1, 2), True, requantization=ORT), [x], [out]))
+
+    def _qlinear_global_pool(self, node: _OnnxNode) -> None:
+        x_scale, x_zp = self._scale_zp(node, 1, "input")
+        y_scale, y_zp = self._scale_zp(node, 3, "output")
+        self._emit_global_pool(node, self._int8_input(node, 0, x_scale, x_zp),
+                               node.proto.output[0], y_scale, y_zp)
+
+    def _qdq_global_pool(self, node: _OnnxNode) -> None:
+        x = self._dq_input(node, 0)
+        out, y_scale, y_zp = self._qdq_output(node)
+        self._emit_global_pool(node, x.tensor, out, y_scale, y_zp)
+
+    # ------------------------------------------------------------------ views
+
+    def _reshape(self, node: _OnnxNode) -> None:
+        """Flatten / Reshape of an int8 tensor (QOperator), or inside DQ -> op -> Q (QDQ)."""
+        source = node.inputs[0]
+        out_shape = self._reshaped(node)
+        if source in self.dequantized:
+            dq = self.dequantized[source]
+            out, scale, zp = self._qdq_output(node)
+            if np.float32(dq.scale[0]) != np.float32(scale) or int(dq.zero_point[0]) != zp:
+                raise UserError(f"ONNX {node.op_type} {node.where()} requantises its input; "
+                                "mbgen supports reshapes with equal parameters only")
+        else:
+            out = node.proto.output[0]
+        x, layout = self._input(node, 0)
+        tensor = self.tensors[x]
+        if tensor.dtype != "int8":
+            raise UserError(f"ONNX {node.op_type} {node.where()} reshapes a float tensor in "
+                            "an int8 model")
+        new_layout = _layout_for(out_shape)
+        if int(np.prod(out_shape)) != int(np.prod(layout.onnx_shape)):
+            raise UserError(f"ONNX {node.op_type} {node.where()}: cannot reshape "
+                            f"{layout.onnx_shape} to {out_shape}")
+        if not (layout.same_order_as_onnx and new_layout.same_order_as_onnx):
+            raise UserError(f"ONNX {node.op_type} {node.where()}: reshaping "
+                            f"{layout.onnx_shape} to {out_shape} reorders NCHW data, which "
+                            "mbgen does not support in int8 models")
+        q = tensor.quant
+        name = self._int8_activation(out, new_layout, q.scalar_scale, q.scalar_zero_point)
+        self.nodes.append(ir.Node(self._unique_node_name(node.label),
+                                  ir.Reshape(new_layout.ir_shape), [x], [name]))
+
+    def _reshaped(self, node: _OnnxNode) -> tuple[int, ...]:
+        """The output shape of a Flatten / Reshape (computed: shape inference may have
+        stopped at an earlier com.microsoft op)."""
+        in_shape = self.layouts[node.inputs[0]].onnx_shape
+        if node.op_type == "Flatten":
+            axis = int(node.attrs.get("axis", 1)) % max(len(in_shape), 1)
+            return (int(np.prod(in_shape[:axis])), int(np.prod(in_shape[axis:])))
+        if node.op_type == "Reshape":
+            spec = self._constant(node, 1, "shape")
+            return _reshape_target(in_shape, spec, bool(node.attrs.get("allowzero", 0)))
+        if node.op_type == "Identity":
+            return in_shape
+        return self._shape(node.proto.output[0], node)
+
+
+_HANDLERS = {
+    "QuantizeLinear": _QuantizedConverter._quantize_linear,
+    "DequantizeLinear": _QuantizedConverter._dequantize_linear,
+    "QLinearConv": _QuantizedConverter._qlinear_conv,
+    "QGemm": _QuantizedConverter._qgemm,
+    "QLinearMatMul": _QuantizedConverter._qlinear_matmul,
+    "QLinearAdd": _QuantizedConverter._qlinear_add,
+    "QLinearGlobalAveragePool": _QuantizedConverter._qlinear_global_pool,
+    "Conv": _QuantizedConverter._qdq_conv,
+    "Gemm": _QuantizedConverter._qdq_fc,
+    "MatMul": _QuantizedConverter._qdq_fc,
+    "Add": _QuantizedConverter._qdq_add,
+    "GlobalAveragePool": _QuantizedConverter._qdq_global_pool,
+    "Flatten": _QuantizedConverter._reshape,
+    "Reshape": _QuantizedConverter._reshape,
+    "Squeeze": _QuantizedConverter._reshape,
+    "Unsqueeze": _QuantizedConverter._reshape,
+    "Identity": _QuantizedConverter._reshape,
+}

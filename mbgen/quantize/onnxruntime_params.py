@@ -1,0 +1,129 @@
+"""Per-op float32 constants of onnxruntime's int8 kernels (its CPU provider, MLAS).
+
+onnxruntime requantises in float: ``q = saturate(round_half_even(float(acc) * scale) + zp)``.
+The constants below are the float32 values its kernels compute from the stored scales, with
+the same operations in the same order (each step rounded to float32):
+
+* QLinearConv / QGemm (alpha 1): ``scale[c] = (x_scale * w_scale[c]) / y_scale``.
+* QLinearGlobalAveragePool: ``scale = x_scale / (y_scale * float(H * W))`` and the int32
+  bias ``-x_zero_point * H * W``; MLAS refuses scales outside [2^-32, 256).
+* QLinearAdd (MLAS's AVX2 kernel): ``ratio_a = a_scale / c_scale``, ``ratio_b = b_scale /
+  c_scale`` and ``fixed = float(c_zp) - (ratio_a * a_zp + ratio_b * b_zp)``; each output is
+  ``fma(a, ratio_a, fma(b, ratio_b, fixed))``.
+* QuantizeLinear: ``x / scale`` (a division), clamp, round half to even, add the zero point.
+
+Both the numpy reference (``mbgen/reference_onnxruntime.py``) and the C lowering
+(``mbgen/codegen/lowering_onnxruntime.py``) take their constants from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mbgen import ir
+
+INT8_MIN, INT8_MAX = -128, 127
+_F32 = np.float32
+_GAP_SCALE_MIN, _GAP_SCALE_MAX = 2.0 ** -32, 256.0
+
+
+@dataclass(frozen=True)
+class OrtConvQuant:
+    """QLinearConv / QGemm: acc = bias + sum((x - input_zero_point) * w), then requantise."""
+
+    input_zero_point: int
+    output_zero_point: int
+    scales: np.ndarray          # float32, one per output channel or one for all
+
+
+@dataclass(frozen=True)
+class OrtAddQuant:
+    a_zero_point: int
+    b_zero_point: int
+    ratio_a: np.float32
+    ratio_b: np.float32
+    fixed: np.float32
+
+
+@dataclass(frozen=True)
+class OrtMeanQuant:
+    count: int
+    bias: int                   # -input_zero_point * count
+    scale: np.float32
+    output_zero_point: int
+
+
+def _quant(graph: ir.Graph, name: str, node: ir.Node) -> ir.QuantParams:
+    q = graph.tensors[name].quant
+    if q is None:
+        raise ValueError(f"{node.name}: tensor {name!r} has no quantisation parameters")
+    scale = np.asarray(q.scale, dtype=np.float32)
+    if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+        raise ValueError(f"{node.name}: tensor {name!r} has a scale that is not a positive "
+                         f"finite number")
+    return q
+
+
+def _per_tensor(graph: ir.Graph, name: str, node: ir.Node) -> tuple[np.float32, int]:
+    q = _quant(graph, name, node)
+    if q.scale.size != 1:
+        raise ValueError(f"{node.name}: tensor {name!r} needs per-tensor quantisation")
+    return _F32(q.scale[0]), int(q.zero_point[0])
+
+
+def _check_no_activation(node: ir.Node) -> None:
+    if getattr(node.op, "activation", ir.Activation.NONE) is not ir.Activation.NONE:
+        raise ValueError(f"{node.name}: onnxruntime int8 ops carry no fused activation")
+
+
+def conv_quant(graph: ir.Graph, node: ir.Node) -> OrtConvQuant:
+    """Conv2D, DepthwiseConv2D and FullyConnected with onnxruntime requantisation."""
+    _check_no_activation(node)
+    x_scale, x_zp = _per_tensor(graph, node.inputs[0], node)
+    y_scale, y_zp = _per_tensor(graph, node.outputs[0], node)
+    w = _quant(graph, node.inputs[1], node)
+    if np.any(w.zero_point != 0):
+        raise ValueError(f"{node.name}: int8 weights need zero point 0")
+    with np.errstate(over="ignore", under="ignore"):
+        scales = (x_scale * np.asarray(w.scale, dtype=np.float32)) / y_scale
+    if not np.all(np.isfinite(scales)) or np.any(scales <= 0):
+        raise ValueError(f"{node.name}: requantisation scale x_scale * w_scale / y_scale is "
+                         "not a positive finite float32")
+    return OrtConvQuant(x_zp, y_zp, scales.astype(np.float32))
+
+
+def add_quant(graph: ir.Graph, node: ir.Node) -> OrtAddQuant:
+    _check_no_activation(node)
+    a_scale, a_zp = _per_tensor(graph, node.inputs[0], node)
+    b_scale, b_zp = _per_tensor(graph, node.inputs[1], node)
+    c_scale, c_zp = _per_tensor(graph, node.outputs[0], node)
+    with np.errstate(over="ignore", under="ignore"):
+        ratio_a, ratio_b = a_scale / c_scale, b_scale / c_scale
+        # Two float32 products and their float32 sum (no fused multiply-add here).
+        fixed = _F32(c_zp) - (ratio_a * _F32(a_zp) + ratio_b * _F32(b_zp))
+    if not all(np.isfinite(v) for v in (ratio_a, ratio_b, fixed)):
+        raise ValueError(f"{node.name}: add scale ratios are not finite float32 values")
+    return OrtAddQuant(a_zp, b_zp, _F32(ratio_a), _F32(ratio_b), _F32(fixed))
+
+
+def mean_quant(graph: ir.Graph, node: ir.Node) -> OrtMeanQuant:
+    """Global average pool over H and W (QLinearGlobalAveragePool)."""
+    x = graph.tensors[node.inputs[0]]
+    if len(x.shape) != 4 or tuple(sorted(a % 4 for a in node.op.axes)) != (1, 2):
+        raise ValueError(f"{node.name}: onnxruntime's average pool is over H and W only")
+    count = int(x.shape[1] * x.shape[2])
+    x_scale, x_zp = _per_tensor(graph, node.inputs[0], node)
+    y_scale, y_zp = _per_tensor(graph, node.outputs[0], node)
+    with np.errstate(over="ignore", under="ignore"):
+        scale = x_scale / (y_scale * _F32(count))
+    if count >= 1 << 24 or not _GAP_SCALE_MIN <= float(scale) < _GAP_SCALE_MAX:
+        raise ValueError(f"{node.name}: average pool scale {float(scale)!r} or size {count} is "
+                         "outside what onnxruntime computes")
+    return OrtMeanQuant(count, -x_zp * count, _F32(scale), y_zp)
+
+
+def quantize_params(graph: ir.Graph, node: ir.Node) -> tuple[np.float32, int]:
+    """QuantizeLinear (float -> int8): the output's scale and zero point."""
+    return _per_tensor(graph, node.outputs[0], node)
