@@ -105,7 +105,22 @@ def add_quant(graph: ir.Graph, node: ir.Node) -> OrtAddQuant:
         fixed = _F32(c_zp) - (ratio_a * _F32(a_zp) + ratio_b * _F32(b_zp))
     if not all(np.isfinite(v) for v in (ratio_a, ratio_b, fixed)):
         raise ValueError(f"{node.name}: add scale ratios are not finite float32 values")
+    # The reference and the C compute each float32 fma in double, which is exact (so rounds
+    # once, like the fused instruction) when every term is a multiple of the smallest lsb
+    # and the magnitudes stay below 2**52 of it.
+    grain = min(_lsb(ratio_a), _lsb(ratio_b), _lsb(fixed))
+    largest = 256 * (abs(float(ratio_a)) + abs(float(ratio_b))) + abs(float(fixed))
+    if largest / grain >= 2.0 ** 52:
+        raise ValueError(f"{node.name}: add scale ratios are too far apart to compute "
+                         "onnxruntime's fused multiply-adds exactly")
     return OrtAddQuant(a_zp, b_zp, _F32(ratio_a), _F32(ratio_b), _F32(fixed))
+
+
+def _lsb(value: np.float32) -> float:
+    """The weight of the lowest mantissa bit of a float32 (inf for 0)."""
+    if value == 0:
+        return float("inf")
+    return float(np.ldexp(1.0, int(np.frexp(np.float64(value))[1]) - 24))
 
 
 def mean_quant(graph: ir.Graph, node: ir.Node) -> OrtMeanQuant:
