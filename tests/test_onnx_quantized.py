@@ -1,0 +1,328 @@
+"""int8 ONNX models from onnxruntime.quantization, bit-exact against onnxruntime itself.
+
+The referee is onnxruntime's CPU provider (the installed wheel, default session options),
+which shares nothing with our frontend, numpy reference or C. Models are made here with
+``quantize_static`` (QOperator and QDQ, int8 activations and weights, per channel) from the
+zoo's mbv2_0.35_96 and from small graphs holding each supported op.
+
+Outputs are compared as onnxruntime returns them: float32 from its final DequantizeLinear,
+against ``dequantize_linear`` of our int8 (the same one-rounding formula), so equal floats
+mean equal int8.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnxruntime.quantization import (CalibrationDataReader, QuantFormat,  # noqa: E402
+                                      QuantType, quantize_static)
+
+from conftest import image_paths  # noqa: E402
+from helpers_c import build_folder, run  # noqa: E402
+from mbgen import ir  # noqa: E402
+from mbgen.compiler import CompileOptions, compile_model, emit, prepare  # noqa: E402
+from mbgen.errors import UserError  # noqa: E402
+from mbgen.images import load_image  # noqa: E402
+from mbgen.quantize.calibration import synthetic_inputs  # noqa: E402
+from mbgen.reference import run_int8  # noqa: E402
+from mbgen.reference_onnxruntime import (dequantize_linear, quantize_linear,  # noqa: E402
+                                         requantize)
+
+ZOO_MODEL = "mbv2_0.35_96"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+class _Reader(CalibrationDataReader):
+    def __init__(self, name: str, batches: list[np.ndarray]) -> None:
+        self._items = iter([{name: b} for b in batches])
+
+    def get_next(self):
+        return next(self._items, None)
+
+
+def _quantize(float_path: Path, out: Path, fmt: str, batches: list[np.ndarray]) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_static(str(float_path), str(out), _Reader("input", batches),
+                        quant_format=getattr(QuantFormat, fmt), per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    return out
+
+
+def _session(path: Path):
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _nchw(x_nhwc: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))
+
+
+def _int8_input(graph: ir.Graph, x_nhwc: np.ndarray) -> np.ndarray:
+    q = graph.tensors[graph.inputs[0]].quant
+    return quantize_linear(x_nhwc, q.scalar_scale, q.scalar_zero_point)
+
+
+def _as_ort_output(graph: ir.Graph, q8: np.ndarray) -> np.ndarray:
+    q = graph.tensors[graph.outputs[0]].quant
+    return dequantize_linear(q8, q.scalar_scale, q.scalar_zero_point)
+
+
+def _lsb_diff(graph: ir.Graph, ours: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+    q = graph.tensors[graph.outputs[0]].quant
+    theirs_q = np.rint(theirs.reshape(-1) / np.float32(q.scalar_scale)) + q.scalar_zero_point
+    return np.abs(ours.reshape(-1).astype(np.int64) - theirs_q.astype(np.int64))
+
+
+# ----------------------------------------------------------------------------- zoo model
+
+
+@pytest.fixture(scope="module")
+def zoo_files(tmp_path_factory) -> dict[str, Path]:
+    """mbv2_0.35_96 exported by torch.onnx and quantised in both formats (per channel)."""
+    import torch
+    from mbgen import zoo
+    folder = tmp_path_factory.mktemp("ort_int8")
+    float_path = folder / "float.onnx"
+    shape = zoo.input_shape(ZOO_MODEL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(zoo.get(ZOO_MODEL), (torch.zeros(shape),), str(float_path),
+                          input_names=["input"], dynamo=False, opset_version=13)
+    nhwc = (1, shape[2], shape[3], shape[1])
+    calib = [_nchw(x) for x in synthetic_inputs(nhwc, count=4, seed=5)]
+    calib += [_nchw(load_image(p, nhwc)) for p in image_paths()[:2]]
+    return {fmt: _quantize(float_path, folder / f"{fmt}.onnx", fmt, calib)
+            for fmt in ("QOperator", "QDQ")}
+
+
+def _zoo_inputs(graph: ir.Graph) -> list[tuple[str, np.ndarray]]:
+    """The shared photos (5) and 2 synthetic images, float NHWC."""
+    shape = graph.tensors[graph.inputs[0]].shape
+    inputs = [(p.name, load_image(p, shape)) for p in image_paths()[:5]]
+    inputs += [(f"synthetic{i}", x) for i, x in
+               enumerate(synthetic_inputs(shape, count=2, seed=77))]
+    return inputs
+
+
+@pytest.mark.slow
+def test_mbv2_qoperator_host_c_is_bit_exact_with_onnxruntime(zoo_files, tmp_path):
+    path = zoo_files["QOperator"]
+    compiled = compile_model(str(path), CompileOptions(target="host", out_dir=tmp_path / "c"))
+    graph = compiled.graph
+    assert all(ir.requantization_of(n.op) is ir.Requantization.ONNXRUNTIME for n in graph.nodes
+               if isinstance(n.op, (ir.Conv2D, ir.DepthwiseConv2D, ir.FullyConnected,
+                                    ir.Add, ir.Mean)))
+    exe = build_folder(compiled.out_dir)
+    session = _session(path)
+    inputs = _zoo_inputs(graph)
+    assert len(inputs) >= 2
+    for label, x in inputs:
+        want = session.run(None, {"input": _nchw(x)})[0]
+        q = _int8_input(graph, x)
+        ours = np.frombuffer(run(exe, q.tobytes()), dtype=np.int8)
+        reference = run_int8(graph, q)[graph.outputs[0]].reshape(-1)
+        np.testing.assert_array_equal(ours, reference, err_msg=f"C != numpy on {label}")
+        np.testing.assert_array_equal(_as_ort_output(graph, ours).reshape(want.shape), want,
+                                      err_msg=f"C != onnxruntime on {label}")
+    print(f"{ZOO_MODEL} QOperator: host C == numpy == onnxruntime on {len(inputs)} inputs")
+
+
+@pytest.mark.slow
+def test_mbv2_qdq_matches_qoperator_and_bounds_onnxruntime(zoo_files):
+    """QDQ becomes the same int8 graph as QOperator. onnxruntime (1.2x, x86) fuses only part
+    of an int8-activation QDQ MobileNetV2 into QLinearConv/QLinearAdd: where a tensor feeds a
+    residual Add it leaves Conv and Add in float (DequantizeLinear -> float op ->
+    QuantizeLinear), whose float sums cannot be matched bit for bit. Those outputs are
+    bounded here; the fully fused QOperator file is the bit-exact case."""
+    qdq = prepare(str(zoo_files["QDQ"]), CompileOptions()).graph
+    qop = prepare(str(zoo_files["QOperator"]), CompileOptions()).graph
+    session = _session(zoo_files["QDQ"])
+    worst, equal, total = 0, 0, 0
+    for label, x in _zoo_inputs(qdq):
+        ours = run_int8(qdq, _int8_input(qdq, x))[qdq.outputs[0]]
+        np.testing.assert_array_equal(ours, run_int8(qop, _int8_input(qop, x))[qop.outputs[0]],
+                                      err_msg=f"QDQ and QOperator graphs differ on {label}")
+        diff = _lsb_diff(qdq, ours, session.run(None, {"input": _nchw(x)})[0])
+        worst, equal, total = max(worst, int(diff.max())), equal + int((diff == 0).sum()), \
+            total + diff.size
+    print(f"{ZOO_MODEL} QDQ vs onnxruntime: {equal}/{total} outputs equal, worst {worst} LSB")
+    assert worst <= 4 and equal >= 0.9 * total
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+@pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None or
+                    shutil.which("qemu-system-arm") is None, reason="no Arm toolchain or QEMU")
+def test_mbv2_qoperator_in_qemu_cortex_m7_is_bit_exact(zoo_files, tmp_path):
+    from mbgen import targets
+    from mbgen.runner import run_qemu
+    path = zoo_files["QOperator"]
+    prepared = prepare(str(path), CompileOptions())
+    # 1.7 MB of weights: over the STM32F746 budget, QEMU's board has room (as test_qemu_golden).
+    emit(prepared, CompileOptions(target="cortex-m7", out_dir=tmp_path / "fw",
+                                  flash_bytes=4 * 1024 * 1024))
+    graph = prepared.graph
+    label, x = _zoo_inputs(graph)[0]
+    result = run_qemu(tmp_path / "fw", targets.get("cortex-m7"), _int8_input(graph, x).tobytes())
+    want = _session(path).run(None, {"input": _nchw(x)})[0]
+    np.testing.assert_array_equal(_as_ort_output(graph, result.output_int8()).reshape(want.shape),
+                                  want, err_msg=f"Cortex-M7 != onnxruntime on {label}")
+    print(f"{ZOO_MODEL} QOperator on cortex-m7 ({label}): {result.total_instructions:,} "
+          "instructions, bit-exact with onnxruntime")
+
+
+# ----------------------------------------------------------------------------- small models
+
+
+def _small_float_model(path: Path, seed: int, head: str) -> Path:
+    """conv 3x3/s2 -> depthwise 3x3 (multiplier 1) -> 1x1 conv -> residual add -> global
+    average pool -> flatten -> Gemm or MatMul: one node of each kind quantize_static maps."""
+    rng = np.random.default_rng(seed)
+    c_in, c, classes, size = 3, 8, 10, 12
+
+    def init(name, *shape, scale=0.5):
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale)
+                                       .astype(np.float32), name)
+    inits = [init("w1", c, c_in, 3, 3), init("b1", c), init("w2", c, 1, 3, 3), init("b2", c),
+             init("w3", c, c, 1, 1, scale=0.3), init("b3", c)]
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1],
+                         strides=[2, 2]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 0, 1, 2], group=c),
+        helper.make_node("Conv", ["c2", "w3", "b3"], ["c3"]),
+        helper.make_node("Add", ["c3", "r1"], ["sum"]),
+        helper.make_node("GlobalAveragePool", ["sum"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+    ]
+    if head == "Gemm":
+        inits += [init("wf", classes, c), init("bf", classes)]
+        nodes.append(helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], transB=1))
+    else:
+        inits.append(init("wf", c, classes))
+        nodes.append(helper.make_node("MatMul", ["flat", "wf"], ["logits"]))
+    graph = helper.make_graph(
+        nodes, "small",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, c_in, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, classes])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("seed,head", [(0, "Gemm"), (1, "MatMul"), (2, "Gemm")])
+def test_small_models_every_op_bit_exact_with_onnxruntime(seed, head, tmp_path):
+    float_path = _small_float_model(tmp_path / "float.onnx", seed, head)
+    rng = np.random.default_rng(100 + seed)
+    calib = [rng.uniform(-1, 1, (1, 3, 12, 12)).astype(np.float32) for _ in range(4)]
+    tests = [rng.uniform(-1.2, 1.2, (1, 3, 12, 12)).astype(np.float32) for _ in range(6)]
+    for fmt in ("QOperator", "QDQ"):
+        path = _quantize(float_path, tmp_path / f"{fmt}.onnx", fmt, calib)
+        compiled = compile_model(str(path), CompileOptions(target="host",
+                                                           out_dir=tmp_path / f"c_{fmt}"))
+        graph = compiled.graph
+        kinds = {type(n.op) for n in graph.nodes}
+        assert {ir.Conv2D, ir.DepthwiseConv2D, ir.Add, ir.Mean, ir.FullyConnected} <= kinds
+        exe = build_folder(compiled.out_dir)
+        session = _session(path)
+        for i, x in enumerate(tests):
+            want = session.run(None, {"input": x})[0]
+            q = _int8_input(graph, np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+            ours = np.frombuffer(run(exe, q.tobytes()), dtype=np.int8)
+            np.testing.assert_array_equal(ours, run_int8(graph, q)[graph.outputs[0]].ravel(),
+                                          err_msg=f"{fmt} seed {seed}: C != numpy ({i})")
+            np.testing.assert_array_equal(_as_ort_output(graph, ours).reshape(want.shape),
+                                          want, err_msg=f"{fmt} seed {seed}: != onnxruntime ({i})")
+
+
+# ----------------------------------------------------------------------------- arithmetic
+
+
+def _qlinear_add_model(a_scale, a_zp, b_scale, b_zp, c_scale, c_zp, size):
+    def scalar(name, value, dtype):
+        return numpy_helper.from_array(np.array(value, dtype=dtype), name)
+    inits = [scalar("as", a_scale, np.float32), scalar("az", a_zp, np.int8),
+             scalar("bs", b_scale, np.float32), scalar("bz", b_zp, np.int8),
+             scalar("cs", c_scale, np.float32), scalar("cz", c_zp, np.int8)]
+    node = helper.make_node("QLinearAdd", ["a", "as", "az", "b", "bs", "bz", "cs", "cz"], ["c"],
+                            domain="com.microsoft")
+    graph = helper.make_graph(
+        [node], "qadd",
+        [helper.make_tensor_value_info(n, TensorProto.INT8, [1, size]) for n in ("a", "b")],
+        [helper.make_tensor_value_info("c", TensorProto.INT8, [1, size])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13),
+                                                   helper.make_opsetid("com.microsoft", 1)])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_qlinear_add_every_input_pair_matches_onnxruntime(seed):
+    """All 65536 (a, b) pairs through onnxruntime's QLinearAdd and our numpy kernel."""
+    from mbgen.reference_onnxruntime import KERNELS
+    rng = np.random.default_rng(seed)
+    scales = (rng.uniform(0.005, 0.2, 3)).astype(np.float32)
+    zps = rng.integers(-128, 128, 3)
+    a, b = (g.reshape(1, -1).astype(np.int8) for g in
+            np.meshgrid(np.arange(-128, 128), np.arange(-128, 128)))
+    model = _qlinear_add_model(scales[0], zps[0], scales[1], zps[1], scales[2], zps[2], a.size)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    want = ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"]).run(None, {"a": a, "b": b})[0]
+    tensors = {n: ir.Tensor(n, a.shape, "int8", quant=ir.QuantParams.per_tensor(s, z))
+               for n, s, z in zip("abc", scales, zps)}
+    graph = ir.Graph("qadd", tensors, [ir.Node("add", ir.Add(
+        requantization=ir.Requantization.ONNXRUNTIME), ["a", "b"], ["c"])], ["a", "b"], ["c"])
+    got = KERNELS[ir.Add](graph, graph.nodes[0], [a, b])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_quantize_linear_and_requantize_round_half_to_even_like_onnxruntime():
+    scale, zp = np.float32(0.05), -3
+    ties = (np.arange(-200, 200) + 0.5).astype(np.float32) * scale
+    x = np.concatenate([ties, np.random.default_rng(0).uniform(-9, 9, 4000).astype(np.float32)])
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"])], "q",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [x.size])],
+        [helper.make_tensor_value_info("y", TensorProto.INT8, [x.size])],
+        [numpy_helper.from_array(np.array(scale, np.float32), "s"),
+         numpy_helper.from_array(np.array(zp, np.int8), "z")]),
+        opset_imports=[helper.make_opsetid("", 13)])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    want = ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(quantize_linear(x, scale, zp), want)
+    # requantize: ties go to even, and the clamp happens before the zero point is added.
+    got = requantize(np.array([1, 3, 5, -1, -3, 10 ** 6, -10 ** 6]), np.float32(0.5), 10)
+    np.testing.assert_array_equal(got, [10, 12, 12, 10, 8, 127, -128])
+
+
+def test_uint8_activations_and_unsupported_ops_are_refused_in_one_line(tmp_path):
+    float_path = _small_float_model(tmp_path / "float.onnx", 0, "Gemm")
+    rng = np.random.default_rng(3)
+    calib = [rng.uniform(-1, 1, (1, 3, 12, 12)).astype(np.float32) for _ in range(2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_static(str(float_path), str(tmp_path / "u8.onnx"), _Reader("input", calib),
+                        quant_format=QuantFormat.QOperator, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8)
+    with pytest.raises(UserError, match="int8") as err:
+        prepare(str(tmp_path / "u8.onnx"), CompileOptions())
+    assert "\n" not in str(err.value)
+    model = onnx.load(str(_quantize(float_path, tmp_path / "s8.onnx", "QOperator", calib)))
+    next(n for n in model.graph.node if n.op_type == "QLinearAdd").op_type = "QLinearMul"
+    bad = tmp_path / "mul.onnx"
+    onnx.save(model, str(bad))
+    with pytest.raises(UserError, match="QLinearMul"):
+        prepare(str(bad), CompileOptions())
