@@ -326,3 +326,19 @@ def test_uint8_activations_and_unsupported_ops_are_refused_in_one_line(tmp_path)
     onnx.save(model, str(bad))
     with pytest.raises(UserError, match="QLinearMul"):
         prepare(str(bad), CompileOptions())
+
+
+def test_verify_with_onnxruntime_reference(tmp_path):
+    from mbgen.verify import verify_model
+    float_path = _small_float_model(tmp_path / "float.onnx", 4, "Gemm")
+    rng = np.random.default_rng(4)
+    calib = [rng.uniform(-1, 1, (1, 3, 12, 12)).astype(np.float32) for _ in range(3)]
+    path = _quantize(float_path, tmp_path / "q.onnx", "QOperator", calib)
+    lines: list[str] = []
+    outcome = verify_model(str(path), CompileOptions(target="host"), reference="onnxruntime",
+                           count=2, echo=lines.append)
+    assert outcome.ok
+    assert sum("host C vs onnxruntime" in c.what and c.exact for c in outcome.comparisons) == 2
+    with pytest.raises(UserError, match="needs an .onnx model"):
+        verify_model("mbv1_0.25_96", CompileOptions(target="host"), reference="onnxruntime",
+                     count=1, echo=lines.append)
