@@ -30,11 +30,15 @@ class Requantization(enum.Enum):
     TFLITE: Q31 multiplier and shift, rounding half away from zero (TFLite, TFLM, CMSIS-NN).
     ONNXRUNTIME: float32 scale, rounding half to even, as onnxruntime's CPU provider (MLAS)
     runs QLinearConv, QGemm, QLinearAdd, QLinearGlobalAveragePool and QuantizeLinear.
-    Every kernel set that only knows TFLite's arithmetic must decline ONNXRUNTIME nodes.
+    ONNXRUNTIME_UINT8: the same on uint8 storage. The IR keeps such tensors as int8 (value
+    and zero point minus 128), which changes nothing for ops that work on ``q - zero_point``;
+    an op whose float arithmetic sees the stored values (QLinearAdd) adds 128 back.
+    Every kernel set that only knows TFLite's arithmetic must decline both.
     """
 
     TFLITE = "tflite"
     ONNXRUNTIME = "onnxruntime"
+    ONNXRUNTIME_UINT8 = "onnxruntime-uint8"
 
 
 class Activation(enum.Enum):
@@ -211,6 +215,12 @@ OP_TYPES: tuple[type, ...] = OpAttrs.__args__  # type: ignore[attr-defined]
 def requantization_of(op: OpAttrs) -> Requantization:
     """The op's requantisation arithmetic (TFLITE for ops that have no choice)."""
     return getattr(op, "requantization", Requantization.TFLITE)
+
+
+def uses_onnxruntime_arithmetic(op: OpAttrs) -> bool:
+    """True for ops that requantise as onnxruntime does (float32 scales)."""
+    return requantization_of(op) in (Requantization.ONNXRUNTIME,
+                                     Requantization.ONNXRUNTIME_UINT8)
 
 
 def op_name(op: OpAttrs) -> str:

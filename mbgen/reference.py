@@ -482,7 +482,7 @@ SUPPORTED_OPS: tuple[str, ...] = tuple(sorted(t.__name__ for t in _KERNELS))
 
 def _kernel_for(node: ir.Node) -> Kernel | None:
     """The node's kernel; onnxruntime's float requantisation lives in its own module."""
-    if ir.requantization_of(node.op) is ir.Requantization.ONNXRUNTIME:
+    if ir.uses_onnxruntime_arithmetic(node.op):
         from mbgen import reference_onnxruntime  # it imports this module's helpers
         return reference_onnxruntime.KERNELS.get(type(node.op))
     return _KERNELS.get(type(node.op))

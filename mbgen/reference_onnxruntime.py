@@ -89,12 +89,14 @@ def _fully_connected(graph: ir.Graph, node: ir.Node, args: list[np.ndarray]) -> 
 
 
 def _add(graph: ir.Graph, node: ir.Node, args: list[np.ndarray]) -> np.ndarray:
-    """QLinearAdd: fma(a, ratio_a, fma(b, ratio_b, fixed)) in float32, then round to even."""
+    """QLinearAdd: fma(a, ratio_a, fma(b, ratio_b, fixed)) in float32 on the stored values,
+    then round to even."""
     q = ort.add_quant(graph, node)
-    inner = _fma32(args[1].astype(np.float64), q.ratio_b, q.fixed)
-    value = _fma32(args[0].astype(np.float64), q.ratio_a, inner)
-    # _mm256_cvtps_epi32 then saturating packs: round to even, then clamp to int8.
-    return np.clip(np.rint(value).astype(np.int64), INT8_MIN, INT8_MAX).astype(np.int8)
+    stored_a, stored_b = (x.astype(np.float64) + q.offset for x in args)  # uint8: + 128
+    value = _fma32(stored_a, q.ratio_a, _fma32(stored_b, q.ratio_b, q.fixed))
+    # _mm256_cvtps_epi32 then saturating packs: round to even, clamp to the storage range.
+    stored = np.clip(np.rint(value).astype(np.int64), INT8_MIN + q.offset, INT8_MAX + q.offset)
+    return (stored - q.offset).astype(np.int8)
 
 
 def _fma32(x: np.ndarray, y: np.float32, z: np.ndarray | np.float32) -> np.ndarray:

@@ -50,12 +50,15 @@ class _Reader(CalibrationDataReader):
         return next(self._items, None)
 
 
-def _quantize(float_path: Path, out: Path, fmt: str, batches: list[np.ndarray]) -> Path:
+def _quantize(float_path: Path, out: Path, fmt: str, batches: list[np.ndarray],
+              activations: str = "QInt8", per_channel: bool = True,
+              weights: str = "QInt8") -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantize_static(str(float_path), str(out), _Reader("input", batches),
-                        quant_format=getattr(QuantFormat, fmt), per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+                        quant_format=getattr(QuantFormat, fmt), per_channel=per_channel,
+                        activation_type=getattr(QuantType, activations),
+                        weight_type=getattr(QuantType, weights))
     return out
 
 
@@ -103,8 +106,13 @@ def zoo_files(tmp_path_factory) -> dict[str, Path]:
     nhwc = (1, shape[2], shape[3], shape[1])
     calib = [_nchw(x) for x in synthetic_inputs(nhwc, count=4, seed=5)]
     calib += [_nchw(load_image(p, nhwc)) for p in image_paths()[:2]]
-    return {fmt: _quantize(float_path, folder / f"{fmt}.onnx", fmt, calib)
-            for fmt in ("QOperator", "QDQ")}
+    files = {fmt: _quantize(float_path, folder / f"{fmt}.onnx", fmt, calib)
+             for fmt in ("QOperator", "QDQ")}
+    # uint8 activations (quantize_static's default); per-tensor weights for QOperator.
+    files["QDQ-uint8"] = _quantize(float_path, folder / "qdq_u8.onnx", "QDQ", calib, "QUInt8")
+    files["QOperator-uint8-per-tensor"] = _quantize(
+        float_path, folder / "qop_u8.onnx", "QOperator", calib, "QUInt8", per_channel=False)
+    return files
 
 
 def _zoo_inputs(graph: ir.Graph) -> list[tuple[str, np.ndarray]]:
@@ -117,11 +125,13 @@ def _zoo_inputs(graph: ir.Graph) -> list[tuple[str, np.ndarray]]:
 
 
 @pytest.mark.slow
-def test_mbv2_qoperator_host_c_is_bit_exact_with_onnxruntime(zoo_files, tmp_path):
-    path = zoo_files["QOperator"]
+@pytest.mark.parametrize("variant", ["QOperator", "QDQ-uint8", "QOperator-uint8-per-tensor"])
+def test_mbv2_host_c_is_bit_exact_with_onnxruntime(variant, zoo_files, tmp_path):
+    """The formats onnxruntime runs fully fused (int8 QOperator; uint8 in both formats)."""
+    path = zoo_files[variant]
     compiled = compile_model(str(path), CompileOptions(target="host", out_dir=tmp_path / "c"))
     graph = compiled.graph
-    assert all(ir.requantization_of(n.op) is ir.Requantization.ONNXRUNTIME for n in graph.nodes
+    assert all(ir.uses_onnxruntime_arithmetic(n.op) for n in graph.nodes
                if isinstance(n.op, (ir.Conv2D, ir.DepthwiseConv2D, ir.FullyConnected,
                                     ir.Add, ir.Mean)))
     exe = build_folder(compiled.out_dir)
@@ -136,7 +146,7 @@ def test_mbv2_qoperator_host_c_is_bit_exact_with_onnxruntime(zoo_files, tmp_path
         np.testing.assert_array_equal(ours, reference, err_msg=f"C != numpy on {label}")
         np.testing.assert_array_equal(_as_ort_output(graph, ours).reshape(want.shape), want,
                                       err_msg=f"C != onnxruntime on {label}")
-    print(f"{ZOO_MODEL} QOperator: host C == numpy == onnxruntime on {len(inputs)} inputs")
+    print(f"{ZOO_MODEL} {variant}: host C == numpy == onnxruntime on {len(inputs)} inputs")
 
 
 @pytest.mark.slow
@@ -227,10 +237,12 @@ def test_small_models_every_op_bit_exact_with_onnxruntime(seed, head, tmp_path):
     rng = np.random.default_rng(100 + seed)
     calib = [rng.uniform(-1, 1, (1, 3, 12, 12)).astype(np.float32) for _ in range(4)]
     tests = [rng.uniform(-1.2, 1.2, (1, 3, 12, 12)).astype(np.float32) for _ in range(6)]
-    for fmt in ("QOperator", "QDQ"):
-        path = _quantize(float_path, tmp_path / f"{fmt}.onnx", fmt, calib)
-        compiled = compile_model(str(path), CompileOptions(target="host",
-                                                           out_dir=tmp_path / f"c_{fmt}"))
+    for fmt, activations in [("QOperator", "QInt8"), ("QDQ", "QInt8"), ("QOperator", "QUInt8"),
+                             ("QDQ", "QUInt8")]:
+        path = _quantize(float_path, tmp_path / f"{fmt}{activations}.onnx", fmt, calib,
+                         activations, per_channel=seed != 2)
+        compiled = compile_model(str(path), CompileOptions(
+            target="host", out_dir=tmp_path / f"c_{fmt}{activations}"))
         graph = compiled.graph
         kinds = {type(n.op) for n in graph.nodes}
         assert {ir.Conv2D, ir.DepthwiseConv2D, ir.Add, ir.Mean, ir.FullyConnected} <= kinds
@@ -241,50 +253,56 @@ def test_small_models_every_op_bit_exact_with_onnxruntime(seed, head, tmp_path):
             q = _int8_input(graph, np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
             ours = np.frombuffer(run(exe, q.tobytes()), dtype=np.int8)
             np.testing.assert_array_equal(ours, run_int8(graph, q)[graph.outputs[0]].ravel(),
-                                          err_msg=f"{fmt} seed {seed}: C != numpy ({i})")
+                                          err_msg=f"{fmt} {activations} {seed}: C != numpy ({i})")
             np.testing.assert_array_equal(_as_ort_output(graph, ours).reshape(want.shape),
-                                          want, err_msg=f"{fmt} seed {seed}: != onnxruntime ({i})")
+                                          want, err_msg=f"{fmt} {activations} {seed}: != onnxruntime ({i})")
 
 
 # ----------------------------------------------------------------------------- arithmetic
 
 
-def _qlinear_add_model(a_scale, a_zp, b_scale, b_zp, c_scale, c_zp, size):
-    def scalar(name, value, dtype):
-        return numpy_helper.from_array(np.array(value, dtype=dtype), name)
-    inits = [scalar("as", a_scale, np.float32), scalar("az", a_zp, np.int8),
-             scalar("bs", b_scale, np.float32), scalar("bz", b_zp, np.int8),
-             scalar("cs", c_scale, np.float32), scalar("cz", c_zp, np.int8)]
+def _qlinear_add_model(a_scale, a_zp, b_scale, b_zp, c_scale, c_zp, size, dtype=np.int8):
+    def scalar(name, value, kind):
+        return numpy_helper.from_array(np.array(value, dtype=kind), name)
+    inits = [scalar("as", a_scale, np.float32), scalar("az", a_zp, dtype),
+             scalar("bs", b_scale, np.float32), scalar("bz", b_zp, dtype),
+             scalar("cs", c_scale, np.float32), scalar("cz", c_zp, dtype)]
+    elem = TensorProto.INT8 if dtype == np.int8 else TensorProto.UINT8
     node = helper.make_node("QLinearAdd", ["a", "as", "az", "b", "bs", "bz", "cs", "cz"], ["c"],
                             domain="com.microsoft")
     graph = helper.make_graph(
         [node], "qadd",
-        [helper.make_tensor_value_info(n, TensorProto.INT8, [1, size]) for n in ("a", "b")],
-        [helper.make_tensor_value_info("c", TensorProto.INT8, [1, size])], inits)
+        [helper.make_tensor_value_info(n, elem, [1, size]) for n in ("a", "b")],
+        [helper.make_tensor_value_info("c", elem, [1, size])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13),
                                                    helper.make_opsetid("com.microsoft", 1)])
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_qlinear_add_every_input_pair_matches_onnxruntime(seed):
-    """All 65536 (a, b) pairs through onnxruntime's QLinearAdd and our numpy kernel."""
+@pytest.mark.parametrize("seed,storage", [(0, "int8"), (1, "int8"), (2, "uint8"), (3, "uint8")])
+def test_qlinear_add_every_input_pair_matches_onnxruntime(seed, storage):
+    """All 65536 (a, b) pairs through onnxruntime's QLinearAdd and our numpy kernel; uint8
+    tensors are held as int8 minus 128, as the frontend does."""
     from mbgen.reference_onnxruntime import KERNELS
     rng = np.random.default_rng(seed)
     scales = (rng.uniform(0.005, 0.2, 3)).astype(np.float32)
-    zps = rng.integers(-128, 128, 3)
-    a, b = (g.reshape(1, -1).astype(np.int8) for g in
-            np.meshgrid(np.arange(-128, 128), np.arange(-128, 128)))
-    model = _qlinear_add_model(scales[0], zps[0], scales[1], zps[1], scales[2], zps[2], a.size)
+    shift = 128 if storage == "uint8" else 0
+    zps = rng.integers(-128, 128, 3) + shift
+    a, b = (g.reshape(1, -1) for g in np.meshgrid(np.arange(-128, 128), np.arange(-128, 128)))
+    dtype = np.dtype(storage)
+    model = _qlinear_add_model(scales[0], zps[0], scales[1], zps[1], scales[2], zps[2], a.size,
+                               dtype)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     want = ort.InferenceSession(model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"]).run(None, {"a": a, "b": b})[0]
-    tensors = {n: ir.Tensor(n, a.shape, "int8", quant=ir.QuantParams.per_tensor(s, z))
+                                providers=["CPUExecutionProvider"]).run(
+        None, {"a": (a + shift).astype(dtype), "b": (b + shift).astype(dtype)})[0]
+    tensors = {n: ir.Tensor(n, a.shape, "int8", quant=ir.QuantParams.per_tensor(s, z - shift))
                for n, s, z in zip("abc", scales, zps)}
-    graph = ir.Graph("qadd", tensors, [ir.Node("add", ir.Add(
-        requantization=ir.Requantization.ONNXRUNTIME), ["a", "b"], ["c"])], ["a", "b"], ["c"])
-    got = KERNELS[ir.Add](graph, graph.nodes[0], [a, b])
-    np.testing.assert_array_equal(got, want)
+    mode = ir.Requantization.ONNXRUNTIME_UINT8 if shift else ir.Requantization.ONNXRUNTIME
+    graph = ir.Graph("qadd", tensors, [ir.Node("add", ir.Add(requantization=mode), ["a", "b"],
+                                               ["c"])], ["a", "b"], ["c"])
+    got = KERNELS[ir.Add](graph, graph.nodes[0], [a.astype(np.int8), b.astype(np.int8)])
+    np.testing.assert_array_equal(got.astype(np.int64) + shift, want.astype(np.int64))
 
 
 def test_quantize_linear_and_requantize_round_half_to_even_like_onnxruntime():
@@ -308,16 +326,13 @@ def test_quantize_linear_and_requantize_round_half_to_even_like_onnxruntime():
     np.testing.assert_array_equal(got, [10, 12, 12, 10, 8, 127, -128])
 
 
-def test_uint8_activations_and_unsupported_ops_are_refused_in_one_line(tmp_path):
+def test_uint8_weights_and_unsupported_ops_are_refused_in_one_line(tmp_path):
     float_path = _small_float_model(tmp_path / "float.onnx", 0, "Gemm")
     rng = np.random.default_rng(3)
     calib = [rng.uniform(-1, 1, (1, 3, 12, 12)).astype(np.float32) for _ in range(2)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_static(str(float_path), str(tmp_path / "u8.onnx"), _Reader("input", calib),
-                        quant_format=QuantFormat.QOperator, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8)
-    with pytest.raises(UserError, match="int8") as err:
+    _quantize(float_path, tmp_path / "u8.onnx", "QOperator", calib, "QUInt8",
+              weights="QUInt8")
+    with pytest.raises(UserError, match="int8 weights") as err:
         prepare(str(tmp_path / "u8.onnx"), CompileOptions())
     assert "\n" not in str(err.value)
     model = onnx.load(str(_quantize(float_path, tmp_path / "s8.onnx", "QOperator", calib)))
@@ -342,3 +357,64 @@ def test_verify_with_onnxruntime_reference(tmp_path):
     with pytest.raises(UserError, match="needs an .onnx model"):
         verify_model("mbv1_0.25_96", CompileOptions(target="host"), reference="onnxruntime",
                      count=1, echo=lines.append)
+
+
+def _tie_model(path: Path, seed: int) -> Path:
+    """QOperator graph built by hand with power-of-two scale ratios, so that many values land
+    exactly half-way between two integers: round half to even is visible in every op."""
+    rng = np.random.default_rng(seed)
+    c = 4
+
+    def const(name, value, dtype):
+        return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
+    inits = [
+        const("xs", 0.25, np.float32), const("xz", 3, np.int8),
+        const("w1", rng.integers(-127, 128, (c, c, 3, 3)), np.int8),
+        const("w1s", [0.5, 0.25, 0.125, 1.0], np.float32), const("w1z", [0] * c, np.int8),
+        const("b1", rng.integers(-50, 50, c), np.int32),
+        const("y1s", 4.0, np.float32), const("y1z", -5, np.int8),
+        const("w2", rng.integers(-127, 128, (c, 1, 3, 3)), np.int8),
+        const("w2s", 0.5, np.float32), const("w2z", 0, np.int8),
+        const("y2s", 2.0, np.float32), const("y2z", 7, np.int8),
+        const("y3s", 8.0, np.float32), const("y3z", -1, np.int8),
+        const("y4s", 2.0, np.float32), const("y4z", 2, np.int8),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["input", "xs", "xz"], ["xq"]),
+        helper.make_node("QLinearConv", ["xq", "xs", "xz", "w1", "w1s", "w1z", "y1s", "y1z",
+                                         "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("QLinearConv", ["c1", "y1s", "y1z", "w2", "w2s", "w2z", "y2s", "y2z"],
+                         ["c2"], pads=[1, 1, 1, 1], group=c),
+        helper.make_node("QLinearAdd", ["c1", "y1s", "y1z", "c2", "y2s", "y2z", "y3s", "y3z"],
+                         ["sum"], domain="com.microsoft"),
+        helper.make_node("QLinearGlobalAveragePool", ["sum", "y3s", "y3z", "y4s", "y4z"],
+                         ["pooled"], domain="com.microsoft", channels_last=0),
+        helper.make_node("DequantizeLinear", ["pooled", "y4s", "y4z"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "ties",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, c, 6, 6])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, c, 1, 1])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    onnx.save(model, str(path))
+    return path
+
+
+def test_half_way_values_round_to_even_in_c_like_onnxruntime(tmp_path):
+    """Ties are rare with calibrated scales; with these every op meets many of them, and
+    rounding them any other way (half away from zero, TFLite's) fails this test."""
+    path = _tie_model(tmp_path / "ties.onnx", 0)
+    compiled = compile_model(str(path), CompileOptions(target="host", out_dir=tmp_path / "c"))
+    graph = compiled.graph
+    exe = build_folder(compiled.out_dir)
+    session = _session(path)
+    rng = np.random.default_rng(9)
+    for i in range(8):
+        x = (rng.integers(-60, 60, (1, 6, 6, 4)) * 0.25).astype(np.float32)  # exact in int8
+        want = session.run(None, {"input": _nchw(x)})[0]
+        q = _int8_input(graph, x)
+        ours = np.frombuffer(run(exe, q.tobytes()), dtype=np.int8)
+        np.testing.assert_array_equal(ours, run_int8(graph, q)[graph.outputs[0]].ravel())
+        np.testing.assert_array_equal(_as_ort_output(graph, ours).reshape(want.shape), want,
+                                      err_msg=f"input {i}")

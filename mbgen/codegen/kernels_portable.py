@@ -28,7 +28,7 @@ class PortableKernels:
 
     def lower(self, ctx: LoweringContext, index: int, node: ir.Node) -> r.CallRecord | None:
         op = node.op
-        if ir.requantization_of(op) is ir.Requantization.ONNXRUNTIME:
+        if ir.uses_onnxruntime_arithmetic(op):
             return lowering_onnxruntime.lower(ctx, index, node)
         if isinstance(op, ir.Conv2D):
             return _conv(ctx, index, node, op)

@@ -95,6 +95,7 @@ class OrtAddCall:
     input2: BufferRef
     output: BufferRef
     size: int
+    offset: int                # added to the int8 values: 128 when onnxruntime stores uint8
     ratio1_bits: int
     ratio2_bits: int
     fixed_bits: int
@@ -209,7 +210,7 @@ def _add(ctx: LoweringContext, node: ir.Node) -> OrtAddCall | None:
         return None
     q = ort.add_quant(ctx.graph, node)
     return OrtAddCall(ctx.buffer(node.inputs[0]), ctx.buffer(node.inputs[1]),
-                      ctx.buffer(node.outputs[0]), out.size, float_bits(q.ratio_a),
+                      ctx.buffer(node.outputs[0]), out.size, q.offset, float_bits(q.ratio_a),
                       float_bits(q.ratio_b), float_bits(q.fixed))
 
 

@@ -12,7 +12,10 @@ taken as stored:
   between a DequantizeLinear and a QuantizeLinear with equal parameters is a reshape.
 
 Every int8 op gets ``requantization=ONNXRUNTIME`` (float32 scales, round half to even; see
-``mbgen/quantize/onnxruntime_params.py``). Activations are int8; uint8 activations are refused.
+``mbgen/quantize/onnxruntime_params.py``). Activations may be int8 or uint8 (quantize_static's
+default); uint8 tensors become int8 with value and zero point minus 128, which is exact for
+every op here, and the add, whose float arithmetic sees stored values, is
+``ONNXRUNTIME_UINT8``. Weights must be int8.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class _QuantizedConverter(_Converter):
         super().__init__(model, constants, shapes, name)
         self.dequantized: dict[str, _Dequantized] = {}
         self.float_tensors: set[str] = set()
+        self.storage: np.dtype | None = None   # int8 or uint8: how activations are stored
 
     # ------------------------------------------------------------------ tensors
 
@@ -88,22 +92,45 @@ class _QuantizedConverter(_Converter):
         return value.reshape(-1)
 
     def _scale_zp(self, node: _OnnxNode, scale_index: int, what: str) -> tuple[float, int]:
+        """An activation's scale and zero point; uint8 zero points come back minus 128
+        (the IR holds uint8 tensors as int8, see ir.Requantization.ONNXRUNTIME_UINT8)."""
         scale = self._scalar_param(node, scale_index, f"{what} scale").astype(np.float32)
-        zp = self._zero_point(node, scale_index + 1, what)
+        index = scale_index + 1
+        if index < len(node.inputs) and node.inputs[index]:
+            zp = np.asarray(self._constant(node, index, f"{what} zero point"))
+        else:
+            zp = np.zeros(1, dtype=np.uint8)  # ONNX's default: uint8, zero point 0
         if zp.size != 1:
             raise UserError(f"ONNX {node.op_type} {node.where()}: {what} zero point must be "
                             "one value")
-        return float(scale[0]), int(zp[0])
+        self._note_storage(node, zp.dtype)
+        shift = 128 if zp.dtype == np.uint8 else 0
+        return float(scale[0]), int(zp.reshape(-1)[0]) - shift
+
+    def _note_storage(self, node: _OnnxNode, dtype: np.dtype) -> None:
+        if dtype not in (np.int8, np.uint8):
+            raise UserError(f"ONNX {node.op_type} {node.where()}: activations are {dtype}; "
+                            "mbgen reads int8 or uint8 quantised activations")
+        if self.storage is None:
+            self.storage = np.dtype(dtype)
+        elif self.storage != dtype:
+            raise UserError(f"ONNX {node.op_type} {node.where()}: the model mixes int8 and "
+                            "uint8 activations, which mbgen does not support")
+
+    @property
+    def _add_arithmetic(self) -> ir.Requantization:
+        return ir.Requantization.ONNXRUNTIME_UINT8 if self.storage == np.uint8 else ORT
 
     def _zero_point(self, node: _OnnxNode, index: int, what: str) -> np.ndarray:
+        """Weight zero points: int8 only."""
         if index >= len(node.inputs) or not node.inputs[index]:
             raise UserError(f"ONNX {node.op_type} {node.where()}: {what} has no zero point "
-                            "(uint8 default); mbgen reads int8 models only")
+                            "(uint8 by default); mbgen reads int8 weights only")
         value = np.asarray(self._constant(node, index, f"{what} zero point"))
         if value.dtype != np.int8:
             raise UserError(f"ONNX {node.op_type} {node.where()}: {what} is {value.dtype}; "
-                            "mbgen reads int8 quantised ONNX models only (quantize_static "
-                            "with activation_type=QInt8, weight_type=QInt8)")
+                            "mbgen reads int8 weights only (quantize_static with "
+                            "weight_type=QInt8)")
         return value.reshape(-1).astype(np.int32)
 
     def _int8_input(self, node: _OnnxNode, index: int, scale: float, zero_point: int) -> str:
@@ -392,7 +419,7 @@ class _QuantizedConverter(_Converter):
                             f"{la.onnx_shape} with {lb.onnx_shape} is not supported")
         out = self._int8_activation(out_name, la, scale, zp)
         self.nodes.append(ir.Node(self._unique_node_name(node.label),
-                                  ir.Add(requantization=ORT), [a, b], [out]))
+                                  ir.Add(requantization=self._add_arithmetic), [a, b], [out]))
 
     def _qlinear_add(self, node: _OnnxNode) -> None:
         a_scale, a_zp = self._scale_zp(node, 1, "input A")

@@ -9,7 +9,8 @@ the same operations in the same order (each step rounded to float32):
   bias ``-x_zero_point * H * W``; MLAS refuses scales outside [2^-32, 256).
 * QLinearAdd (MLAS's AVX2 kernel): ``ratio_a = a_scale / c_scale``, ``ratio_b = b_scale /
   c_scale`` and ``fixed = float(c_zp) - (ratio_a * a_zp + ratio_b * b_zp)``; each output is
-  ``fma(a, ratio_a, fma(b, ratio_b, fixed))``.
+  ``fma(a, ratio_a, fma(b, ratio_b, fixed))`` on the stored values (int8 or uint8), so here
+  the storage type matters (``storage_offset``).
 * QuantizeLinear: ``x / scale`` (a division), clamp, round half to even, add the zero point.
 
 Both the numpy reference (``mbgen/reference_onnxruntime.py``) and the C lowering
@@ -40,8 +41,10 @@ class OrtConvQuant:
 
 @dataclass(frozen=True)
 class OrtAddQuant:
-    a_zero_point: int
-    b_zero_point: int
+    """On stored values a, b (int8, or uint8 = int8 + offset):
+    c = saturate(round_half_even(fma(a, ratio_a, fma(b, ratio_b, fixed)))) in storage."""
+
+    offset: int                 # 0 for int8 storage, 128 for uint8
     ratio_a: np.float32
     ratio_b: np.float32
     fixed: np.float32
@@ -94,11 +97,19 @@ def conv_quant(graph: ir.Graph, node: ir.Node) -> OrtConvQuant:
     return OrtConvQuant(x_zp, y_zp, scales.astype(np.float32))
 
 
+def storage_offset(op: ir.OpAttrs) -> int:
+    """What to add to the IR's int8 values to get the values onnxruntime stores."""
+    return 128 if ir.requantization_of(op) is ir.Requantization.ONNXRUNTIME_UINT8 else 0
+
+
 def add_quant(graph: ir.Graph, node: ir.Node) -> OrtAddQuant:
+    """QLinearAdd; the zero points are those of the storage type (uint8: IR's + 128)."""
     _check_no_activation(node)
+    offset = storage_offset(node.op)
     a_scale, a_zp = _per_tensor(graph, node.inputs[0], node)
     b_scale, b_zp = _per_tensor(graph, node.inputs[1], node)
     c_scale, c_zp = _per_tensor(graph, node.outputs[0], node)
+    a_zp, b_zp, c_zp = a_zp + offset, b_zp + offset, c_zp + offset
     with np.errstate(over="ignore", under="ignore"):
         ratio_a, ratio_b = a_scale / c_scale, b_scale / c_scale
         # Two float32 products and their float32 sum (no fused multiply-add here).
@@ -113,7 +124,7 @@ def add_quant(graph: ir.Graph, node: ir.Node) -> OrtAddQuant:
     if largest / grain >= 2.0 ** 52:
         raise ValueError(f"{node.name}: add scale ratios are too far apart to compute "
                          "onnxruntime's fused multiply-adds exactly")
-    return OrtAddQuant(a_zp, b_zp, _F32(ratio_a), _F32(ratio_b), _F32(fixed))
+    return OrtAddQuant(offset, _F32(ratio_a), _F32(ratio_b), _F32(fixed))
 
 
 def _lsb(value: np.float32) -> float:
