@@ -418,3 +418,36 @@ def test_half_way_values_round_to_even_in_c_like_onnxruntime(tmp_path):
         np.testing.assert_array_equal(ours, run_int8(graph, q)[graph.outputs[0]].ravel())
         np.testing.assert_array_equal(_as_ort_output(graph, ours).reshape(want.shape), want,
                                       err_msg=f"input {i}")
+
+
+def test_emit_tflite_of_an_onnxruntime_model_is_refused(tmp_path):
+    path = _tie_model(tmp_path / "ties.onnx", 1)
+    with pytest.raises(UserError, match="onnxruntime"):
+        compile_model(str(path), CompileOptions(target="host", out_dir=tmp_path / "c",
+                                                emit_tflite=tmp_path / "x.tflite"))
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None or
+                    shutil.which("qemu-system-arm") is None, reason="no Arm toolchain or QEMU")
+@pytest.mark.parametrize("target_name", ["cortex-m3", "cortex-m4", "cortex-m33", "cortex-m55"])
+def test_ties_model_in_qemu_is_bit_exact_with_onnxruntime(target_name, tmp_path):
+    """Every core's float path: M4/M33 single-precision FPU with software double for the add,
+    M55 with MVE, M3 with no FPU at all (libgcc's IEEE arithmetic)."""
+    from mbgen import targets
+    from mbgen.runner import build_firmware, run_qemu
+    target = targets.get(target_name)
+    path = _tie_model(tmp_path / "ties.onnx", 2)
+    prepared = prepare(str(path), CompileOptions())
+    emit(prepared, CompileOptions(target=target_name, out_dir=tmp_path / "fw"))
+    build_firmware(tmp_path / "fw", target)  # warnings are errors with the target's flags
+    session = _session(path)
+    graph = prepared.graph
+    rng = np.random.default_rng(10)
+    for i in range(2):
+        x = (rng.integers(-60, 60, (1, 6, 6, 4)) * 0.25).astype(np.float32)
+        result = run_qemu(tmp_path / "fw", target, _int8_input(graph, x).tobytes())
+        want = session.run(None, {"input": _nchw(x)})[0]
+        np.testing.assert_array_equal(
+            _as_ort_output(graph, result.output_int8()).reshape(want.shape), want,
+            err_msg=f"{target_name} != onnxruntime on input {i}")
