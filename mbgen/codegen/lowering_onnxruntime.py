@@ -53,6 +53,7 @@ class OrtConvCall:
     per_channel: bool
     weights: ConstArray        # (out_c, k_h, k_w, in_c) int8
     bias: ConstArray           # (out_c,) int32, as stored
+    full_bias: ConstArray      # (out_c,) bias - input_zero_point * sum(weights of the channel)
     scales: ConstArray         # float32 bit patterns, out_c or 1
 
 
@@ -172,7 +173,8 @@ def _conv(ctx: LoweringContext, index: int, node: ir.Node, op: ir.Conv2D) -> Ort
         ctx.buffer(node.inputs[0]), ctx.buffer(node.outputs[0]), in_h, in_w, in_c,
         out_h, out_w, out_c, k_h, k_w, op.stride[0], op.stride[1], op.dilation[0],
         op.dilation[1], op.padding.top, op.padding.left, q.input_zero_point,
-        q.output_zero_point, q.scales.size > 1, weights, bias, scales)
+        q.output_zero_point, q.scales.size > 1, weights, bias,
+        _full_bias(ctx, index, node, bias, w.data, q), scales)
 
 
 def _fully_connected(ctx: LoweringContext, index: int, node: ir.Node) -> OrtConvCall | None:
@@ -185,7 +187,18 @@ def _fully_connected(ctx: LoweringContext, index: int, node: ir.Node) -> OrtConv
     return OrtConvCall(
         ctx.buffer(node.inputs[0]), ctx.buffer(node.outputs[0]), 1, 1, in_features,
         1, 1, out_features, 1, 1, 1, 1, 1, 1, 0, 0, q.input_zero_point, q.output_zero_point,
-        q.scales.size > 1, weights, bias, scales)
+        q.scales.size > 1, weights, bias, _full_bias(ctx, index, node, bias, w.data, q),
+        scales)
+
+
+def _full_bias(ctx: LoweringContext, index: int, node: ir.Node, bias: ConstArray,
+               weights: np.ndarray, q: ort.OrtConvQuant) -> ConstArray:
+    """bias - input_zero_point * sum(weights) per output channel: the accumulator's start
+    for windows inside the image (the kernel then adds sum(x * w))."""
+    sums = weights.astype(np.int64).reshape(weights.shape[0], -1).sum(axis=1)
+    return ctx.const_values(index, "full_bias", "int32_t",
+                            bias.values.astype(np.int64) - q.input_zero_point * sums,
+                            f"{node.name}: bias - input_zero_point * sum(weights)")
 
 
 def _depthwise(ctx: LoweringContext, index: int, node: ir.Node,
