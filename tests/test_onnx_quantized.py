@@ -451,3 +451,47 @@ def test_ties_model_in_qemu_is_bit_exact_with_onnxruntime(target_name, tmp_path)
         np.testing.assert_array_equal(
             _as_ort_output(graph, result.output_int8()).reshape(want.shape), want,
             err_msg=f"{target_name} != onnxruntime on input {i}")
+
+
+def test_depthwise_multiplier_dilation_and_asymmetric_padding(tmp_path):
+    """Depthwise with multiplier 2 (group = channels, 2 filters each), dilation 2, strides
+    (1, 2) and uneven pads, then a dilated 3x3 conv: both formats, both activation types."""
+    rng = np.random.default_rng(21)
+
+    def init(name, *shape):
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.4).astype(np.float32),
+                                       name)
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["d1"], group=4, dilations=[2, 2],
+                         strides=[1, 2], pads=[2, 1, 2, 3]),
+        helper.make_node("Conv", ["d1", "w2", "b2"], ["c2"], dilations=[1, 2], pads=[1, 1, 0, 2]),
+        helper.make_node("GlobalAveragePool", ["c2"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "dw2", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4, 10, 10])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5])],
+        [init("w1", 8, 1, 3, 3), init("b1", 8), init("w2", 6, 8, 3, 3), init("b2", 6),
+         init("wf", 5, 6), init("bf", 5)])
+    float_path = tmp_path / "float.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]),
+              str(float_path))
+    calib = [rng.uniform(-1, 1, (1, 4, 10, 10)).astype(np.float32) for _ in range(3)]
+    tests = [rng.uniform(-1.2, 1.2, (1, 4, 10, 10)).astype(np.float32) for _ in range(4)]
+    for fmt, activations in [("QOperator", "QInt8"), ("QDQ", "QUInt8")]:
+        path = _quantize(float_path, tmp_path / f"{fmt}.onnx", fmt, calib, activations)
+        compiled = compile_model(str(path), CompileOptions(target="host",
+                                                           out_dir=tmp_path / f"c_{fmt}"))
+        ops = [n.op for n in compiled.graph.nodes]
+        assert any(isinstance(op, ir.DepthwiseConv2D) and op.depth_multiplier == 2
+                   for op in ops)
+        exe = build_folder(compiled.out_dir)
+        session = _session(path)
+        for i, x in enumerate(tests):
+            want = session.run(None, {"input": x})[0]
+            q = _int8_input(compiled.graph, np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+            ours = np.frombuffer(run(exe, q.tobytes()), dtype=np.int8)
+            np.testing.assert_array_equal(_as_ort_output(compiled.graph, ours)
+                                          .reshape(want.shape), want,
+                                          err_msg=f"{fmt} {activations} input {i}")
