@@ -254,8 +254,9 @@ def test_small_models_every_op_bit_exact_with_onnxruntime(seed, head, tmp_path):
             ours = np.frombuffer(run(exe, q.tobytes()), dtype=np.int8)
             np.testing.assert_array_equal(ours, run_int8(graph, q)[graph.outputs[0]].ravel(),
                                           err_msg=f"{fmt} {activations} {seed}: C != numpy ({i})")
-            np.testing.assert_array_equal(_as_ort_output(graph, ours).reshape(want.shape),
-                                          want, err_msg=f"{fmt} {activations} {seed}: != onnxruntime ({i})")
+            np.testing.assert_array_equal(
+                _as_ort_output(graph, ours).reshape(want.shape), want,
+                err_msg=f"{fmt} {activations} {seed}: != onnxruntime ({i})")
 
 
 # ----------------------------------------------------------------------------- arithmetic
@@ -495,3 +496,20 @@ def test_depthwise_multiplier_dilation_and_asymmetric_padding(tmp_path):
             np.testing.assert_array_equal(_as_ort_output(compiled.graph, ours)
                                           .reshape(want.shape), want,
                                           err_msg=f"{fmt} {activations} input {i}")
+
+
+@pytest.mark.parametrize("name,value", [("y1s", 0.0), ("y1s", np.inf), ("xs", np.nan),
+                                        ("w1s", -0.5), ("y3s", 1e-30), ("y4s", 1e30)])
+def test_malformed_scales_are_refused_in_one_line(name, value, tmp_path):
+    """Each mutant is refused at load time, naming the layer, before any C is written."""
+    model = onnx.load(str(_tie_model(tmp_path / "ties.onnx", 3)))
+    for init in model.graph.initializer:
+        if init.name == name:
+            data = numpy_helper.to_array(init).copy()
+            data.reshape(-1)[0] = value
+            init.CopyFrom(numpy_helper.from_array(data.astype(np.float32), name))
+    path = tmp_path / "bad.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(UserError) as err:
+        prepare(str(path), CompileOptions())
+    assert "\n" not in str(err.value) and "QLinear" in str(err.value)

@@ -196,7 +196,9 @@ class _QuantizedConverter(QuantizedLayers, _Converter):
         tensors = {k: t for k, t in self.tensors.items() if not t.is_const or k in used}
         metadata = {"source": "onnx", "opset": str(self.opset), "requantization": ORT.value,
                     "producer": f"{self.model.producer_name} {self.model.producer_version}".strip()}
-        return ir.Graph(self.name, tensors, self.nodes, ["input"], outputs, metadata)
+        graph = ir.Graph(self.name, tensors, self.nodes, ["input"], outputs, metadata)
+        _check_constants(graph)
+        return graph
 
     def _convert_node(self, node: _OnnxNode) -> None:
         domain = node.proto.domain
@@ -324,6 +326,23 @@ class _QuantizedConverter(QuantizedLayers, _Converter):
         if node.op_type == "Identity":
             return in_shape
         return self._shape(node.proto.output[0], node)
+
+
+def _check_constants(graph: ir.Graph) -> None:
+    """Refuse, naming the layer, parameters onnxruntime's kernels would not compute with
+    (scales that are not positive finite float32s, non-zero weight zero points, ...)."""
+    from mbgen.quantize import onnxruntime_params as ort
+    checks = {ir.Conv2D: ort.conv_quant, ir.DepthwiseConv2D: ort.conv_quant,
+              ir.FullyConnected: ort.conv_quant, ir.Add: ort.add_quant,
+              ir.Mean: ort.mean_quant, ir.Quantize: ort.quantize_params}
+    for node in graph.nodes:
+        check = checks.get(type(node.op))
+        if check is None:
+            continue
+        try:
+            check(graph, node)
+        except ValueError as exc:
+            raise UserError(f"ONNX int8 model: {exc}") from None
 
 
 _HANDLERS = {

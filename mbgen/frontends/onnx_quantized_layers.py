@@ -38,12 +38,14 @@ class QuantizedLayers:
         if group == 1 and in_per_group == in_ch:
             quant = self._weight(node, weight, w_scale, w_zp, out_ch, 0, "weight")
             op: ir.OpAttrs = ir.Conv2D(stride, padding, dilation, requantization=ORT)
-            w = self._int_const(node.inputs[1], weight.transpose(0, 2, 3, 1), "int8", quant)
+            w = self._int_const(f"{node.label}_weight", weight.transpose(0, 2, 3, 1), "int8",
+                                quant)
         elif group == in_ch and in_per_group == 1 and out_ch % in_ch == 0:
             quant = self._weight(node, weight, w_scale, w_zp, out_ch, 3, "weight")
             op = ir.DepthwiseConv2D(stride, padding, out_ch // in_ch, dilation,
                                     requantization=ORT)
-            w = self._int_const(node.inputs[1], weight.transpose(1, 2, 3, 0), "int8", quant)
+            w = self._int_const(f"{node.label}_weight", weight.transpose(1, 2, 3, 0), "int8",
+                                quant)
         else:
             raise UserError(f"ONNX {node.op_type} {node.where()} has group={group} with "
                             f"{in_ch} input channels; mbgen supports group=1 and "
