@@ -130,6 +130,7 @@ class AveragePool2D:
     stride: tuple[int, int]
     padding: Padding = Padding()
     activation: Activation = Activation.NONE
+    requantization: Requantization = Requantization.TFLITE
 
 
 @dataclass(frozen=True)

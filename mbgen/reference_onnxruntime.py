@@ -111,6 +111,32 @@ def _mean(graph: ir.Graph, node: ir.Node, args: list[np.ndarray]) -> np.ndarray:
     return out.reshape(graph.tensors[node.outputs[0]].shape)
 
 
+def _average_pool2d(graph: ir.Graph, node: ir.Node, args: list[np.ndarray]) -> np.ndarray:
+    """QLinearAveragePool: float32 window sums in row order (no pairwise summation)."""
+    op: ir.AveragePool2D = node.op
+    q = ort.average_pool_quant(graph, node)
+    real = q.table[args[0].astype(np.int64) + 128]                 # (1, H, W, C) float32
+    _, height, width, _ = real.shape
+    out_shape = graph.tensors[node.outputs[0]].shape
+    out = np.empty(out_shape, dtype=np.int8)
+    (kh, kw), (sh, sw), pad = op.kernel, op.stride, op.padding
+    for oy in range(out_shape[1]):
+        y0 = oy * sh - pad.top
+        ys = range(max(y0, 0), min(y0 + kh, height))
+        for ox in range(out_shape[2]):
+            x0 = ox * sw - pad.left
+            xs = range(max(x0, 0), min(x0 + kw, width))
+            total = np.zeros(out_shape[3], dtype=np.float32)
+            for y in ys:
+                for x in xs:
+                    total = total + real[0, y, x]
+            count = _F32(len(ys) * len(xs))
+            value = (total / count) / q.y_scale + _F32(q.stored_zero_point)
+            stored = np.clip(np.rint(value), INT8_MIN + q.offset, INT8_MAX + q.offset)
+            out[0, oy, ox] = (stored - q.offset).astype(np.int8)
+    return out
+
+
 def _quantize(graph: ir.Graph, node: ir.Node, args: list[np.ndarray]) -> np.ndarray:
     if graph.tensors[node.inputs[0]].dtype != "float32":
         raise ValueError(f"{node.name}: onnxruntime QuantizeLinear here takes float input")
@@ -124,5 +150,6 @@ KERNELS: dict[type, Kernel] = {
     ir.FullyConnected: _fully_connected,
     ir.Add: _add,
     ir.Mean: _mean,
+    ir.AveragePool2D: _average_pool2d,
     ir.Quantize: _quantize,
 }

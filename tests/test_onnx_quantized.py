@@ -379,6 +379,7 @@ def _tie_model(path: Path, seed: int) -> Path:
         const("y2s", 2.0, np.float32), const("y2z", 7, np.int8),
         const("y3s", 8.0, np.float32), const("y3z", -1, np.int8),
         const("y4s", 2.0, np.float32), const("y4z", 2, np.int8),
+        const("y5s", 16.0, np.float32), const("y5z", -4, np.int8),
     ]
     nodes = [
         helper.make_node("QuantizeLinear", ["input", "xs", "xz"], ["xq"]),
@@ -388,7 +389,9 @@ def _tie_model(path: Path, seed: int) -> Path:
                          ["c2"], pads=[1, 1, 1, 1], group=c),
         helper.make_node("QLinearAdd", ["c1", "y1s", "y1z", "c2", "y2s", "y2z", "y3s", "y3z"],
                          ["sum"], domain="com.microsoft"),
-        helper.make_node("QLinearGlobalAveragePool", ["sum", "y3s", "y3z", "y4s", "y4z"],
+        helper.make_node("QLinearAveragePool", ["sum", "y3s", "y3z", "y5s", "y5z"], ["avg"],
+                         domain="com.microsoft", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("QLinearGlobalAveragePool", ["avg", "y5s", "y5z", "y4s", "y4z"],
                          ["pooled"], domain="com.microsoft", channels_last=0),
         helper.make_node("DequantizeLinear", ["pooled", "y4s", "y4z"], ["output"]),
     ]
@@ -499,7 +502,7 @@ def test_depthwise_multiplier_dilation_and_asymmetric_padding(tmp_path):
 
 
 @pytest.mark.parametrize("name,value", [("y1s", 0.0), ("y1s", np.inf), ("xs", np.nan),
-                                        ("w1s", -0.5), ("y3s", 1e-30), ("y4s", 1e30)])
+                                        ("w1s", -0.5), ("y5s", 1e-30), ("y4s", 1e30)])
 def test_malformed_scales_are_refused_in_one_line(name, value, tmp_path):
     """Each mutant is refused at load time, naming the layer, before any C is written."""
     model = onnx.load(str(_tie_model(tmp_path / "ties.onnx", 3)))
@@ -513,3 +516,51 @@ def test_malformed_scales_are_refused_in_one_line(name, value, tmp_path):
     with pytest.raises(UserError) as err:
         prepare(str(path), CompileOptions())
     assert "\n" not in str(err.value) and "QLinear" in str(err.value)
+
+
+def test_average_pools_bit_exact_with_onnxruntime(tmp_path):
+    """QLinearAveragePool with a 3x3/s2 padded window (float32 window sums, as onnxruntime)
+    and with a whole-image window (which onnxruntime runs as its global average pool)."""
+    rng = np.random.default_rng(30)
+
+    def init(name, *shape):
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.4).astype(np.float32),
+                                       name)
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("AveragePool", ["c1"], ["p1"], kernel_shape=[3, 3], strides=[2, 2],
+                         pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"]),
+        helper.make_node("AveragePool", ["c2"], ["p2"], kernel_shape=[5, 5]),
+        helper.make_node("Flatten", ["p2"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "pools",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 10, 10])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5])],
+        [init("w1", 6, 3, 3, 3), init("b1", 6), init("w2", 6, 6, 1, 1), init("b2", 6),
+         init("wf", 5, 6), init("bf", 5)])
+    float_path = tmp_path / "float.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]),
+              str(float_path))
+    calib = [rng.uniform(-1, 1, (1, 3, 10, 10)).astype(np.float32) for _ in range(3)]
+    tests = [rng.uniform(-1.2, 1.2, (1, 3, 10, 10)).astype(np.float32) for _ in range(8)]
+    for fmt, activations in [("QOperator", "QInt8"), ("QOperator", "QUInt8"), ("QDQ", "QUInt8")]:
+        path = _quantize(float_path, tmp_path / f"{fmt}{activations}.onnx", fmt, calib,
+                         activations)
+        compiled = compile_model(str(path), CompileOptions(
+            target="host", out_dir=tmp_path / f"c_{fmt}{activations}"))
+        kinds = [type(n.op) for n in compiled.graph.nodes]
+        assert ir.AveragePool2D in kinds and ir.Mean in kinds
+        exe = build_folder(compiled.out_dir)
+        session = _session(path)
+        for i, x in enumerate(tests):
+            want = session.run(None, {"input": x})[0]
+            q = _int8_input(compiled.graph, np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+            ours = np.frombuffer(run(exe, q.tobytes()), dtype=np.int8)
+            np.testing.assert_array_equal(
+                ours, run_int8(compiled.graph, q)[compiled.graph.outputs[0]].ravel())
+            np.testing.assert_array_equal(
+                _as_ort_output(compiled.graph, ours).reshape(want.shape), want,
+                err_msg=f"{fmt} {activations} input {i}")

@@ -118,7 +118,32 @@ class OrtMeanCall:
     output_zero_point: int
 
 
-OrtCall = Union[OrtConvCall, OrtDepthwiseCall, OrtAddCall, OrtMeanCall]
+@dataclass(frozen=True)
+class OrtAveragePoolCall:
+    """QLinearAveragePool: float32 sums of table-dequantised inputs, in row order."""
+
+    template: ClassVar[str] = TEMPLATE
+    function: ClassVar[str] = "ort_avgpool_s8"
+    input: BufferRef
+    output: BufferRef
+    in_h: int
+    in_w: int
+    channels: int
+    out_h: int
+    out_w: int
+    k_h: int
+    k_w: int
+    stride_h: int
+    stride_w: int
+    pad_top: int
+    pad_left: int
+    table: ConstArray          # 256 float32 bit patterns: x_scale * (q - x_zp), q = index - 128
+    y_scale_bits: int
+    stored_zero_point: int
+    offset: int
+
+
+OrtCall = Union[OrtConvCall, OrtDepthwiseCall, OrtAddCall, OrtMeanCall, OrtAveragePoolCall]
 
 
 def lower(ctx: LoweringContext, index: int, node: ir.Node) -> OrtCall | None:
@@ -137,6 +162,8 @@ def lower(ctx: LoweringContext, index: int, node: ir.Node) -> OrtCall | None:
             return _add(ctx, node)
         if isinstance(op, ir.Mean):
             return _mean(ctx, node)
+        if isinstance(op, ir.AveragePool2D):
+            return _average_pool(ctx, index, node, op)
     except ValueError as exc:  # constants onnxruntime itself would refuse
         raise ir.GraphError(str(exc)) from None
     return None
@@ -234,3 +261,19 @@ def _mean(ctx: LoweringContext, node: ir.Node) -> OrtMeanCall | None:
     q = ort.mean_quant(ctx.graph, node)
     return OrtMeanCall(ctx.buffer(node.inputs[0]), ctx.buffer(node.outputs[0]), in_h, in_w,
                        channels, q.bias, float_bits(q.scale), q.output_zero_point)
+
+
+def _average_pool(ctx: LoweringContext, index: int, node: ir.Node,
+                  op: ir.AveragePool2D) -> OrtAveragePoolCall | None:
+    in_h, in_w, channels = nhwc(ctx.tensor(node.inputs[0]).shape)
+    out_h, out_w, out_c = nhwc(ctx.tensor(node.outputs[0]).shape)
+    if out_c != channels:
+        return None
+    q = ort.average_pool_quant(ctx.graph, node)
+    table = ctx.const_values(index, "dequantize", "uint32_t", q.table.view(np.uint32),
+                             f"{node.name}: x_scale * (q - x_zp), float32 bit patterns")
+    return OrtAveragePoolCall(
+        ctx.buffer(node.inputs[0]), ctx.buffer(node.outputs[0]), in_h, in_w, channels,
+        out_h, out_w, op.kernel[0], op.kernel[1], op.stride[0], op.stride[1],
+        op.padding.top, op.padding.left, table, float_bits(q.y_scale), q.stored_zero_point,
+        q.offset)

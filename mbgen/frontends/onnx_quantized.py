@@ -4,10 +4,10 @@ Both formats that ``quantize_static`` writes are read, with their quantisation p
 taken as stored:
 
 * **QOperator**: QuantizeLinear, QLinearConv (group 1 or depthwise), QLinearMatMul,
-  com.microsoft QGemm / QLinearAdd / QLinearGlobalAveragePool, Flatten/Reshape on int8
-  tensors, DequantizeLinear.
-* **QDQ**: float Conv / Gemm / MatMul / Add / GlobalAveragePool whose inputs come from
-  DequantizeLinear and whose output goes to one QuantizeLinear. onnxruntime fuses such
+  com.microsoft QGemm / QLinearAdd / QLinearGlobalAveragePool / QLinearAveragePool,
+  Flatten/Reshape on int8 tensors, DequantizeLinear.
+* **QDQ**: float Conv / Gemm / MatMul / Add / GlobalAveragePool / AveragePool whose inputs
+  come from DequantizeLinear and whose output goes to one QuantizeLinear. onnxruntime fuses such
   groups into the QOperator kernels above, so they become the same IR ops; Flatten/Reshape
   between a DequantizeLinear and a QuantizeLinear with equal parameters is a reshape.
 
@@ -117,7 +117,8 @@ class _QuantizedConverter(QuantizedLayers, _Converter):
                             "uint8 activations, which mbgen does not support")
 
     @property
-    def _add_arithmetic(self) -> ir.Requantization:
+    def _storage_arithmetic(self) -> ir.Requantization:
+        """For ops whose float arithmetic sees the stored values (add, average pool)."""
         return ir.Requantization.ONNXRUNTIME_UINT8 if self.storage == np.uint8 else ORT
 
     def _zero_point(self, node: _OnnxNode, index: int, what: str) -> np.ndarray:
@@ -334,7 +335,8 @@ def _check_constants(graph: ir.Graph) -> None:
     from mbgen.quantize import onnxruntime_params as ort
     checks = {ir.Conv2D: ort.conv_quant, ir.DepthwiseConv2D: ort.conv_quant,
               ir.FullyConnected: ort.conv_quant, ir.Add: ort.add_quant,
-              ir.Mean: ort.mean_quant, ir.Quantize: ort.quantize_params}
+              ir.Mean: ort.mean_quant, ir.Quantize: ort.quantize_params,
+              ir.AveragePool2D: ort.average_pool_quant}
     for node in graph.nodes:
         check = checks.get(type(node.op))
         if check is None:
@@ -353,6 +355,8 @@ _HANDLERS = {
     "QLinearMatMul": _QuantizedConverter._qlinear_matmul,
     "QLinearAdd": _QuantizedConverter._qlinear_add,
     "QLinearGlobalAveragePool": _QuantizedConverter._qlinear_global_pool,
+    "QLinearAveragePool": _QuantizedConverter._qlinear_average_pool,
+    "AveragePool": _QuantizedConverter._qdq_average_pool,
     "Conv": _QuantizedConverter._qdq_conv,
     "Gemm": _QuantizedConverter._qdq_fc,
     "MatMul": _QuantizedConverter._qdq_fc,

@@ -19,7 +19,7 @@ ORT = ir.Requantization.ONNXRUNTIME
 
 
 class QuantizedLayers:
-    """Conv (incl. depthwise), fully connected (QGemm, QLinearMatMul), add, global pool."""
+    """Conv (incl. depthwise), fully connected (QGemm, QLinearMatMul), add, average pools."""
 
     # ------------------------------------------------------------------ convolutions
 
@@ -162,7 +162,7 @@ class QuantizedLayers:
                             f"{la.onnx_shape} with {lb.onnx_shape} is not supported")
         out = self._int8_activation(out_name, la, scale, zp)
         self.nodes.append(ir.Node(self._unique_node_name(node.label),
-                                  ir.Add(requantization=self._add_arithmetic), [a, b], [out]))
+                                  ir.Add(requantization=self._storage_arithmetic), [a, b], [out]))
 
     def _qlinear_add(self, node: _OnnxNode) -> None:
         a_scale, a_zp = self._scale_zp(node, 1, "input A")
@@ -202,3 +202,47 @@ class QuantizedLayers:
         x = self._dq_input(node, 0)
         out, y_scale, y_zp = self._qdq_output(node)
         self._emit_global_pool(node, x.tensor, out, y_scale, y_zp)
+
+    def _emit_average_pool(self, node: _OnnxNode, x: str, out_name: str, scale: float,
+                           zp: int) -> None:
+        attrs = node.attrs
+        for name in ("channels_last", "count_include_pad", "ceil_mode"):
+            if int(attrs.get(name, 0)):
+                raise UserError(f"ONNX {node.op_type} {node.where()}: {name}=1 is not "
+                                "supported")
+        if any(d != 1 for d in attrs.get("dilations", (1, 1))):
+            raise UserError(f"ONNX {node.op_type} {node.where()}: dilated pooling is not "
+                            "supported")
+        layout = self.layouts[node.inputs[0]]
+        if layout.order is not _Order.NHWC:
+            raise UserError(f"ONNX {node.op_type} {node.where()} needs an NCHW input")
+        n, c, h, w = layout.onnx_shape
+        kernel = _pair(attrs.get("kernel_shape", ()), node)
+        stride = _pair(attrs.get("strides", (1, 1)), node)
+        padding = self._window_padding(node, (h, w), kernel, stride, (1, 1))
+        if kernel == (h, w) and padding == ir.Padding():
+            # onnxruntime runs this as its global average pool (integer sum, float scale)
+            out = self._int8_activation(out_name, _layout_for((n, c, 1, 1)), scale, zp)
+            self.nodes.append(ir.Node(self._unique_node_name(node.label),
+                                      ir.Mean((1, 2), True, requantization=ORT), [x], [out]))
+            return
+        if max(padding.top, padding.bottom) >= kernel[0] or \
+                max(padding.left, padding.right) >= kernel[1]:
+            raise UserError(f"ONNX {node.op_type} {node.where()}: padding as large as the "
+                            "window leaves windows with no pixel")
+        out_h = (h + padding.top + padding.bottom - kernel[0]) // stride[0] + 1
+        out_w = (w + padding.left + padding.right - kernel[1]) // stride[1] + 1
+        out = self._int8_activation(out_name, _layout_for((n, c, out_h, out_w)), scale, zp)
+        op = ir.AveragePool2D(kernel, stride, padding, requantization=self._storage_arithmetic)
+        self.nodes.append(ir.Node(self._unique_node_name(node.label), op, [x], [out]))
+
+    def _qlinear_average_pool(self, node: _OnnxNode) -> None:
+        x_scale, x_zp = self._scale_zp(node, 1, "input")
+        y_scale, y_zp = self._scale_zp(node, 3, "output")
+        self._emit_average_pool(node, self._int8_input(node, 0, x_scale, x_zp),
+                                node.proto.output[0], y_scale, y_zp)
+
+    def _qdq_average_pool(self, node: _OnnxNode) -> None:
+        x = self._dq_input(node, 0)
+        out, y_scale, y_zp = self._qdq_output(node)
+        self._emit_average_pool(node, x.tensor, out, y_scale, y_zp)

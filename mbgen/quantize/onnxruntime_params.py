@@ -12,6 +12,9 @@ the same operations in the same order (each step rounded to float32):
   ``fma(a, ratio_a, fma(b, ratio_b, fixed))`` on the stored values (int8 or uint8), so here
   the storage type matters (``storage_offset``).
 * QuantizeLinear: ``x / scale`` (a division), clamp, round half to even, add the zero point.
+* QLinearAveragePool (a window smaller than the image; a whole-image window without pads
+  runs the global average pool above): float32 sums of dequantised inputs, see
+  ``OrtAveragePoolQuant``.
 
 Both the numpy reference (``mbgen/reference_onnxruntime.py``) and the C lowering
 (``mbgen/codegen/lowering_onnxruntime.py``) take their constants from here.
@@ -148,6 +151,35 @@ def mean_quant(graph: ir.Graph, node: ir.Node) -> OrtMeanQuant:
         raise ValueError(f"{node.name}: average pool scale {float(scale)!r} or size {count} is "
                          "outside what onnxruntime computes")
     return OrtMeanQuant(count, -x_zp * count, _F32(scale), y_zp)
+
+
+@dataclass(frozen=True)
+class OrtAveragePoolQuant:
+    """QLinearAveragePool (window smaller than the image): float32 throughout. Each input
+    dequantises through ``table`` (``x_scale * float(q - x_zp)`` for the 256 codes, indexed by
+    the IR's int8 value + 128); a window sums them in row order, divides by its pixel count,
+    divides by ``y_scale``, adds ``y_zp`` (of the storage type), rounds half to even."""
+
+    table: np.ndarray           # float32 (256,)
+    y_scale: np.float32
+    stored_zero_point: int      # y_zp as stored (uint8: IR's + 128)
+    offset: int
+
+
+def average_pool_quant(graph: ir.Graph, node: ir.Node) -> OrtAveragePoolQuant:
+    _check_no_activation(node)
+    x_scale, x_zp = _per_tensor(graph, node.inputs[0], node)
+    y_scale, y_zp = _per_tensor(graph, node.outputs[0], node)
+    codes = np.arange(-128, 128, dtype=np.int64)
+    with np.errstate(over="ignore", under="ignore"):
+        table = x_scale * (codes - x_zp).astype(np.float32)
+        largest = float(np.max(np.abs(table))) / float(y_scale)
+    # The kernels round by adding 1.5 * 2**23: |value / y_scale + y_zp| must stay below 2**22.
+    if not np.all(np.isfinite(table)) or not largest < 2.0 ** 21:
+        raise ValueError(f"{node.name}: average pool scales x_scale / y_scale are outside "
+                         "what onnxruntime computes in range")
+    offset = storage_offset(node.op)
+    return OrtAveragePoolQuant(table.astype(np.float32), _F32(y_scale), y_zp + offset, offset)
 
 
 def quantize_params(graph: ir.Graph, node: ir.Node) -> tuple[np.float32, int]:
