@@ -120,6 +120,7 @@ class Mul:
     """inputs: a, b (same shape, or b broadcast per channel as in squeeze-excite)."""
 
     activation: Activation = Activation.NONE
+    requantization: Requantization = Requantization.TFLITE
 
 
 @dataclass(frozen=True)

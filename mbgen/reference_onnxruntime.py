@@ -104,6 +104,17 @@ def _fma32(x: np.ndarray, y: np.float32, z: np.ndarray | np.float32) -> np.ndarr
     return (x * np.float64(y) + np.asarray(z, dtype=np.float64)).astype(np.float32)
 
 
+def _mul(graph: ir.Graph, node: ir.Node, args: list[np.ndarray]) -> np.ndarray:
+    """QLinearMul: int32 product of the shifted inputs, float32 scale, then the zero point
+    added in float32 before rounding half to even (b may broadcast per channel)."""
+    q = ort.mul_quant(graph, node)
+    product = (args[0].astype(np.int64) - q.a_zero_point) * (args[1].astype(np.int64)
+                                                            - q.b_zero_point)
+    value = product.astype(np.float32) * q.ratio + _F32(q.stored_zero_point)
+    stored = np.clip(np.rint(value), INT8_MIN + q.offset, INT8_MAX + q.offset)
+    return (stored - q.offset).astype(np.int8).reshape(graph.tensors[node.outputs[0]].shape)
+
+
 def _mean(graph: ir.Graph, node: ir.Node, args: list[np.ndarray]) -> np.ndarray:
     q = ort.mean_quant(graph, node)
     acc = args[0].astype(np.int64).sum(axis=(1, 2)) + q.bias
@@ -149,6 +160,7 @@ KERNELS: dict[type, Kernel] = {
     ir.DepthwiseConv2D: _depthwise_conv2d,
     ir.FullyConnected: _fully_connected,
     ir.Add: _add,
+    ir.Mul: _mul,
     ir.Mean: _mean,
     ir.AveragePool2D: _average_pool2d,
     ir.Quantize: _quantize,

@@ -262,14 +262,15 @@ def test_small_models_every_op_bit_exact_with_onnxruntime(seed, head, tmp_path):
 # ----------------------------------------------------------------------------- arithmetic
 
 
-def _qlinear_add_model(a_scale, a_zp, b_scale, b_zp, c_scale, c_zp, size, dtype=np.int8):
+def _qlinear_add_model(a_scale, a_zp, b_scale, b_zp, c_scale, c_zp, size, dtype=np.int8,
+                       op_type="QLinearAdd"):
     def scalar(name, value, kind):
         return numpy_helper.from_array(np.array(value, dtype=kind), name)
     inits = [scalar("as", a_scale, np.float32), scalar("az", a_zp, dtype),
              scalar("bs", b_scale, np.float32), scalar("bz", b_zp, dtype),
              scalar("cs", c_scale, np.float32), scalar("cz", c_zp, dtype)]
     elem = TensorProto.INT8 if dtype == np.int8 else TensorProto.UINT8
-    node = helper.make_node("QLinearAdd", ["a", "as", "az", "b", "bs", "bz", "cs", "cz"], ["c"],
+    node = helper.make_node(op_type, ["a", "as", "az", "b", "bs", "bz", "cs", "cz"], ["c"],
                             domain="com.microsoft")
     graph = helper.make_graph(
         [node], "qadd",
@@ -279,10 +280,11 @@ def _qlinear_add_model(a_scale, a_zp, b_scale, b_zp, c_scale, c_zp, size, dtype=
                                                    helper.make_opsetid("com.microsoft", 1)])
 
 
+@pytest.mark.parametrize("op_type", ["QLinearAdd", "QLinearMul"])
 @pytest.mark.parametrize("seed,storage", [(0, "int8"), (1, "int8"), (2, "uint8"), (3, "uint8")])
-def test_qlinear_add_every_input_pair_matches_onnxruntime(seed, storage):
-    """All 65536 (a, b) pairs through onnxruntime's QLinearAdd and our numpy kernel; uint8
-    tensors are held as int8 minus 128, as the frontend does."""
+def test_qlinear_binary_every_input_pair_matches_onnxruntime(op_type, seed, storage):
+    """All 65536 (a, b) pairs through onnxruntime's QLinearAdd / QLinearMul and our numpy
+    kernels; uint8 tensors are held as int8 minus 128, as the frontend does."""
     from mbgen.reference_onnxruntime import KERNELS
     rng = np.random.default_rng(seed)
     scales = (rng.uniform(0.005, 0.2, 3)).astype(np.float32)
@@ -290,8 +292,10 @@ def test_qlinear_add_every_input_pair_matches_onnxruntime(seed, storage):
     zps = rng.integers(-128, 128, 3) + shift
     a, b = (g.reshape(1, -1) for g in np.meshgrid(np.arange(-128, 128), np.arange(-128, 128)))
     dtype = np.dtype(storage)
+    if op_type == "QLinearMul":
+        scales[2] *= 20  # a product's range is wider: keep the outputs off the rails
     model = _qlinear_add_model(scales[0], zps[0], scales[1], zps[1], scales[2], zps[2], a.size,
-                               dtype)
+                               dtype, op_type)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     want = ort.InferenceSession(model.SerializeToString(), options,
@@ -300,9 +304,9 @@ def test_qlinear_add_every_input_pair_matches_onnxruntime(seed, storage):
     tensors = {n: ir.Tensor(n, a.shape, "int8", quant=ir.QuantParams.per_tensor(s, z - shift))
                for n, s, z in zip("abc", scales, zps)}
     mode = ir.Requantization.ONNXRUNTIME_UINT8 if shift else ir.Requantization.ONNXRUNTIME
-    graph = ir.Graph("qadd", tensors, [ir.Node("add", ir.Add(requantization=mode), ["a", "b"],
-                                               ["c"])], ["a", "b"], ["c"])
-    got = KERNELS[ir.Add](graph, graph.nodes[0], [a.astype(np.int8), b.astype(np.int8)])
+    op = ir.Add(requantization=mode) if op_type == "QLinearAdd" else ir.Mul(requantization=mode)
+    graph = ir.Graph("qbin", tensors, [ir.Node("op", op, ["a", "b"], ["c"])], ["a", "b"], ["c"])
+    got = KERNELS[type(op)](graph, graph.nodes[0], [a.astype(np.int8), b.astype(np.int8)])
     np.testing.assert_array_equal(got.astype(np.int64) + shift, want.astype(np.int64))
 
 
@@ -337,10 +341,10 @@ def test_uint8_weights_and_unsupported_ops_are_refused_in_one_line(tmp_path):
         prepare(str(tmp_path / "u8.onnx"), CompileOptions())
     assert "\n" not in str(err.value)
     model = onnx.load(str(_quantize(float_path, tmp_path / "s8.onnx", "QOperator", calib)))
-    next(n for n in model.graph.node if n.op_type == "QLinearAdd").op_type = "QLinearMul"
-    bad = tmp_path / "mul.onnx"
+    next(n for n in model.graph.node if n.op_type == "QLinearAdd").op_type = "QLinearSigmoid"
+    bad = tmp_path / "sigmoid.onnx"
     onnx.save(model, str(bad))
-    with pytest.raises(UserError, match="QLinearMul"):
+    with pytest.raises(UserError, match="QLinearSigmoid"):
         prepare(str(bad), CompileOptions())
 
 
@@ -380,6 +384,7 @@ def _tie_model(path: Path, seed: int) -> Path:
         const("y3s", 8.0, np.float32), const("y3z", -1, np.int8),
         const("y4s", 2.0, np.float32), const("y4z", 2, np.int8),
         const("y5s", 16.0, np.float32), const("y5z", -4, np.int8),
+        const("y6s", 16.0, np.float32), const("y6z", 1, np.int8),
     ]
     nodes = [
         helper.make_node("QuantizeLinear", ["input", "xs", "xz"], ["xq"]),
@@ -387,7 +392,9 @@ def _tie_model(path: Path, seed: int) -> Path:
                                          "b1"], ["c1"], pads=[1, 1, 1, 1]),
         helper.make_node("QLinearConv", ["c1", "y1s", "y1z", "w2", "w2s", "w2z", "y2s", "y2z"],
                          ["c2"], pads=[1, 1, 1, 1], group=c),
-        helper.make_node("QLinearAdd", ["c1", "y1s", "y1z", "c2", "y2s", "y2z", "y3s", "y3z"],
+        helper.make_node("QLinearMul", ["c1", "y1s", "y1z", "c2", "y2s", "y2z", "y6s", "y6z"],
+                         ["prod"], domain="com.microsoft"),
+        helper.make_node("QLinearAdd", ["c1", "y1s", "y1z", "prod", "y6s", "y6z", "y3s", "y3z"],
                          ["sum"], domain="com.microsoft"),
         helper.make_node("QLinearAveragePool", ["sum", "y3s", "y3z", "y5s", "y5z"], ["avg"],
                          domain="com.microsoft", kernel_shape=[2, 2], strides=[2, 2]),
@@ -553,6 +560,54 @@ def test_average_pools_bit_exact_with_onnxruntime(tmp_path):
             target="host", out_dir=tmp_path / f"c_{fmt}{activations}"))
         kinds = [type(n.op) for n in compiled.graph.nodes]
         assert ir.AveragePool2D in kinds and ir.Mean in kinds
+        exe = build_folder(compiled.out_dir)
+        session = _session(path)
+        for i, x in enumerate(tests):
+            want = session.run(None, {"input": x})[0]
+            q = _int8_input(compiled.graph, np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+            ours = np.frombuffer(run(exe, q.tobytes()), dtype=np.int8)
+            np.testing.assert_array_equal(
+                ours, run_int8(compiled.graph, q)[compiled.graph.outputs[0]].ravel())
+            np.testing.assert_array_equal(
+                _as_ort_output(compiled.graph, ours).reshape(want.shape), want,
+                err_msg=f"{fmt} {activations} input {i}")
+
+
+
+def test_squeeze_excite_mul_bit_exact_with_onnxruntime(tmp_path):
+    """x * s with s (1, C, 1, 1) from a global pool and a 1x1 conv (squeeze-excite): the
+    broadcast QLinearMul, both formats, int8 and uint8."""
+    rng = np.random.default_rng(40)
+
+    def init(name, *shape):
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.4).astype(np.float32),
+                                       name)
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["x"], pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["x"], ["squeezed"]),
+        helper.make_node("Conv", ["squeezed", "w2", "b2"], ["gate"]),
+        helper.make_node("Mul", ["x", "gate"], ["excited"]),
+        helper.make_node("GlobalAveragePool", ["excited"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "se", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5])],
+        [init("w1", 6, 3, 3, 3), init("b1", 6), init("w2", 6, 6, 1, 1), init("b2", 6),
+         init("wf", 5, 6), init("bf", 5)])
+    float_path = tmp_path / "float.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]),
+              str(float_path))
+    calib = [rng.uniform(-1, 1, (1, 3, 8, 8)).astype(np.float32) for _ in range(3)]
+    tests = [rng.uniform(-1.2, 1.2, (1, 3, 8, 8)).astype(np.float32) for _ in range(8)]
+    for fmt, activations in [("QOperator", "QInt8"), ("QOperator", "QUInt8"), ("QDQ", "QUInt8")]:
+        path = _quantize(float_path, tmp_path / f"{fmt}{activations}.onnx", fmt, calib,
+                         activations)
+        compiled = compile_model(str(path), CompileOptions(
+            target="host", out_dir=tmp_path / f"c_{fmt}{activations}"))
+        muls = [n for n in compiled.graph.nodes if isinstance(n.op, ir.Mul)]
+        assert muls and compiled.graph.tensors[muls[0].inputs[1]].shape == (1, 1, 1, 6)
         exe = build_folder(compiled.out_dir)
         session = _session(path)
         for i, x in enumerate(tests):

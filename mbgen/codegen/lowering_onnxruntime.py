@@ -103,6 +103,24 @@ class OrtAddCall:
 
 
 @dataclass(frozen=True)
+class OrtMulCall:
+    """QLinearMul; input2 repeats every ``input2_size`` elements (per-channel broadcast)."""
+
+    template: ClassVar[str] = TEMPLATE
+    function: ClassVar[str] = "ort_mul_s8"
+    input1: BufferRef
+    input2: BufferRef
+    output: BufferRef
+    size: int
+    input2_size: int
+    input1_zero_point: int
+    input2_zero_point: int
+    ratio_bits: int
+    stored_zero_point: int
+    offset: int
+
+
+@dataclass(frozen=True)
 class OrtMeanCall:
     """QLinearGlobalAveragePool over H and W."""
 
@@ -143,7 +161,8 @@ class OrtAveragePoolCall:
     offset: int
 
 
-OrtCall = Union[OrtConvCall, OrtDepthwiseCall, OrtAddCall, OrtMeanCall, OrtAveragePoolCall]
+OrtCall = Union[OrtConvCall, OrtDepthwiseCall, OrtAddCall, OrtMulCall, OrtMeanCall,
+                OrtAveragePoolCall]
 
 
 def lower(ctx: LoweringContext, index: int, node: ir.Node) -> OrtCall | None:
@@ -160,6 +179,8 @@ def lower(ctx: LoweringContext, index: int, node: ir.Node) -> OrtCall | None:
             return _depthwise(ctx, index, node, op)
         if isinstance(op, ir.Add):
             return _add(ctx, node)
+        if isinstance(op, ir.Mul):
+            return _mul(ctx, node)
         if isinstance(op, ir.Mean):
             return _mean(ctx, node)
         if isinstance(op, ir.AveragePool2D):
@@ -252,6 +273,18 @@ def _add(ctx: LoweringContext, node: ir.Node) -> OrtAddCall | None:
     return OrtAddCall(ctx.buffer(node.inputs[0]), ctx.buffer(node.inputs[1]),
                       ctx.buffer(node.outputs[0]), out.size, q.offset, float_bits(q.ratio_a),
                       float_bits(q.ratio_b), float_bits(q.fixed))
+
+
+def _mul(ctx: LoweringContext, node: ir.Node) -> OrtMulCall | None:
+    a, b, out = (ctx.tensor(n) for n in (node.inputs[0], node.inputs[1], node.outputs[0]))
+    if a.is_const or b.is_const or a.size != out.size:
+        return None
+    if b.size != out.size and (b.size != out.shape[-1] or b.shape[-1] != out.shape[-1]):
+        return None  # only elementwise or per-channel (squeeze-excite) broadcasting
+    q = ort.mul_quant(ctx.graph, node)
+    return OrtMulCall(ctx.buffer(node.inputs[0]), ctx.buffer(node.inputs[1]),
+                      ctx.buffer(node.outputs[0]), out.size, b.size, q.a_zero_point,
+                      q.b_zero_point, float_bits(q.ratio), q.stored_zero_point, q.offset)
 
 
 def _mean(ctx: LoweringContext, node: ir.Node) -> OrtMeanCall | None:

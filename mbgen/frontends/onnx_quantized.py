@@ -4,18 +4,19 @@ Both formats that ``quantize_static`` writes are read, with their quantisation p
 taken as stored:
 
 * **QOperator**: QuantizeLinear, QLinearConv (group 1 or depthwise), QLinearMatMul,
-  com.microsoft QGemm / QLinearAdd / QLinearGlobalAveragePool / QLinearAveragePool,
-  Flatten/Reshape on int8 tensors, DequantizeLinear.
-* **QDQ**: float Conv / Gemm / MatMul / Add / GlobalAveragePool / AveragePool whose inputs
-  come from DequantizeLinear and whose output goes to one QuantizeLinear. onnxruntime fuses such
-  groups into the QOperator kernels above, so they become the same IR ops; Flatten/Reshape
-  between a DequantizeLinear and a QuantizeLinear with equal parameters is a reshape.
+  com.microsoft QGemm / QLinearAdd / QLinearMul / QLinearGlobalAveragePool /
+  QLinearAveragePool, Flatten/Reshape on int8 tensors, DequantizeLinear.
+* **QDQ**: float Conv / Gemm / MatMul / Add / Mul / GlobalAveragePool / AveragePool whose
+  inputs come from DequantizeLinear and whose output goes to one QuantizeLinear.
+  onnxruntime fuses such groups into the QOperator kernels above, so they become the same
+  IR ops; Flatten/Reshape between a DequantizeLinear and a QuantizeLinear with equal
+  parameters is a reshape.
 
 Every int8 op gets ``requantization=ONNXRUNTIME`` (float32 scales, round half to even; see
 ``mbgen/quantize/onnxruntime_params.py``). Activations may be int8 or uint8 (quantize_static's
 default); uint8 tensors become int8 with value and zero point minus 128, which is exact for
-every op here, and the add, whose float arithmetic sees stored values, is
-``ONNXRUNTIME_UINT8``. Weights must be int8.
+every op here, and the add, mul and average pool, whose float arithmetic sees stored
+values, are ``ONNXRUNTIME_UINT8``. Weights must be int8.
 """
 
 from __future__ import annotations
@@ -334,7 +335,7 @@ def _check_constants(graph: ir.Graph) -> None:
     (scales that are not positive finite float32s, non-zero weight zero points, ...)."""
     from mbgen.quantize import onnxruntime_params as ort
     checks = {ir.Conv2D: ort.conv_quant, ir.DepthwiseConv2D: ort.conv_quant,
-              ir.FullyConnected: ort.conv_quant, ir.Add: ort.add_quant,
+              ir.FullyConnected: ort.conv_quant, ir.Add: ort.add_quant, ir.Mul: ort.mul_quant,
               ir.Mean: ort.mean_quant, ir.Quantize: ort.quantize_params,
               ir.AveragePool2D: ort.average_pool_quant}
     for node in graph.nodes:
@@ -353,14 +354,16 @@ _HANDLERS = {
     "QLinearConv": _QuantizedConverter._qlinear_conv,
     "QGemm": _QuantizedConverter._qgemm,
     "QLinearMatMul": _QuantizedConverter._qlinear_matmul,
-    "QLinearAdd": _QuantizedConverter._qlinear_add,
+    "QLinearAdd": _QuantizedConverter._qlinear_binary,
+    "QLinearMul": _QuantizedConverter._qlinear_binary,
     "QLinearGlobalAveragePool": _QuantizedConverter._qlinear_global_pool,
     "QLinearAveragePool": _QuantizedConverter._qlinear_average_pool,
     "AveragePool": _QuantizedConverter._qdq_average_pool,
     "Conv": _QuantizedConverter._qdq_conv,
     "Gemm": _QuantizedConverter._qdq_fc,
     "MatMul": _QuantizedConverter._qdq_fc,
-    "Add": _QuantizedConverter._qdq_add,
+    "Add": _QuantizedConverter._qdq_binary,
+    "Mul": _QuantizedConverter._qdq_binary,
     "GlobalAveragePool": _QuantizedConverter._qdq_global_pool,
     "Flatten": _QuantizedConverter._reshape,
     "Reshape": _QuantizedConverter._reshape,

@@ -19,7 +19,7 @@ ORT = ir.Requantization.ONNXRUNTIME
 
 
 class QuantizedLayers:
-    """Conv (incl. depthwise), fully connected (QGemm, QLinearMatMul), add, average pools."""
+    """Conv (incl. depthwise), fully connected (QGemm, QLinearMatMul), add, mul, pools."""
 
     # ------------------------------------------------------------------ convolutions
 
@@ -152,32 +152,40 @@ class QuantizedLayers:
 
     # ------------------------------------------------------------------ elementwise, pooling
 
-    def _emit_binary(self, node: _OnnxNode, a: str, b: str, out_name: str, scale: float,
-                     zp: int) -> None:
-        la, lb = self.layouts[node.inputs[0]], self.layouts[node.inputs[3]
-                                                             if node.op_type == "QLinearAdd"
-                                                             else node.inputs[1]]
-        if la.onnx_shape != lb.onnx_shape:
+    def _emit_binary(self, node: _OnnxNode, a: str, b: str, values: tuple[str, str],
+                     out_name: str, scale: float, zp: int) -> None:
+        """Add (same shapes) or Mul (same shapes, or one side (1, C, 1, 1) as in
+        squeeze-excite; the product commutes, so the broadcast side becomes b)."""
+        la, lb = self.layouts[values[0]], self.layouts[values[1]]
+        is_mul = node.op_type in ("QLinearMul", "Mul")
+        if is_mul and la.onnx_shape != lb.onnx_shape and _is_channel_vector(la, lb):
+            a, b, la, lb = b, a, lb, la
+        if la.onnx_shape != lb.onnx_shape and not (is_mul and _is_channel_vector(lb, la)):
             raise UserError(f"ONNX {node.op_type} {node.where()}: broadcasting "
                             f"{la.onnx_shape} with {lb.onnx_shape} is not supported")
         out = self._int8_activation(out_name, la, scale, zp)
-        self.nodes.append(ir.Node(self._unique_node_name(node.label),
-                                  ir.Add(requantization=self._storage_arithmetic), [a, b], [out]))
+        arithmetic = self._storage_arithmetic
+        op: ir.OpAttrs = ir.Mul(requantization=arithmetic) if is_mul \
+            else ir.Add(requantization=arithmetic)
+        self.nodes.append(ir.Node(self._unique_node_name(node.label), op, [a, b], [out]))
 
-    def _qlinear_add(self, node: _OnnxNode) -> None:
+    def _qlinear_binary(self, node: _OnnxNode) -> None:
+        """QLinearAdd / QLinearMul (com.microsoft): A, scale, zp, B, scale, zp, C scale, zp."""
         a_scale, a_zp = self._scale_zp(node, 1, "input A")
         b_scale, b_zp = self._scale_zp(node, 4, "input B")
         y_scale, y_zp = self._scale_zp(node, 6, "output")
         self._emit_binary(node, self._int8_input(node, 0, a_scale, a_zp),
                           self._int8_input(node, 3, b_scale, b_zp),
-                          node.proto.output[0], y_scale, y_zp)
+                          (node.inputs[0], node.inputs[3]), node.proto.output[0], y_scale, y_zp)
 
-    def _qdq_add(self, node: _OnnxNode) -> None:
+    def _qdq_binary(self, node: _OnnxNode) -> None:
         a, b = self._dq_input(node, 0), self._dq_input(node, 1)
         if a.tensor is None or b.tensor is None:
-            raise UserError(f"ONNX Add {node.where()}: adding a constant is not supported")
+            raise UserError(f"ONNX {node.op_type} {node.where()}: a constant operand is not "
+                            "supported")
         out, y_scale, y_zp = self._qdq_output(node)
-        self._emit_binary(node, a.tensor, b.tensor, out, y_scale, y_zp)
+        self._emit_binary(node, a.tensor, b.tensor, (node.inputs[0], node.inputs[1]), out,
+                          y_scale, y_zp)
 
     def _emit_global_pool(self, node: _OnnxNode, x: str, out_name: str, scale: float,
                           zp: int) -> None:
@@ -246,3 +254,9 @@ class QuantizedLayers:
         x = self._dq_input(node, 0)
         out, y_scale, y_zp = self._qdq_output(node)
         self._emit_average_pool(node, x.tensor, out, y_scale, y_zp)
+
+
+def _is_channel_vector(small: _Layout, big: _Layout) -> bool:
+    """True when ``small`` is (1, C, 1, 1) and ``big`` is (1, C, H, W)."""
+    return (small.order is _Order.NHWC and big.order is _Order.NHWC
+            and small.onnx_shape == (1, big.onnx_shape[1], 1, 1))

@@ -11,6 +11,7 @@ the same operations in the same order (each step rounded to float32):
   c_scale`` and ``fixed = float(c_zp) - (ratio_a * a_zp + ratio_b * b_zp)``; each output is
   ``fma(a, ratio_a, fma(b, ratio_b, fixed))`` on the stored values (int8 or uint8), so here
   the storage type matters (``storage_offset``).
+* QLinearMul: see ``OrtMulQuant``.
 * QuantizeLinear: ``x / scale`` (a division), clamp, round half to even, add the zero point.
 * QLinearAveragePool (a window smaller than the image; a whole-image window without pads
   runs the global average pool above): float32 sums of dequantised inputs, see
@@ -51,6 +52,19 @@ class OrtAddQuant:
     ratio_a: np.float32
     ratio_b: np.float32
     fixed: np.float32
+
+
+@dataclass(frozen=True)
+class OrtMulQuant:
+    """QLinearMul (MLAS's SSE2 kernel): p = (a - a_zp) * (b - b_zp) in int32, then
+    float32(float32(p) * ratio) + float32(c_zp) (two roundings, no fused multiply-add),
+    rounded half to even, saturated to the storage type."""
+
+    a_zero_point: int
+    b_zero_point: int
+    ratio: np.float32           # (a_scale * b_scale) / c_scale
+    stored_zero_point: int      # c_zp as stored (uint8: IR's + 128)
+    offset: int
 
 
 @dataclass(frozen=True)
@@ -135,6 +149,21 @@ def _lsb(value: np.float32) -> float:
     if value == 0:
         return float("inf")
     return float(np.ldexp(1.0, int(np.frexp(np.float64(value))[1]) - 24))
+
+
+def mul_quant(graph: ir.Graph, node: ir.Node) -> OrtMulQuant:
+    _check_no_activation(node)
+    a_scale, a_zp = _per_tensor(graph, node.inputs[0], node)
+    b_scale, b_zp = _per_tensor(graph, node.inputs[1], node)
+    c_scale, c_zp = _per_tensor(graph, node.outputs[0], node)
+    with np.errstate(over="ignore", under="ignore"):
+        ratio = (a_scale * b_scale) / c_scale
+    # |p| <= 255 * 255: the kernels round by adding 1.5 * 2**23, so |p * ratio| < 2**21.
+    if not np.isfinite(ratio) or not ratio > 0 or not 65025 * float(ratio) < 2.0 ** 21:
+        raise ValueError(f"{node.name}: mul scale ratio a_scale * b_scale / c_scale is "
+                         "outside what onnxruntime computes in range")
+    offset = storage_offset(node.op)
+    return OrtMulQuant(a_zp, b_zp, _F32(ratio), c_zp + offset, offset)
 
 
 def mean_quant(graph: ir.Graph, node: ir.Node) -> OrtMeanQuant:
