@@ -82,6 +82,14 @@ def _as_ort_output(graph: ir.Graph, q8: np.ndarray) -> np.ndarray:
     return dequantize_linear(q8, q.scalar_scale, q.scalar_zero_point)
 
 
+def _assert_same_as_ort(graph: ir.Graph, ours: np.ndarray, want: np.ndarray, msg: str) -> None:
+    """Our int8 output (NHWC) dequantised as onnxruntime does, against its NCHW output."""
+    got = _as_ort_output(graph, ours).reshape(graph.tensors[graph.outputs[0]].shape)
+    if want.ndim == 4:
+        want = want.transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(got, want.reshape(got.shape), err_msg=msg)
+
+
 def _lsb_diff(graph: ir.Graph, ours: np.ndarray, theirs: np.ndarray) -> np.ndarray:
     q = graph.tensors[graph.outputs[0]].quant
     theirs_q = np.rint(theirs.reshape(-1) / np.float32(q.scalar_scale)) + q.scalar_zero_point
@@ -364,9 +372,16 @@ def test_verify_with_onnxruntime_reference(tmp_path):
                      count=1, echo=lines.append)
 
 
-def _tie_model(path: Path, seed: int) -> Path:
-    """QOperator graph built by hand with power-of-two scale ratios, so that many values land
-    exactly half-way between two integers: round half to even is visible in every op."""
+TIE_OUTPUTS = {"c1": ("y1s", "y1z", 6), "c2": ("y2s", "y2z", 6), "sum": ("y3s", "y3z", 6),
+               "prod": ("y6s", "y6z", 6), "avg": ("y5s", "y5z", 3),
+               "pooled": ("y4s", "y4z", 1)}
+
+
+def _tie_model(path: Path, seed: int, last: str = "pooled") -> Path:
+    """QOperator graph built by hand with power-of-two scale ratios (and small weights, so few
+    values saturate): many values land exactly half-way between two integers, and round half
+    to even is visible in every op. The model ends at ``last`` (one of TIE_OUTPUTS), so each
+    op's own output is compared."""
     rng = np.random.default_rng(seed)
     c = 4
 
@@ -374,17 +389,18 @@ def _tie_model(path: Path, seed: int) -> Path:
         return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
     inits = [
         const("xs", 0.25, np.float32), const("xz", 3, np.int8),
-        const("w1", rng.integers(-127, 128, (c, c, 3, 3)), np.int8),
+        const("w1", rng.integers(-3, 4, (c, c, 3, 3)), np.int8),
         const("w1s", [0.5, 0.25, 0.125, 1.0], np.float32), const("w1z", [0] * c, np.int8),
         const("b1", rng.integers(-50, 50, c), np.int32),
-        const("y1s", 4.0, np.float32), const("y1z", -5, np.int8),
-        const("w2", rng.integers(-127, 128, (c, 1, 3, 3)), np.int8),
+        const("y1s", 1.0, np.float32), const("y1z", -5, np.int8),
+        const("w2", rng.integers(-3, 4, (c, 1, 3, 3)), np.int8),
         const("w2s", 0.5, np.float32), const("w2z", 0, np.int8),
-        const("y2s", 2.0, np.float32), const("y2z", 7, np.int8),
-        const("y3s", 8.0, np.float32), const("y3z", -1, np.int8),
-        const("y4s", 2.0, np.float32), const("y4z", 2, np.int8),
-        const("y5s", 16.0, np.float32), const("y5z", -4, np.int8),
-        const("y6s", 16.0, np.float32), const("y6z", 1, np.int8),
+        const("y2s", 4.0, np.float32), const("y2z", 7, np.int8),
+        const("y3s", 4.0, np.float32), const("y3z", -1, np.int8),
+        const("y6s", 128.0, np.float32), const("y6z", 1, np.int8),
+        const("y5s", 64.0, np.float32), const("y5z", -4, np.int8),
+        # float32(128 / 9): the global pool's scale 64 / (y4s * 9) is then exactly 1/2
+        const("y4s", 128.0 / 9.0, np.float32), const("y4z", 2, np.int8),
     ]
     nodes = [
         helper.make_node("QuantizeLinear", ["input", "xs", "xz"], ["xq"]),
@@ -392,30 +408,35 @@ def _tie_model(path: Path, seed: int) -> Path:
                                          "b1"], ["c1"], pads=[1, 1, 1, 1]),
         helper.make_node("QLinearConv", ["c1", "y1s", "y1z", "w2", "w2s", "w2z", "y2s", "y2z"],
                          ["c2"], pads=[1, 1, 1, 1], group=c),
-        helper.make_node("QLinearMul", ["c1", "y1s", "y1z", "c2", "y2s", "y2z", "y6s", "y6z"],
-                         ["prod"], domain="com.microsoft"),
-        helper.make_node("QLinearAdd", ["c1", "y1s", "y1z", "prod", "y6s", "y6z", "y3s", "y3z"],
+        helper.make_node("QLinearAdd", ["c2", "y2s", "y2z", "c1", "y1s", "y1z", "y3s", "y3z"],
                          ["sum"], domain="com.microsoft"),
-        helper.make_node("QLinearAveragePool", ["sum", "y3s", "y3z", "y5s", "y5z"], ["avg"],
+        helper.make_node("QLinearMul", ["sum", "y3s", "y3z", "c1", "y1s", "y1z", "y6s", "y6z"],
+                         ["prod"], domain="com.microsoft"),
+        helper.make_node("QLinearAveragePool", ["prod", "y6s", "y6z", "y5s", "y5z"], ["avg"],
                          domain="com.microsoft", kernel_shape=[2, 2], strides=[2, 2]),
         helper.make_node("QLinearGlobalAveragePool", ["avg", "y5s", "y5z", "y4s", "y4z"],
                          ["pooled"], domain="com.microsoft", channels_last=0),
-        helper.make_node("DequantizeLinear", ["pooled", "y4s", "y4z"], ["output"]),
     ]
+    nodes = nodes[:1 + list(TIE_OUTPUTS).index(last) + 1]
+    scale, zero_point, size = TIE_OUTPUTS[last]
+    nodes.append(helper.make_node("DequantizeLinear", [last, scale, zero_point], ["output"]))
     graph = helper.make_graph(
         nodes, "ties",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, c, 6, 6])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, c, 1, 1])], inits)
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, c, size, size])],
+        [i for i in inits if any(i.name in n.input for n in nodes)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13),
                                                     helper.make_opsetid("com.microsoft", 1)])
     onnx.save(model, str(path))
     return path
 
 
-def test_half_way_values_round_to_even_in_c_like_onnxruntime(tmp_path):
+@pytest.mark.parametrize("last", list(TIE_OUTPUTS))
+def test_half_way_values_round_to_even_in_c_like_onnxruntime(last, tmp_path):
     """Ties are rare with calibrated scales; with these every op meets many of them, and
-    rounding them any other way (half away from zero, TFLite's) fails this test."""
-    path = _tie_model(tmp_path / "ties.onnx", 0)
+    rounding them any other way (half away from zero, TFLite's) fails this test. Each op's
+    output is checked on its own (a model ending there), so pooling cannot hide a tie."""
+    path = _tie_model(tmp_path / "ties.onnx", 0, last)
     compiled = compile_model(str(path), CompileOptions(target="host", out_dir=tmp_path / "c"))
     graph = compiled.graph
     exe = build_folder(compiled.out_dir)
@@ -427,8 +448,7 @@ def test_half_way_values_round_to_even_in_c_like_onnxruntime(tmp_path):
         q = _int8_input(graph, x)
         ours = np.frombuffer(run(exe, q.tobytes()), dtype=np.int8)
         np.testing.assert_array_equal(ours, run_int8(graph, q)[graph.outputs[0]].ravel())
-        np.testing.assert_array_equal(_as_ort_output(graph, ours).reshape(want.shape), want,
-                                      err_msg=f"input {i}")
+        _assert_same_as_ort(graph, ours, want, f"{last}: input {i}")
 
 
 def test_emit_tflite_of_an_onnxruntime_model_is_refused(tmp_path):
@@ -448,7 +468,7 @@ def test_ties_model_in_qemu_is_bit_exact_with_onnxruntime(target_name, tmp_path)
     from mbgen import targets
     from mbgen.runner import build_firmware, run_qemu
     target = targets.get(target_name)
-    path = _tie_model(tmp_path / "ties.onnx", 2)
+    path = _tie_model(tmp_path / "ties.onnx", 2, "avg")
     prepared = prepare(str(path), CompileOptions())
     emit(prepared, CompileOptions(target=target_name, out_dir=tmp_path / "fw"))
     build_firmware(tmp_path / "fw", target)  # warnings are errors with the target's flags
@@ -459,9 +479,8 @@ def test_ties_model_in_qemu_is_bit_exact_with_onnxruntime(target_name, tmp_path)
         x = (rng.integers(-60, 60, (1, 6, 6, 4)) * 0.25).astype(np.float32)
         result = run_qemu(tmp_path / "fw", target, _int8_input(graph, x).tobytes())
         want = session.run(None, {"input": _nchw(x)})[0]
-        np.testing.assert_array_equal(
-            _as_ort_output(graph, result.output_int8()).reshape(want.shape), want,
-            err_msg=f"{target_name} != onnxruntime on input {i}")
+        _assert_same_as_ort(graph, result.output_int8(), want,
+                            f"{target_name} != onnxruntime on input {i}")
 
 
 def test_depthwise_multiplier_dilation_and_asymmetric_padding(tmp_path):
