@@ -82,6 +82,7 @@ class QuantizedLayers:
         if x.tensor is None or w.data is None or (b is not None and b.data is None):
             raise UserError(f"ONNX Conv {node.where()}: expected a dequantised activation, "
                             "constant weights and a constant bias")
+        _check_channel_axis(node, w, 0)
         out, y_scale, y_zp = self._qdq_output(node)
         self._emit_conv(node, x.tensor, self.layouts[node.inputs[0]], w.data, w.scale,
                         w.zero_point, None if b is None else b.data, float(x.scale[0]), out,
@@ -146,6 +147,8 @@ class QuantizedLayers:
             raise UserError(f"ONNX {node.op_type} {node.where()}: expected a dequantised "
                             "activation, constant weights and a constant bias")
         weight = self._gemm_weight(node, w.data) if node.op_type == "Gemm" else w.data.T
+        transposed = node.op_type == "Gemm" and int(node.attrs.get("transB", 0))
+        _check_channel_axis(node, w, 0 if transposed else 1)  # the output-feature axis
         out, y_scale, y_zp = self._qdq_output(node)
         self._emit_fc(node, x.tensor, weight, w.scale, w.zero_point,
                       None if b is None else b.data, float(x.scale[0]), out, y_scale, y_zp)
@@ -260,3 +263,10 @@ def _is_channel_vector(small: _Layout, big: _Layout) -> bool:
     """True when ``small`` is (1, C, 1, 1) and ``big`` is (1, C, H, W)."""
     return (small.order is _Order.NHWC and big.order is _Order.NHWC
             and small.onnx_shape == (1, big.onnx_shape[1], 1, 1))
+
+
+def _check_channel_axis(node: _OnnxNode, weight, axis: int) -> None:
+    """Per-channel weight scales must run along the output channels."""
+    if weight.scale.size > 1 and weight.axis % weight.data.ndim != axis:
+        raise UserError(f"ONNX {node.op_type} {node.where()}: per-channel weight scales along "
+                        f"axis {weight.axis}; mbgen needs them per output channel (axis {axis})")
