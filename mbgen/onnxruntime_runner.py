@@ -46,6 +46,8 @@ class OnnxRuntimeReference:
             y = y.transpose(0, 2, 3, 1)  # NCHW -> our NHWC
         if y.dtype == np.int8:
             return y.astype(np.int32).ravel()
+        if y.dtype == np.uint8:  # the IR holds uint8 tensors as int8 minus 128
+            return (y.astype(np.int32) - 128).ravel()
         q = self.graph.tensors[self.graph.outputs[0]].quant
         scale, zero_point = np.float32(q.scalar_scale), q.scalar_zero_point
         ints = np.rint(y.astype(np.float32) / scale).astype(np.int64)
