@@ -183,10 +183,11 @@ def test_mbv2_qdq_matches_qoperator_and_bounds_onnxruntime(zoo_files):
 @pytest.mark.qemu
 @pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None or
                     shutil.which("qemu-system-arm") is None, reason="no Arm toolchain or QEMU")
-def test_mbv2_qoperator_in_qemu_cortex_m7_is_bit_exact(zoo_files, tmp_path):
+@pytest.mark.parametrize("variant", ["QOperator", "QDQ-uint8"])
+def test_mbv2_in_qemu_cortex_m7_is_bit_exact(variant, zoo_files, tmp_path):
     from mbgen import targets
     from mbgen.runner import run_qemu
-    path = zoo_files["QOperator"]
+    path = zoo_files[variant]
     prepared = prepare(str(path), CompileOptions())
     # 1.7 MB of weights: over the STM32F746 budget, QEMU's board has room (as test_qemu_golden).
     emit(prepared, CompileOptions(target="cortex-m7", out_dir=tmp_path / "fw",
@@ -195,9 +196,8 @@ def test_mbv2_qoperator_in_qemu_cortex_m7_is_bit_exact(zoo_files, tmp_path):
     label, x = _zoo_inputs(graph)[0]
     result = run_qemu(tmp_path / "fw", targets.get("cortex-m7"), _int8_input(graph, x).tobytes())
     want = _session(path).run(None, {"input": _nchw(x)})[0]
-    np.testing.assert_array_equal(_as_ort_output(graph, result.output_int8()).reshape(want.shape),
-                                  want, err_msg=f"Cortex-M7 != onnxruntime on {label}")
-    print(f"{ZOO_MODEL} QOperator on cortex-m7 ({label}): {result.total_instructions:,} "
+    _assert_same_as_ort(graph, result.output_int8(), want, f"Cortex-M7 != onnxruntime on {label}")
+    print(f"{ZOO_MODEL} {variant} on cortex-m7 ({label}): {result.total_instructions:,} "
           "instructions, bit-exact with onnxruntime")
 
 
