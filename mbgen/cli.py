@@ -208,8 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="compile, run on host and QEMU, compare with references")
     _add_compile_args(p, "output folder (default: a temporary folder)")
-    p.add_argument("--reference", choices=["numpy", "tflm"], default="numpy",
-                   help="independent int8 reference to compare with (default: numpy)")
+    p.add_argument("--reference", choices=["numpy", "tflm", "onnxruntime"], default="numpy",
+                   help="independent int8 reference to compare with (default: numpy; "
+                        "onnxruntime for int8 .onnx files)")
     p.add_argument("--images", metavar="DIR", help="photos to use as inputs (and synthetic ones)")
     p.add_argument("--count", type=int, default=3, help="synthetic inputs (default: 3)")
     p.set_defaults(func=cmd_verify)

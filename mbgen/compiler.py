@@ -183,6 +183,10 @@ def emit(prepared: PreparedModel, options: CompileOptions) -> CompiledModel:
     output_folder.check_destination(out_dir, options.force)
     if options.emit_tflite is not None and options.emit_tflite.exists() and not options.force:
         raise UserError(f"{options.emit_tflite} already exists; pass --force to overwrite it")
+    tflite_bytes = None
+    if options.emit_tflite is not None:  # a graph TFLite cannot hold is refused before any write
+        from mbgen.export.tflite_writer import tflite_bytes as serialise
+        tflite_bytes = serialise(prepared.graph)
     for attempt, kernels in enumerate(candidates):
         try:
             compiled = _emit_with(prepared, options, target, kernels, out_dir)
@@ -195,9 +199,8 @@ def emit(prepared: PreparedModel, options: CompileOptions) -> CompiledModel:
         if attempt > 0:
             compiled.budget["note"] = note
         break
-    if options.emit_tflite is not None:
-        from mbgen.export.tflite_writer import write_tflite
-        write_tflite(prepared.graph, options.emit_tflite)
+    if tflite_bytes is not None:
+        options.emit_tflite.write_bytes(tflite_bytes)
     return compiled
 
 

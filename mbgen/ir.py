@@ -24,6 +24,23 @@ from typing import Union
 import numpy as np
 
 
+class Requantization(enum.Enum):
+    """How an int8 op turns its int32 (or rescaled) value into the output's int8.
+
+    TFLITE: Q31 multiplier and shift, rounding half away from zero (TFLite, TFLM, CMSIS-NN).
+    ONNXRUNTIME: float32 scale, rounding half to even, as onnxruntime's CPU provider (MLAS)
+    runs QLinearConv, QGemm, QLinearAdd, QLinearGlobalAveragePool and QuantizeLinear.
+    ONNXRUNTIME_UINT8: the same on uint8 storage. The IR keeps such tensors as int8 (value
+    and zero point minus 128), which changes nothing for ops that work on ``q - zero_point``;
+    an op whose float arithmetic sees the stored values (QLinearAdd) adds 128 back.
+    Every kernel set that only knows TFLite's arithmetic must decline both.
+    """
+
+    TFLITE = "tflite"
+    ONNXRUNTIME = "onnxruntime"
+    ONNXRUNTIME_UINT8 = "onnxruntime-uint8"
+
+
 class Activation(enum.Enum):
     """Activation fused into the op that produces a tensor."""
 
@@ -67,6 +84,7 @@ class Conv2D:
     padding: Padding = Padding()
     dilation: tuple[int, int] = (1, 1)
     activation: Activation = Activation.NONE
+    requantization: Requantization = Requantization.TFLITE
 
 
 @dataclass(frozen=True)
@@ -78,6 +96,7 @@ class DepthwiseConv2D:
     depth_multiplier: int = 1
     dilation: tuple[int, int] = (1, 1)
     activation: Activation = Activation.NONE
+    requantization: Requantization = Requantization.TFLITE
 
 
 @dataclass(frozen=True)
@@ -85,6 +104,7 @@ class FullyConnected:
     """inputs: x (1,I), weight (O,I), bias (O,) optional. Output (1,O)."""
 
     activation: Activation = Activation.NONE
+    requantization: Requantization = Requantization.TFLITE
 
 
 @dataclass(frozen=True)
@@ -92,6 +112,7 @@ class Add:
     """inputs: a, b of the same shape (residual connection)."""
 
     activation: Activation = Activation.NONE
+    requantization: Requantization = Requantization.TFLITE
 
 
 @dataclass(frozen=True)
@@ -99,6 +120,7 @@ class Mul:
     """inputs: a, b (same shape, or b broadcast per channel as in squeeze-excite)."""
 
     activation: Activation = Activation.NONE
+    requantization: Requantization = Requantization.TFLITE
 
 
 @dataclass(frozen=True)
@@ -109,6 +131,7 @@ class AveragePool2D:
     stride: tuple[int, int]
     padding: Padding = Padding()
     activation: Activation = Activation.NONE
+    requantization: Requantization = Requantization.TFLITE
 
 
 @dataclass(frozen=True)
@@ -117,6 +140,7 @@ class Mean:
 
     axes: tuple[int, ...] = (1, 2)
     keep_dims: bool = True
+    requantization: Requantization = Requantization.TFLITE
 
 
 @dataclass(frozen=True)
@@ -174,6 +198,8 @@ class Identity:
 @dataclass(frozen=True)
 class Quantize:
     """inputs: x. float->int8, or int8->int8 requantisation (TFLite QUANTIZE)."""
+
+    requantization: Requantization = Requantization.TFLITE
 
 
 @dataclass(frozen=True)
@@ -234,6 +260,17 @@ OpAttrs = Union[Conv2D, DepthwiseConv2D, FullyConnected, Add, Mul, AveragePool2D
                 StridedSlice, Transpose, PadND]
 
 OP_TYPES: tuple[type, ...] = OpAttrs.__args__  # type: ignore[attr-defined]
+
+
+def requantization_of(op: OpAttrs) -> Requantization:
+    """The op's requantisation arithmetic (TFLITE for ops that have no choice)."""
+    return getattr(op, "requantization", Requantization.TFLITE)
+
+
+def uses_onnxruntime_arithmetic(op: OpAttrs) -> bool:
+    """True for ops that requantise as onnxruntime does (float32 scales)."""
+    return requantization_of(op) in (Requantization.ONNXRUNTIME,
+                                     Requantization.ONNXRUNTIME_UINT8)
 
 
 def op_name(op: OpAttrs) -> str:

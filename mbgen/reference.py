@@ -483,6 +483,14 @@ _KERNELS: dict[type, Kernel] = {
 
 SUPPORTED_OPS: tuple[str, ...] = tuple(sorted(t.__name__ for t in _KERNELS))
 
+
+def _kernel_for(node: ir.Node) -> Kernel | None:
+    """The node's kernel; onnxruntime's float requantisation lives in its own module."""
+    if ir.uses_onnxruntime_arithmetic(node.op):
+        from mbgen import reference_onnxruntime  # it imports this module's helpers
+        return reference_onnxruntime.KERNELS.get(type(node.op))
+    return _KERNELS.get(type(node.op))
+
 # ----------------------------------------------------------------------------- graph runner
 
 
@@ -526,7 +534,7 @@ def run_int8(graph: ir.Graph, inputs: Mapping[str, np.ndarray] | np.ndarray,
         raise UserError(f"graph {graph.name!r} is not quantised; run_int8 needs an int8 graph")
     values = _bind_inputs(graph, inputs)
     for node in graph.nodes:
-        kernel = _KERNELS.get(type(node.op))
+        kernel = _kernel_for(node)
         if kernel is None:
             raise UserError(f"int8 reference: op {ir.op_name(node.op)} (node {node.name}) is "
                             f"not supported; supported: {', '.join(SUPPORTED_OPS)}")

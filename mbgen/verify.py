@@ -1,7 +1,8 @@
 """`mbgen verify`: compile once, run everywhere, compare with independent references.
 
 Bit-exact comparisons (they decide the exit code): the generated C on the host, the same model
-compiled for the target and run in QEMU, the numpy int8 reference, and TFLM when asked. The
+compiled for the target and run in QEMU, the numpy int8 reference, and TFLM (or, for .onnx
+files, onnxruntime) when asked. The
 float model (PyTorch, or the float graph) is compared by cosine similarity and top-1 only, as
 int8 cannot equal float.
 """
@@ -16,7 +17,8 @@ from typing import Callable
 import numpy as np
 
 from mbgen import ir
-from mbgen.compiler import CompileOptions, CompiledModel, ModelSource, emit, prepare
+from mbgen.compiler import (CompileOptions, CompiledModel, ModelSource, emit, prepare,
+                            resolve_model)
 from mbgen.errors import UserError
 
 
@@ -68,6 +70,10 @@ def make_inputs(graph: ir.Graph, images: Path | None, count: int) -> list[Verify
     # A different seed from calibration's, so verification does not reuse calibration data.
     for i, x in enumerate(synthetic_inputs(shape, count=count, seed=1234)):
         floats.append((f"synthetic{i}", x))
+    if graph.metadata.get("requantization") == ir.Requantization.ONNXRUNTIME.value:
+        from mbgen.reference_onnxruntime import quantize_linear  # round half to even
+        return [VerifyInput(label, x, quantize_linear(x, scale, zero_point))
+                for label, x in floats]
     return [VerifyInput(label, x, quantize_input(x, scale, zero_point, dtype))
             for label, x in floats]
 
@@ -124,6 +130,12 @@ def _tflm_model(compiled: CompiledModel, work: Path) -> Path:
     return write_tflite(compiled.graph, work / "model_int8.tflite")
 
 
+def _onnxruntime(compiled: CompiledModel):
+    """onnxruntime on the user's own .onnx file (the reference for int8 ONNX models)."""
+    from mbgen.onnxruntime_runner import OnnxRuntimeReference
+    return OnnxRuntimeReference(compiled.source.path, compiled.graph)
+
+
 def verify_model(spec: str, options: CompileOptions, reference: str = "numpy",
                  images: Path | None = None, count: int = 3,
                  echo: Callable[[str], None] = print) -> VerifyOutcome:
@@ -131,6 +143,8 @@ def verify_model(spec: str, options: CompileOptions, reference: str = "numpy",
     from mbgen.reference import run_int8
 
     target = targets.get(options.target)
+    if reference == "onnxruntime" and resolve_model(spec).kind != "onnx":
+        raise UserError("--reference onnxruntime needs an .onnx model file")
     with tempfile.TemporaryDirectory(prefix="mbgen-verify-") as tmp:
         work = Path(tmp)
         out_dir = options.out_dir or work / "target"
@@ -143,6 +157,7 @@ def verify_model(spec: str, options: CompileOptions, reference: str = "numpy",
         inputs = make_inputs(compiled.graph, images, count)
         run_float_model = float_model(compiled.source, compiled.float_graph)
         tflm_path = _tflm_model(compiled, work) if reference == "tflm" else None
+        onnxruntime = _onnxruntime(compiled) if reference == "onnxruntime" else None
         echo(f"verify {compiled.report['model']} on {target.name} "
              f"({len(inputs)} inputs, kernels {compiled.report['kernels']})")
         if tflm_path is not None:
@@ -179,6 +194,11 @@ def verify_model(spec: str, options: CompileOptions, reference: str = "numpy",
                 by_tflm = run_tflm(tflm_path, item.int8_nhwc)
                 record(_exact(item.label, "host C vs TFLM", _output(on_host.output), by_tflm))
                 record(_exact(item.label, "numpy vs TFLM", want, by_tflm))
+            if onnxruntime is not None and item.float_nhwc is not None:
+                by_ort = onnxruntime.run_int8(item.float_nhwc)
+                record(_exact(item.label, "host C vs onnxruntime", _output(on_host.output),
+                              by_ort))
+                record(_exact(item.label, "numpy vs onnxruntime", want, by_ort))
             if run_float_model is not None and item.float_nhwc is not None:
                 reference_float = run_float_model(item.float_nhwc)
                 got = dequantize(compiled.graph, want)

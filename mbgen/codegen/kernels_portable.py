@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from mbgen import ir
-from mbgen.codegen import kernels_layout, lower_graph_ops
+from mbgen.codegen import kernels_layout, lower_graph_ops, lowering_onnxruntime
 from mbgen.codegen import records as r
 from mbgen.codegen.lowering import LoweringContext, nhwc
 from mbgen.quantize import params
@@ -28,6 +28,8 @@ class PortableKernels:
 
     def lower(self, ctx: LoweringContext, index: int, node: ir.Node) -> r.CallRecord | None:
         op = node.op
+        if ir.uses_onnxruntime_arithmetic(op):
+            return lowering_onnxruntime.lower(ctx, index, node)
         if isinstance(op, ir.Conv2D):
             return _conv(ctx, index, node, op)
         if isinstance(op, ir.DepthwiseConv2D):

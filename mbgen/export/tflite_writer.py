@@ -64,6 +64,11 @@ def write_tflite(graph: ir.Graph, path: str | Path) -> Path:
 def tflite_bytes(graph: ir.Graph) -> bytes:
     """The .tflite flatbuffer of ``graph``."""
     ir.verify(graph)
+    for node in graph.nodes:  # TFLite would run these with its fixed-point arithmetic
+        if ir.uses_onnxruntime_arithmetic(node.op):
+            raise UserError(f"cannot write {graph.name!r} as .tflite: layer {node.name!r} "
+                            "requantises as onnxruntime does (float32 scales), which TFLite "
+                            "computes differently")
     return _ModelWriter(graph, _schema()).serialize()
 
 

@@ -55,7 +55,11 @@ def load_onnx(path: str | Path) -> ir.Graph:
     model = _with_batch_one(model)
     model, constants = _fold_constants(model)
     shapes = _static_shapes(model)
-    graph = _Converter(model, constants, shapes, path.stem).convert()
+    from mbgen.frontends import onnx_quantized  # it subclasses this module's converter
+    if onnx_quantized.is_quantized(model):
+        graph = onnx_quantized.convert(model, constants, shapes, path.stem)
+    else:
+        graph = _Converter(model, constants, shapes, path.stem).convert()
     ir.verify(graph)
     return graph
 

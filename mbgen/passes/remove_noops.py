@@ -18,6 +18,8 @@ otherwise it also requantises and stays.
 
 from __future__ import annotations
 
+import dataclasses
+
 from mbgen import ir
 from mbgen.passes.graph_edit import (drop_unused_tensors, rename_tensor, same_quantization,
                                      sole_consumer)
@@ -63,7 +65,7 @@ def _merge_reshape_into_producer(graph: ir.Graph, node: ir.Node) -> bool:
     elif (isinstance(producer.op, ir.Mean) and producer.op.keep_dims
           and tuple(producer.op.axes) == (1, 2) and len(dst.shape) == 2
           and src.shape == (1, 1, 1, dst.shape[1])):
-        new_op = ir.Mean(axes=(1, 2), keep_dims=False)
+        new_op = dataclasses.replace(producer.op, keep_dims=False)  # keeps its arithmetic
     else:
         return False
     merged = ir.Node(producer.name, new_op, list(producer.inputs), list(node.outputs))
