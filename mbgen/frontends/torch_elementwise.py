@@ -1,0 +1,87 @@
+"""Torch translations of the elementwise ops MobileNetV3 code uses: hard sigmoid, sigmoid and
+multiplication (same shape, or a (1, C, 1, 1) squeeze-excitation scale times a feature map).
+
+The vocabularies below are merged into the torch frontend's tables: the canonical op each
+handler takes, the ATen names (in-place forms like ``hardsigmoid_`` and ``mul_`` lose their
+underscore there), the functions and methods torch.fx records, and the leaf modules.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mbgen import ir
+from mbgen.frontends.hard_sigmoid import hard_sigmoid_layers
+from mbgen.frontends.torch_values import Builder, Call, Value, activation_arg, unsupported
+
+
+def _hardsigmoid(b: Builder, call: Call, name: str) -> Value:
+    x = activation_arg(call, "self")
+    tensors, nodes = hard_sigmoid_layers(name, b.tensors[x.name], name)
+    b.extend(tensors, nodes)
+    return Value(name, x.torch_shape, x.flat_from)
+
+
+def _sigmoid(b: Builder, call: Call, name: str) -> Value:
+    x = activation_arg(call, "self")
+    return b.emit(name, ir.Logistic(), [x.name], x.torch_shape, x.flat_from)
+
+
+def _mul(b: Builder, call: Call, name: str) -> Value:
+    a, other = call.args.get("self"), call.args.get("other")
+    if not (isinstance(a, Value) and isinstance(other, Value)):
+        raise unsupported(call, "multiplying by a constant (only two tensors computed from the "
+                                "input, as in squeeze-excitation)")
+    # The IR wants the full-size operand first; multiplication commutes.
+    big, small = (other, a) if call.out_shape is not None and \
+        tuple(a.torch_shape) != tuple(call.out_shape) else (a, other)
+    same = big.torch_shape == small.torch_shape and big.flat_from == small.flat_from
+    shape = tuple(big.torch_shape)
+    per_channel = len(shape) == 4 and tuple(small.torch_shape) == (shape[0], shape[1], 1, 1)
+    if not (same or per_channel) or (call.out_shape is not None
+                                     and tuple(call.out_shape) != shape):
+        raise unsupported(call, f"multiplication of shapes {list(a.torch_shape)} and "
+                                f"{list(other.torch_shape)} (only equal shapes or a "
+                                "(1, C, 1, 1) scale times a (1, C, H, W) feature map)")
+    return b.emit(name, ir.Mul(), [big.name, small.name], big.torch_shape, big.flat_from)
+
+
+HANDLERS: dict[str, Callable[[Builder, Call, str], Value]] = {
+    "hardsigmoid": _hardsigmoid,
+    "sigmoid": _sigmoid,
+    "mul": _mul,
+}
+
+ATEN_OPS = {"hardsigmoid": "hardsigmoid", "sigmoid": "sigmoid", "mul": "mul"}
+
+FX_FUNCTIONS: dict[object, tuple[str, tuple[str, ...]]] = {
+    F.hardsigmoid: ("hardsigmoid", ("self",)),
+    F.sigmoid: ("sigmoid", ("self",)),
+    torch.sigmoid: ("sigmoid", ("self",)),
+    operator.mul: ("mul", ("self", "other")),
+    operator.imul: ("mul", ("self", "other")),
+    torch.mul: ("mul", ("self", "other")),
+    # in-place spellings of ops the frontend already knows
+    F.relu_: ("relu", ("self",)),
+    torch.relu_: ("relu", ("self",)),
+    F.hardtanh_: ("hardtanh", ("self", "min_val", "max_val")),
+}
+
+FX_METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "mul": ("mul", ("other",)), "mul_": ("mul", ("other",)),
+    "sigmoid": ("sigmoid", ()), "sigmoid_": ("sigmoid", ()),
+}
+
+
+def module_call(module: nn.Module, x: object) -> tuple[str, dict[str, object]] | None:
+    """The canonical call of a leaf module this file translates, else None."""
+    if isinstance(module, nn.Hardsigmoid):
+        return ("hardsigmoid", {"self": x})
+    if isinstance(module, nn.Sigmoid):
+        return ("sigmoid", {"self": x})
+    return None
