@@ -25,6 +25,9 @@ from mbgen.quantize.calibration import synthetic_inputs
 from mbgen.reference import run_int8
 from mbgen.verify import cosine, dequantize
 
+# torch.export, torch.onnx.export and three quantisations: about 8 s on a quiet machine
+pytestmark = pytest.mark.slow
+
 RES = 96
 MIN_COSINE = 0.98
 

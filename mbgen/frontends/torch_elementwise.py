@@ -8,11 +8,13 @@ underscore there), the functions and methods torch.fx records, and the leaf modu
 
 from __future__ import annotations
 
+import inspect
 import operator
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+import torch.fx
 from torch import nn
 
 from mbgen import ir
@@ -85,3 +87,32 @@ def module_call(module: nn.Module, x: object) -> tuple[str, dict[str, object]] |
     if isinstance(module, nn.Sigmoid):
         return ("sigmoid", {"self": x})
     return None
+
+
+_IN_PLACE_OPERATORS = (operator.iadd, operator.isub, operator.imul, operator.itruediv)
+
+
+def fx_written_input(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str | None:
+    """Name of the fx node whose tensor ``node`` overwrites in place, if any.
+
+    In-place forms: methods ending in ``_`` (``x.mul_(s)``), ``torch.relu_``-style functions,
+    ``x *= s``, functions called with ``inplace=True`` and modules built with ``inplace=True``.
+    """
+    if not node.args or not isinstance(node.args[0], torch.fx.Node):
+        return None
+    first = node.args[0].name
+    if node.op == "call_module":
+        return first if getattr(modules[node.target], "inplace", False) is True else None
+    if node.op == "call_method":
+        target = str(node.target)
+        return first if target.endswith("_") and not target.startswith("_") else None
+    if node.op != "call_function":
+        return None
+    name = getattr(node.target, "__name__", "")
+    if node.target in _IN_PLACE_OPERATORS or (name.endswith("_") and not name.startswith("_")):
+        return first
+    try:
+        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+    except (TypeError, ValueError):  # builtins without a Python signature
+        return None
+    return first if bound.arguments.get("inplace") is True else None

@@ -547,6 +547,11 @@ def from_module(module: nn.Module, example_input: torch.Tensor, name: str) -> ir
             values[node.name] = _fetch_attr(traced, node.target)
             continue
         values[node.name] = _convert_fx_node(b, node, args, kwargs, modules)
+        # fx does not thread in-place writes: later reads of the written tensor name the
+        # original node, so point that node at the result (``x.mul_(s)``, ``F.relu(x, True)``).
+        written = torch_elementwise.fx_written_input(node, modules)
+        if written is not None and isinstance(values.get(written), Value):
+            values[written] = values[node.name]
     return _finish(b, name, input_name, results, f"torch module {type(module).__name__}")
 
 
