@@ -1,6 +1,7 @@
 """The torch frontend takes squeeze-excitation code as people write it: hard sigmoid (module,
 functional, in place), sigmoid, ``x * s`` / ``torch.mul`` / ``mul_`` with a (1, C, 1, 1)
-scale, functional ReLU forms, adaptive pooling to 1 or (1, 1), flatten / view / reshape.
+scale, constant scales (``x * 0.5``, ``x / 6``, scale weights), functional ReLU forms,
+adaptive pooling to 1 or (1, 1), flatten / view / reshape.
 
 Each graph runs through the float interpreter (numpy) and must give PyTorch's numbers, from
 the nn.Module (torch.fx) and from torch.export (.pt2, which keeps the ATen ops as written).
@@ -88,9 +89,28 @@ def test_hard_sigmoid_layers_compute_the_clamp() -> None:
                                    atol=1e-6)
 
 
-class ScaledByConstant(nn.Module):
+class ConstantScales(nn.Module):
+    """Scale layers and arithmetic on constants: x * 0.5, x / 6, a (1, C, 1, 1) buffer, a
+    (C, 1, 1) and a (H, W) weight, and a scalar times a flat vector."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("gain", torch.linspace(0.5, 2.0, 4).reshape(1, 4, 1, 1))
+        self.per_channel = nn.Parameter(torch.linspace(-1.0, 1.0, 4).reshape(4, 1, 1))
+        self.per_pixel = nn.Parameter(torch.linspace(0.2, 1.2, 16).reshape(4, 4))
+
     def forward(self, x):
-        return x * 0.5
+        x = torch.mul(x * 0.5, self.gain) / 6
+        x = self.per_pixel * (self.per_channel * x)
+        return 3.0 * torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+
+
+def test_constant_scales_from_module_and_pt2_match_pytorch(tmp_path) -> None:
+    module, x = ConstantScales().eval(), image((1, 4, 4, 4), seed=4)
+    graph = from_module(module, x, "scales")
+    assert [type(n.op) for n in graph.nodes].count(ir.Mul) == 6
+    assert_matches_torch(module, x, graph)
+    assert_matches_torch(module, x, load_pt2(export_to(tmp_path, module, x)))
 
 
 class RowScale(nn.Module):
@@ -98,9 +118,20 @@ class RowScale(nn.Module):
         return x * torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)  # (1, C) scales the W axis
 
 
+class FlatScale(nn.Module):
+    def forward(self, x):  # CHW-ordered weights on an HWC-ordered flat vector
+        return torch.flatten(x, 1) * torch.linspace(0, 1, 64)
+
+
+class Quotient(nn.Module):
+    def forward(self, x):
+        return x / F.adaptive_avg_pool2d(x, 1)
+
+
 @pytest.mark.parametrize("module, pattern", [
-    (ScaledByConstant(), r"multiplying by a constant"),
     (RowScale(), r"multiplication of shapes \[1, 4, 4, 4\] and \[1, 4\]"),
+    (FlatScale(), r"multiplication by a constant of shape \[64\]"),
+    (Quotient(), r"division other than of a tensor by a constant"),
 ])
 def test_unsupported_multiplications_are_named(module, pattern) -> None:
     with pytest.raises(UserError, match=pattern):

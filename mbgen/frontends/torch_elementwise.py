@@ -1,5 +1,6 @@
 """Torch translations of the elementwise ops MobileNetV3 code uses: hard sigmoid, sigmoid and
-multiplication (same shape, or a (1, C, 1, 1) squeeze-excitation scale times a feature map).
+multiplication (same shape, a (1, C, 1, 1) squeeze-excitation scale times a feature map, or a
+constant that broadcasts to the feature map; ``x / c`` is ``x * (1 / c)``).
 
 The vocabularies below are merged into the torch frontend's tables: the canonical op each
 handler takes, the ATen names (in-place forms like ``hardsigmoid_`` and ``mul_`` lose their
@@ -12,6 +13,7 @@ import inspect
 import operator
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torch.fx
@@ -19,7 +21,8 @@ from torch import nn
 
 from mbgen import ir
 from mbgen.frontends.hard_sigmoid import hard_sigmoid_layers
-from mbgen.frontends.torch_values import Builder, Call, Value, activation_arg, unsupported
+from mbgen.frontends.torch_values import (Builder, Call, Value, activation_arg, to_numpy,
+                                          unsupported)
 
 
 def _hardsigmoid(b: Builder, call: Call, name: str) -> Value:
@@ -36,9 +39,28 @@ def _sigmoid(b: Builder, call: Call, name: str) -> Value:
 
 def _mul(b: Builder, call: Call, name: str) -> Value:
     a, other = call.args.get("self"), call.args.get("other")
-    if not (isinstance(a, Value) and isinstance(other, Value)):
-        raise unsupported(call, "multiplying by a constant (only two tensors computed from the "
-                                "input, as in squeeze-excitation)")
+    if isinstance(a, Value) and isinstance(other, Value):
+        return _mul_tensors(b, call, name, a, other)
+    if isinstance(a, Value) or isinstance(other, Value):
+        x, k = (a, other) if isinstance(a, Value) else (other, a)
+        return _mul_constant(b, call, name, x, k)
+    raise unsupported(call, "multiplication of two constants")
+
+
+def _div(b: Builder, call: Call, name: str) -> Value:
+    """``x / c`` for a constant c: multiplication by 1 / c."""
+    x, divisor = call.args.get("self"), call.args.get("other")
+    if not isinstance(x, Value) or isinstance(divisor, Value) or divisor is None:
+        raise unsupported(call, "division other than of a tensor by a constant")
+    if call.args.get("rounding_mode") is not None:
+        raise unsupported(call, f"division with rounding_mode={call.args['rounding_mode']!r}")
+    k = to_numpy(torch.as_tensor(divisor, dtype=torch.float32))
+    if not np.all(np.isfinite(1.0 / k)):
+        raise unsupported(call, "division by zero")
+    return _mul_constant(b, call, name, x, 1.0 / k)
+
+
+def _mul_tensors(b: Builder, call: Call, name: str, a: Value, other: Value) -> Value:
     # The IR wants the full-size operand first; multiplication commutes.
     big, small = (other, a) if call.out_shape is not None and \
         tuple(a.torch_shape) != tuple(call.out_shape) else (a, other)
@@ -53,13 +75,37 @@ def _mul(b: Builder, call: Call, name: str) -> Value:
     return b.emit(name, ir.Mul(), [big.name, small.name], big.torch_shape, big.flat_from)
 
 
+def _mul_constant(b: Builder, call: Call, name: str, x: Value, k: object) -> Value:
+    """x times a number or a constant tensor that broadcasts to x (weights of a scale layer)."""
+    data = np.asarray(to_numpy(k) if isinstance(k, torch.Tensor) else k, dtype=np.float32)
+    if data.size != 1:
+        if data.ndim > len(x.torch_shape) or x.flat_from is not None:
+            raise unsupported(call, f"multiplication by a constant of shape {list(data.shape)}")
+        data = data.reshape((1,) * (len(x.torch_shape) - data.ndim) + data.shape)
+        if data.ndim == 4:
+            data = data.transpose(0, 2, 3, 1)  # NCHW -> NHWC, as the feature map
+        try:
+            fits = np.broadcast_shapes(b.tensors[x.name].shape, data.shape) == \
+                b.tensors[x.name].shape
+        except ValueError:
+            fits = False
+        if not fits:
+            raise unsupported(call, f"multiplication of shape {list(x.torch_shape)} by a "
+                                    f"constant that does not broadcast to it")
+    else:
+        data = data.reshape(1)
+    constant = b.constant(f"{name}.scale", data)
+    return b.emit(name, ir.Mul(), [x.name, constant], x.torch_shape, x.flat_from)
+
+
 HANDLERS: dict[str, Callable[[Builder, Call, str], Value]] = {
     "hardsigmoid": _hardsigmoid,
     "sigmoid": _sigmoid,
     "mul": _mul,
+    "div": _div,
 }
 
-ATEN_OPS = {"hardsigmoid": "hardsigmoid", "sigmoid": "sigmoid", "mul": "mul"}
+ATEN_OPS = {"hardsigmoid": "hardsigmoid", "sigmoid": "sigmoid", "mul": "mul", "div": "div"}
 
 FX_FUNCTIONS: dict[object, tuple[str, tuple[str, ...]]] = {
     F.hardsigmoid: ("hardsigmoid", ("self",)),
@@ -68,6 +114,9 @@ FX_FUNCTIONS: dict[object, tuple[str, tuple[str, ...]]] = {
     operator.mul: ("mul", ("self", "other")),
     operator.imul: ("mul", ("self", "other")),
     torch.mul: ("mul", ("self", "other")),
+    operator.truediv: ("div", ("self", "other")),
+    operator.itruediv: ("div", ("self", "other")),
+    torch.div: ("div", ("self", "other", "rounding_mode")),
     # in-place spellings of ops the frontend already knows
     F.relu_: ("relu", ("self",)),
     torch.relu_: ("relu", ("self",)),
@@ -76,6 +125,7 @@ FX_FUNCTIONS: dict[object, tuple[str, tuple[str, ...]]] = {
 
 FX_METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "mul": ("mul", ("other",)), "mul_": ("mul", ("other",)),
+    "div": ("div", ("other",)), "div_": ("div", ("other",)),
     "sigmoid": ("sigmoid", ()), "sigmoid_": ("sigmoid", ()),
 }
 
