@@ -69,10 +69,33 @@ def test_every_form_from_the_module_matches_pytorch() -> None:
     assert_matches_torch(module, x, graph)
 
 
-def test_every_form_from_pt2_matches_pytorch(tmp_path) -> None:
-    """As torch.export.save writes it: aten.hardsigmoid_, aten.mul_, aten.relu_ ... kept."""
+@pytest.mark.parametrize("decompose", [False, True], ids=["as_exported", "core_aten"])
+def test_every_form_from_pt2_matches_pytorch(tmp_path, decompose) -> None:
+    """As exported (aten.hardsigmoid_, aten.mul_, aten.relu_ ... kept) and decomposed to core
+    ATen (hard sigmoid / hard swish spelled add, clamp, clamp, [mul,] div)."""
     module, x = _module(), image((1, 3, 5, 5), seed=3) * 3
-    assert_matches_torch(module, x, load_pt2(export_to(tmp_path, module, x)))
+    graph = load_pt2(export_to(tmp_path, module, x, decompose))
+    ops = [type(n.op) for n in graph.nodes]
+    assert ops.count(ir.HardSwish) == 2 and ops.count(ir.DepthwiseConv2D) == 8
+    assert_matches_torch(module, x, graph)
+
+
+class HandWritten(nn.Module):
+    """Hard sigmoid and hard swish written out with arithmetic, as in older MobileNetV3 code."""
+
+    def forward(self, x):
+        s = F.relu6(F.adaptive_avg_pool2d(x, 1) + 3.0) / 6.0
+        gate = torch.clamp(3 + s, 0, 6) * (1 / 6)
+        return x * F.relu6(x + 3) / 6 * gate
+
+
+def test_hand_written_hard_activations_become_ir_ops() -> None:
+    module, x = HandWritten(), image((1, 3, 4, 4), seed=6) * 4
+    graph = from_module(module, x, "hand")
+    assert [ir.op_name(n.op) for n in graph.nodes] == [
+        "Mean", "DepthwiseConv2D", "DepthwiseConv2D", "DepthwiseConv2D", "DepthwiseConv2D",
+        "HardSwish", "Mul"]
+    assert_matches_torch(module, x, graph)
 
 
 def test_hard_sigmoid_layers_compute_the_clamp() -> None:
@@ -128,10 +151,16 @@ class Quotient(nn.Module):
         return x / F.adaptive_avg_pool2d(x, 1)
 
 
+class Shifted(nn.Module):
+    def forward(self, x):
+        return F.relu6(x + 3) * 2  # not / 6: not a hard sigmoid
+
+
 @pytest.mark.parametrize("module, pattern", [
     (RowScale(), r"multiplication of shapes \[1, 4, 4, 4\] and \[1, 4\]"),
     (FlatScale(), r"multiplication by a constant of shape \[64\]"),
     (Quotient(), r"division other than of a tensor by a constant"),
+    (Shifted(), r"x \+ 3 only inside relu6\(x \+ 3\) / 6"),
 ])
 def test_unsupported_multiplications_are_named(module, pattern) -> None:
     with pytest.raises(UserError, match=pattern):

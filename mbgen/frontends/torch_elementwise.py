@@ -25,11 +25,14 @@ from mbgen.frontends.torch_values import (Builder, Call, Value, activation_arg, 
                                           unsupported)
 
 
-def _hardsigmoid(b: Builder, call: Call, name: str) -> Value:
-    x = activation_arg(call, "self")
+def emit_hard_sigmoid(b: Builder, x: Value, name: str) -> Value:
     tensors, nodes = hard_sigmoid_layers(name, b.tensors[x.name], name)
     b.extend(tensors, nodes)
     return Value(name, x.torch_shape, x.flat_from)
+
+
+def _hardsigmoid(b: Builder, call: Call, name: str) -> Value:
+    return emit_hard_sigmoid(b, activation_arg(call, "self"), name)
 
 
 def _sigmoid(b: Builder, call: Call, name: str) -> Value:

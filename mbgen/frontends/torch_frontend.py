@@ -5,7 +5,8 @@ the ATen ops they correspond to (``convolution``, ``batch_norm``, ``hardtanh``, 
 with arguments named as in the ATen schemas, and one converter turns those into IR nodes:
 
 Translations of the squeeze-excitation ops (hard sigmoid, sigmoid, multiplication) live in
-``torch_elementwise``; the values, calls and builder every translation shares in
+``torch_elementwise``, core ATen's arithmetic spelling of hard sigmoid / hard swish in
+``torch_decomposed``; the values, calls and builder every translation shares in
 ``torch_values``.
 
 * :func:`from_module` traces with ``torch.fx.symbolic_trace``; leaf modules (``nn.Conv2d``,
@@ -36,7 +37,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from mbgen import ir
 from mbgen.errors import UserError
-from mbgen.frontends import torch_elementwise
+from mbgen.frontends import torch_decomposed, torch_elementwise
 from mbgen.frontends.torch_values import (SUPPORTED_LAYERS, Builder, Call, Value, activation_arg,
                                           const_arg, contains_activation, pair, to_numpy,
                                           unsupported)
@@ -140,6 +141,9 @@ def _hardswish(b: Builder, call: Call, name: str) -> Value:
 def _add(b: Builder, call: Call, name: str) -> Value:
     a = call.args.get("self")
     other = call.args.get("other")
+    pending = torch_decomposed.start(call)
+    if pending is not None:
+        return pending  # x + 3 of a core-ATen hard sigmoid / hard swish
     if not (isinstance(a, Value) and isinstance(other, Value)):
         raise unsupported(call, "adding a constant (only adding two feature maps, as in "
                                 "residual connections)")
@@ -282,8 +286,10 @@ _HANDLERS: dict[str, Callable[[Builder, Call, str], Value]] = {
 }
 
 
-def _convert(b: Builder, call: Call, preferred_name: str) -> Value:
+def _convert(b: Builder, call: Call, preferred_name: str) -> object:
     handler = _HANDLERS.get(call.op)
+    if torch_decomposed.involved(call):
+        handler = torch_decomposed.advance
     if handler is None:
         raise unsupported(call, "this operation has no mbgen equivalent")
     return handler(b, call, b.unique_node_name(preferred_name))

@@ -49,8 +49,13 @@ class Call:
     out_shape: tuple[int, ...] | None  # PyTorch shape of the (first) output tensor
 
 
+class Deferred:
+    """A value computed from the input that a translation holds back until a later call
+    completes a pattern (e.g. the ``x + 3`` of a decomposed hard sigmoid)."""
+
+
 def contains_activation(value: object) -> bool:
-    if isinstance(value, Value):
+    if isinstance(value, (Value, Deferred)):
         return True
     if isinstance(value, (list, tuple)):
         return any(contains_activation(v) for v in value)
