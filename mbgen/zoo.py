@@ -1,7 +1,7 @@
 """Built-in MobileNet models with deterministic weights, for tests, benchmarks and demos.
 
-Names are ``mbv1_<alpha>_<resolution>``, ``mbv2_<alpha>_<resolution>``, ``mbv3s_<alpha>_<resolution>``
-and ``mbv3l_<alpha>_<resolution>``, e.g. ``mbv1_0.25_128``.
+Names are ``mbv1_<alpha>_<resolution>``, ``mbv2_...``, ``mbv3s_...`` (MobileNetV3-Small) and
+``mbv3l_...`` (Large), e.g. ``mbv1_0.25_128``.
 
 * **MobileNetV1** (Howard et al. 2017, Table 1): a 3x3 stride-2 convolution with ``32*alpha``
   filters, 13 depthwise-separable blocks (3x3 depthwise + BN + ReLU6, then 1x1 pointwise +

@@ -38,9 +38,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 from mbgen import ir
 from mbgen.errors import UserError
 from mbgen.frontends import torch_decomposed, torch_elementwise
-from mbgen.frontends.torch_values import (SUPPORTED_LAYERS, Builder, Call, Value, activation_arg,
-                                          const_arg, contains_activation, pair, to_numpy,
-                                          unsupported)
+from mbgen.frontends.torch_values import (Builder, Call, Value, activation_arg, const_arg,
+                                          contains_activation, pair, to_numpy, unsupported)
 
 # ----------------------------------------------------------------------------- canonical ops
 
