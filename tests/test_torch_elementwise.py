@@ -102,7 +102,7 @@ def test_hard_sigmoid_layers_compute_the_clamp() -> None:
     """The shared lowering (torch and ONNX): clamp(alpha x + beta, 0, 1), 4-D and flat."""
     values = np.linspace(-5, 5, 24, dtype=np.float32)
     for shape, alpha, beta in (((1, 2, 3, 4), 1 / 6, 0.5), ((1, 24), 0.2, 0.5),
-                               ((1, 24), 0.3, -0.1)):
+                               ((1, 4, 6), 0.3, -0.1)):
         x = ir.Tensor("x", shape, "float32")
         tensors, nodes = hard_sigmoid_layers("hs", x, "y", alpha, beta)
         graph = ir.Graph("hs", {t.name: t for t in [x] + tensors}, nodes, ["x"], ["y"])

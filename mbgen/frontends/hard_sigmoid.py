@@ -12,7 +12,7 @@ our C), needs no new kernel in any kernel set, and loses nothing in int8: y's ca
 is [0, 6] and out's [0, 1], so the second layer maps the 256 levels onto 256 levels. In
 squeeze-excitation the gate is (1, 1, 1, C): a few hundred MACs.
 
-Flat (1, N) inputs are viewed as (1, 1, 1, N) around the two layers.
+Other ranks (flat (1, N) vectors) are viewed as (1, 1, 1, size) around the two layers.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ def hard_sigmoid_layers(name: str, x: ir.Tensor, out: str, alpha: float = TORCH_
     Every new tensor and node name starts with ``name`` (the caller keeps them unique).
     """
     shape = tuple(x.shape)
-    channels = shape[-1]
+    image = shape if len(shape) == 4 else (1, 1, 1, int(np.prod(shape)))
+    channels = image[-1]
     tensors: list[ir.Tensor] = []
     nodes: list[ir.Node] = []
-    image = (1, 1, 1, channels) if len(shape) != 4 else shape
 
     def const(suffix: str, value: float) -> str:
         data = np.full(channels, value, dtype=np.float32)
