@@ -80,21 +80,37 @@ def test_every_form_from_pt2_matches_pytorch(tmp_path, decompose) -> None:
     assert_matches_torch(module, x, graph)
 
 
-class HandWritten(nn.Module):
-    """Hard sigmoid and hard swish written out with arithmetic, as in older MobileNetV3 code."""
+class HSigmoid(nn.Module):
+    """Hand-written MobileNetV3 code (e.g. d-li14/mobilenetv3.pytorch) spells hard sigmoid
+    as relu6(x + 3) / 6 and hard swish as x * h_sigmoid(x)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.relu = nn.ReLU6(inplace=True)
 
     def forward(self, x):
-        s = F.relu6(F.adaptive_avg_pool2d(x, 1) + 3.0) / 6.0
-        gate = torch.clamp(3 + s, 0, 6) * (1 / 6)
-        return x * F.relu6(x + 3) / 6 * gate
+        return self.relu(x + 3) / 6
+
+
+class HandWritten(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.h_sigmoid = HSigmoid()
+
+    def forward(self, x):
+        x = x * self.h_sigmoid(x)                                  # hard swish
+        s = F.relu6(F.adaptive_avg_pool2d(x, 1) + 3.0) / 6.0       # hard sigmoid (gate)
+        y = x * F.relu6(x + 3) / 6                                 # hard swish
+        y = F.hardsigmoid(y) * y                                   # hard swish
+        return y * (torch.clamp(3 + s, 0, 6) * (1 / 6))           # gate applied
 
 
 def test_hand_written_hard_activations_become_ir_ops() -> None:
     module, x = HandWritten(), image((1, 3, 4, 4), seed=6) * 4
     graph = from_module(module, x, "hand")
     assert [ir.op_name(n.op) for n in graph.nodes] == [
-        "Mean", "DepthwiseConv2D", "DepthwiseConv2D", "DepthwiseConv2D", "DepthwiseConv2D",
-        "HardSwish", "Mul"]
+        "HardSwish", "Mean", "HardSwish", "HardSwish", "DepthwiseConv2D", "DepthwiseConv2D",
+        "DepthwiseConv2D", "DepthwiseConv2D", "Mul"]
     assert_matches_torch(module, x, graph)
 
 

@@ -1,8 +1,9 @@
-"""Torch translations of the elementwise ops MobileNetV3 code uses: hard sigmoid, sigmoid and
+"""Torch translations of the elementwise ops MobileNetV3 code uses: sigmoid and
 multiplication (same shape, a (1, C, 1, 1) squeeze-excitation scale times a feature map, or a
 constant that broadcasts to the feature map; ``x / c`` is ``x * (1 / c)``).
 
-The vocabularies below are merged into the torch frontend's tables: the canonical op each
+Hard sigmoid and hard swish live in ``torch_hard_activations``. The vocabularies below are
+merged into the torch frontend's tables: the canonical op each
 handler takes, the ATen names (in-place forms like ``hardsigmoid_`` and ``mul_`` lose their
 underscore there), the functions and methods torch.fx records, and the leaf modules.
 """
@@ -20,19 +21,8 @@ import torch.fx
 from torch import nn
 
 from mbgen import ir
-from mbgen.frontends.hard_sigmoid import hard_sigmoid_layers
 from mbgen.frontends.torch_values import (Builder, Call, Value, activation_arg, to_numpy,
                                           unsupported)
-
-
-def emit_hard_sigmoid(b: Builder, x: Value, name: str) -> Value:
-    tensors, nodes = hard_sigmoid_layers(name, b.tensors[x.name], name)
-    b.extend(tensors, nodes)
-    return Value(name, x.torch_shape, x.flat_from)
-
-
-def _hardsigmoid(b: Builder, call: Call, name: str) -> Value:
-    return emit_hard_sigmoid(b, activation_arg(call, "self"), name)
 
 
 def _sigmoid(b: Builder, call: Call, name: str) -> Value:
@@ -102,16 +92,14 @@ def _mul_constant(b: Builder, call: Call, name: str, x: Value, k: object) -> Val
 
 
 HANDLERS: dict[str, Callable[[Builder, Call, str], Value]] = {
-    "hardsigmoid": _hardsigmoid,
     "sigmoid": _sigmoid,
     "mul": _mul,
     "div": _div,
 }
 
-ATEN_OPS = {"hardsigmoid": "hardsigmoid", "sigmoid": "sigmoid", "mul": "mul", "div": "div"}
+ATEN_OPS = {"sigmoid": "sigmoid", "mul": "mul", "div": "div"}
 
 FX_FUNCTIONS: dict[object, tuple[str, tuple[str, ...]]] = {
-    F.hardsigmoid: ("hardsigmoid", ("self",)),
     F.sigmoid: ("sigmoid", ("self",)),
     torch.sigmoid: ("sigmoid", ("self",)),
     operator.mul: ("mul", ("self", "other")),
@@ -135,8 +123,6 @@ FX_METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 def module_call(module: nn.Module, x: object) -> tuple[str, dict[str, object]] | None:
     """The canonical call of a leaf module this file translates, else None."""
-    if isinstance(module, nn.Hardsigmoid):
-        return ("hardsigmoid", {"self": x})
     if isinstance(module, nn.Sigmoid):
         return ("sigmoid", {"self": x})
     return None

@@ -5,8 +5,8 @@ the ATen ops they correspond to (``convolution``, ``batch_norm``, ``hardtanh``, 
 with arguments named as in the ATen schemas, and one converter turns those into IR nodes:
 
 Translations of the squeeze-excitation ops (hard sigmoid, sigmoid, multiplication) live in
-``torch_elementwise``, core ATen's arithmetic spelling of hard sigmoid / hard swish in
-``torch_decomposed``; the values, calls and builder every translation shares in
+``torch_elementwise``, hard sigmoid / hard swish in all their spellings in
+``torch_hard_activations``; the values, calls and builder every translation shares in
 ``torch_values``.
 
 * :func:`from_module` traces with ``torch.fx.symbolic_trace``; leaf modules (``nn.Conv2d``,
@@ -25,6 +25,7 @@ the shapes torch.export recorded, so they always agree with what PyTorch compute
 from __future__ import annotations
 
 import operator
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -37,7 +38,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from mbgen import ir
 from mbgen.errors import UserError
-from mbgen.frontends import torch_decomposed, torch_elementwise
+from mbgen.frontends import torch_elementwise, torch_hard_activations
 from mbgen.frontends.torch_values import (Builder, Call, Value, activation_arg, const_arg,
                                           contains_activation, pair, to_numpy, unsupported)
 
@@ -140,7 +141,7 @@ def _hardswish(b: Builder, call: Call, name: str) -> Value:
 def _add(b: Builder, call: Call, name: str) -> Value:
     a = call.args.get("self")
     other = call.args.get("other")
-    pending = torch_decomposed.start(call)
+    pending = torch_hard_activations.start(call)
     if pending is not None:
         return pending  # x + 3 of a core-ATen hard sigmoid / hard swish
     if not (isinstance(a, Value) and isinstance(other, Value)):
@@ -282,16 +283,22 @@ _HANDLERS: dict[str, Callable[[Builder, Call, str], Value]] = {
     "mm": _addmm,
     "identity": _identity,
     **torch_elementwise.HANDLERS,
+    **torch_hard_activations.HANDLERS,
 }
 
 
 def _convert(b: Builder, call: Call, preferred_name: str) -> object:
+    name = b.unique_node_name(preferred_name)
+    if torch_hard_activations.involved(call):
+        result = torch_hard_activations.advance(b, call, name)
+        if result is not None:
+            return result
+        call = replace(call, args={k: torch_hard_activations.materialize(b, v)
+                                   for k, v in call.args.items()})
     handler = _HANDLERS.get(call.op)
-    if torch_decomposed.involved(call):
-        handler = torch_decomposed.advance
     if handler is None:
         raise unsupported(call, "this operation has no mbgen equivalent")
-    return handler(b, call, b.unique_node_name(preferred_name))
+    return handler(b, call, name)
 
 
 _CONTAINERS = ("nn.Sequential", "nn.ModuleList", "nn.ModuleDict")
@@ -325,6 +332,7 @@ _ATEN_OPS = {
     "clone": "identity", "alias": "identity", "detach": "identity", "contiguous": "identity",
     "lift_fresh_copy": "identity",
     **torch_elementwise.ATEN_OPS,
+    **torch_hard_activations.ATEN_OPS,
 }
 
 # Ops that only check shapes or metadata at run time: no data flows through them.
@@ -387,6 +395,7 @@ _FX_FUNCTIONS: dict[object, tuple[str, tuple[str, ...]]] = {
     F.batch_norm: ("batch_norm", ("input", "running_mean", "running_var", "weight", "bias",
                                   "training", "momentum", "eps")),
     **torch_elementwise.FX_FUNCTIONS,
+    **torch_hard_activations.FX_FUNCTIONS,
 }
 
 _FX_METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -439,7 +448,8 @@ def _module_call(module: nn.Module, x: object) -> tuple[str, dict[str, object]] 
     if isinstance(module, (nn.Dropout, nn.Identity)):
         return ("identity", {"self": x, "training": module.training
                              and isinstance(module, nn.Dropout) and module.p > 0})
-    return torch_elementwise.module_call(module, x)
+    return (torch_elementwise.module_call(module, x)
+            or torch_hard_activations.module_call(module, x))
 
 
 def _type_label(cls_path: str) -> str:
@@ -488,7 +498,7 @@ def _check_training_flags(call: Call) -> None:
 def _finish(b: Builder, name: str, input_name: str, results: list[object],
             source: str) -> ir.Graph:
     outputs: list[str] = []
-    for value in results:
+    for value in torch_hard_activations.materialize(b, list(results)):
         if not isinstance(value, Value) or value.name == input_name:
             raise UserError(f"{source}: every model output must be a tensor computed from the "
                             f"input, got {type(value).__name__}")
