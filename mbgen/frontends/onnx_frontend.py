@@ -30,6 +30,7 @@ import numpy as np
 from mbgen import ir
 from mbgen.errors import UserError
 from mbgen.frontends.hard_sigmoid import hard_sigmoid_layers
+from mbgen.frontends.onnx_hard_activations import rewrite_hard_activations
 
 try:  # onnx is an optional dependency: only this frontend needs it
     import onnx
@@ -56,6 +57,7 @@ def load_onnx(path: str | Path) -> ir.Graph:
     model = _with_batch_one(model)
     model, constants = _fold_constants(model)
     shapes = _static_shapes(model)
+    model = rewrite_hard_activations(model, constants, _default_opset(model))
     graph = _Converter(model, constants, shapes, path.stem).convert()
     ir.verify(graph)
     return graph
