@@ -607,7 +607,7 @@ def _convert_fx_node(b: Builder, node: torch.fx.Node, args: tuple, kwargs: dict,
     else:  # call_function
         if node.target is getattr and args[1] == "shape":
             return torch.Size(args[0].torch_shape)
-        if node.target is operator.getitem and not isinstance(args[0], Value):
+        if node.target is operator.getitem and not contains_activation(args[0]):
             return args[0][args[1]]
         spec = _FX_FUNCTIONS.get(node.target)
         kind = _target_label(node.target)
