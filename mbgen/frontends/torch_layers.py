@@ -19,7 +19,6 @@ from mbgen.frontends.torch_values import (Builder, Call, Value, activation_arg, 
                                           pair, to_numpy, unsupported)
 
 
-
 def _convolution(b: Builder, call: Call, name: str) -> Value:
     x = activation_arg(call, "input")
     weight = const_arg(call, "weight")
