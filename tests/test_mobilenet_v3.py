@@ -119,3 +119,26 @@ def test_v3_in_qemu_cortex_m7_equals_numpy(prepared, tmp_path):
                                       run_int8(graph, q)[graph.outputs[0]].ravel(),
                                       err_msg=f"QEMU cortex-m7 != numpy on {label}")
         print(f"{name} on cortex-m7, {label}: {on_qemu.total_instructions:,} instructions")
+
+
+@pytest.mark.slow
+def test_emitted_v3_tflite_compiles_again_bit_exact_with_tflm(prepared, tmp_path):
+    """Our .tflite of a V3 (1x1 depthwise hard sigmoid, broadcast MUL) read back by the TFLite
+    frontend: that C equals TFLM on the file."""
+    pytest.importorskip("tflite_micro.python.tflite_micro.runtime",
+                        reason="the TFLM reference needs the tflite-micro package")
+    from mbgen.compiler import prepare
+    from mbgen.tflm import run_tflm
+
+    tflite = tmp_path / "mbv3s.tflite"
+    emit(prepared("mbv3s_0.75_128"), CompileOptions(target="host", out_dir=tmp_path / "a",
+                                                   emit_tflite=tflite))
+    reread = prepare(str(tflite), CompileOptions())
+    emit(reread, CompileOptions(target="host", out_dir=tmp_path / "c"))
+    exe = build_folder(tmp_path / "c")
+    rng = np.random.default_rng(3)
+    for _ in range(2):
+        q = rng.integers(-128, 128, reread.graph.tensors[reread.graph.inputs[0]].shape)
+        q = q.astype(np.int8)
+        np.testing.assert_array_equal(np.frombuffer(run(exe, q.tobytes()), dtype=np.int8),
+                                      run_tflm(tflite, q).ravel())
