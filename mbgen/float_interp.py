@@ -100,7 +100,7 @@ def _batchnorm(graph: ir.Graph, node: ir.Node, x: np.ndarray) -> np.ndarray:
 
 def _run_node(graph: ir.Graph, node: ir.Node, values: dict[str, np.ndarray]) -> np.ndarray:
     op = node.op
-    x = values[node.inputs[0]]
+    x = values.get(node.inputs[0])  # None: a constant (only Add/Mul take one first)
     out_shape = graph.tensors[node.outputs[0]].shape
     if isinstance(op, ir.Conv2D):
         return _conv(graph, node, x)
@@ -108,10 +108,10 @@ def _run_node(graph: ir.Graph, node: ir.Node, values: dict[str, np.ndarray]) -> 
         return _depthwise(graph, node, x)
     if isinstance(op, ir.FullyConnected):
         return _fully_connected(graph, node, x)
-    if isinstance(op, ir.Add):
-        return _binary(np.add)(graph, node, x, values[node.inputs[1]])
-    if isinstance(op, ir.Mul):
-        return _binary(np.multiply)(graph, node, x, values[node.inputs[1]])
+    if isinstance(op, (ir.Add, ir.Mul)):  # either operand may be a constant
+        a, b = (values[n] if n in values else graph.tensors[n].data.astype(np.float64)
+                for n in node.inputs[:2])
+        return _binary(np.add if isinstance(op, ir.Add) else np.multiply)(graph, node, a, b)
     if isinstance(op, ir.AveragePool2D):
         return _average_pool(node, x)
     if isinstance(op, ir.Mean):

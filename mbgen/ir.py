@@ -117,7 +117,8 @@ class Add:
 
 @dataclass(frozen=True)
 class Mul:
-    """inputs: a, b (same shape, or b broadcast per channel as in squeeze-excite)."""
+    """inputs: a, b, broadcast against each other as numpy and TFLite do (rank <= 4; a
+    squeeze-excite scale (1,1,1,C) times (1,H,W,C)); either may be a constant."""
 
     activation: Activation = Activation.NONE
     requantization: Requantization = Requantization.TFLITE

@@ -1,6 +1,7 @@
 """Built-in MobileNet models with deterministic weights, for tests, benchmarks and demos.
 
-Names are ``mbv1_<alpha>_<resolution>`` and ``mbv2_<alpha>_<resolution>``, e.g. ``mbv1_0.25_128``.
+Names are ``mbv1_<alpha>_<resolution>``, ``mbv2_...``, ``mbv3s_...`` (MobileNetV3-Small) and
+``mbv3l_...`` (Large), e.g. ``mbv1_0.25_128``.
 
 * **MobileNetV1** (Howard et al. 2017, Table 1): a 3x3 stride-2 convolution with ``32*alpha``
   filters, 13 depthwise-separable blocks (3x3 depthwise + BN + ReLU6, then 1x1 pointwise +
@@ -11,6 +12,7 @@ Names are ``mbv1_<alpha>_<resolution>`` and ``mbv2_<alpha>_<resolution>``, e.g. 
   table with ReLU6, linear (activation-free) bottlenecks and ``out = x + block(x)`` when the
   stride is 1 and the channel count is unchanged. Channels are rounded to multiples of 8
   (:func:`make_divisible`); the last 1x1 conv has ``1280 * max(1, alpha)`` channels.
+* **MobileNetV3** Small and Large (Howard et al. 2019, Tables 2 and 1): see ``mbgen.zoo_v3``.
 
 The weights are random but not arbitrary: Kaiming-normal convolutions, random BatchNorm
 affine parameters, and BatchNorm running statistics measured on a seeded synthetic batch, so
@@ -28,6 +30,7 @@ import torch
 from torch import nn
 
 from mbgen.errors import UserError
+from mbgen.zoo_v3 import V3_ALPHAS, MobileNetV3
 
 V1_ALPHAS = (0.25, 0.5, 0.75, 1.0)
 V2_ALPHAS = (0.35, 0.5, 0.75, 1.0)
@@ -48,7 +51,7 @@ _CALIBRATION_BATCH = 4
 
 @dataclass(frozen=True)
 class ModelInfo:
-    family: str        # "mobilenet_v1" | "mobilenet_v2"
+    family: str        # "mobilenet_v1" | "mobilenet_v2" | "mobilenet_v3_small" | "..._large"
     alpha: float       # width multiplier
     resolution: int    # input height and width
 
@@ -68,7 +71,9 @@ def _alpha_text(alpha: float) -> str:
 def _all_infos() -> dict[str, ModelInfo]:
     infos: dict[str, ModelInfo] = {}
     for prefix, family, alphas in (("mbv1", "mobilenet_v1", V1_ALPHAS),
-                                   ("mbv2", "mobilenet_v2", V2_ALPHAS)):
+                                   ("mbv2", "mobilenet_v2", V2_ALPHAS),
+                                   ("mbv3s", "mobilenet_v3_small", V3_ALPHAS),
+                                   ("mbv3l", "mobilenet_v3_large", V3_ALPHAS)):
         for alpha in alphas:
             for res in RESOLUTIONS:
                 infos[f"{prefix}_{_alpha_text(alpha)}_{res}"] = ModelInfo(family, alpha, res)
@@ -79,7 +84,8 @@ _INFOS = _all_infos()
 
 
 def names() -> list[str]:
-    """Every zoo model name, V1 before V2, narrow before wide, small before large input."""
+    """Every zoo model name, V1 before V2 before V3, narrow before wide, small before large
+    input."""
     return list(_INFOS)
 
 
@@ -192,21 +198,26 @@ class MobileNetV2(nn.Module):
 def _init_weights(model: nn.Module, generator: torch.Generator) -> None:
     """Seeded Kaiming init; BatchNorm gets random (not identity) affine parameters.
 
-    A BatchNorm that feeds a ReLU6 gets a positive mean shift (beta ~ N(1, 0.5)), so most of its
-    units are active as in a trained network; linear-bottleneck BatchNorms keep beta ~ N(0, 0.25).
+    A BatchNorm that feeds a ReLU6 (ReLU, hard swish) gets a positive mean shift (beta ~ N(1,
+    0.5)), so most of its units are active as in a trained network; linear-bottleneck
+    BatchNorms keep beta ~ N(0, 0.25). Convolutions with a bias (V3's squeeze-excite) get
+    bias ~ N(0, 0.1).
     With beta centred on 0 everywhere, half the units of every layer sit at the ReLU's corner
     and the random network becomes chaotic: any perturbation, int8 rounding of the input
     included, grows layer by layer (end-to-end cosine 0.90-0.96 vs 0.999 with this init), which
     says nothing about quantisation quality on a trained model.
     """
     gated = {id(seq[1]) for seq in model.modules()
-             if isinstance(seq, nn.Sequential) and len(seq) == 3 and isinstance(seq[2], nn.ReLU6)}
+             if isinstance(seq, nn.Sequential) and len(seq) == 3
+             and isinstance(seq[2], (nn.ReLU6, nn.ReLU, nn.Hardswish))}
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.Conv2d):
                 fan_in = module.weight[0].numel()
                 std = math.sqrt(2.0 / fan_in)
                 module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * std)
+                if module.bias is not None:
+                    module.bias.copy_(0.1 * torch.randn(module.out_channels, generator=generator))
             elif isinstance(module, nn.BatchNorm2d):
                 c = module.num_features
                 module.weight.copy_(0.5 + torch.rand(c, generator=generator))    # gamma 0.5..1.5
@@ -262,6 +273,9 @@ def get(name: str, num_classes: int = 1000, seed: int = 0) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         if info.family == "mobilenet_v1":
             model: nn.Module = MobileNetV1(info.alpha, num_classes)
+        elif info.family.startswith("mobilenet_v3"):
+            model = MobileNetV3(info.family.endswith("large"), info.alpha, make_divisible,
+                                num_classes)
         else:
             model = MobileNetV2(info.alpha, num_classes)
         generator = torch.Generator().manual_seed(seed)

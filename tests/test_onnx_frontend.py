@@ -439,11 +439,14 @@ def test_hard_swish_op(tmp_path):
     assert [type(n.op) for n in graph.nodes] == [ir.Conv2D, ir.HardSwish]
 
 
-def test_standalone_hard_sigmoid_is_a_user_error(tmp_path):
+@pytest.mark.parametrize("attrs", [{}, {"alpha": 1.0 / 6.0}, {"alpha": 0.3, "beta": 0.4}])
+def test_standalone_hard_sigmoid_any_alpha_beta(tmp_path, attrs):
     nodes = [_conv_node(), helper.make_node("HardSigmoid", ["c"], ["y"], name="/se/gate",
-                                            alpha=1.0 / 6.0)]
-    with pytest.raises(UserError, match=r"'HardSigmoid' \(node '/se/gate'\)"):
-        load_onnx(_save(tmp_path, nodes, _conv_inits()))
+                                            **attrs)]
+    graph = _check_against_reference(_save(tmp_path, nodes, _conv_inits()),
+                                     _rand(1, 3, 6, 6, seed=23) * 3)
+    # two 1x1 depthwise layers: relu6(6 alpha x + 6 beta), then * 1/6
+    assert [type(n.op) for n in graph.nodes] == [ir.Conv2D] + [ir.DepthwiseConv2D] * 2
 
 
 def test_squeeze_excite_style_channel_scale(tmp_path):

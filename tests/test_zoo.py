@@ -45,12 +45,15 @@ def test_size_matches_published_numbers(name: str, macs_m: float, params_m: floa
 
 def test_names_cover_every_alpha_and_resolution() -> None:
     names = zoo.names()
-    assert len(names) == len(set(names)) == 2 * 4 * 5
+    assert len(names) == len(set(names)) == 2 * 4 * 5 + 2 * 3 * 5
     assert "mbv1_0.25_128" in names and "mbv1_1.0_224" in names
     assert "mbv2_0.35_96" in names and "mbv2_0.75_160" in names
+    assert "mbv3s_0.75_128" in names and "mbv3l_0.5_160" in names
+    prefixes = {"mobilenet_v1": "mbv1", "mobilenet_v2": "mbv2", "mobilenet_v3_small": "mbv3s",
+                "mobilenet_v3_large": "mbv3l"}
     for name in names:
         info = zoo.describe(name)
-        prefix = "mbv1" if info.family == "mobilenet_v1" else "mbv2"
+        prefix = prefixes[info.family]
         assert name.startswith(prefix + "_")
         assert zoo.input_shape(name) == (1, 3, info.resolution, info.resolution)
 
@@ -104,7 +107,7 @@ def test_global_rng_is_left_alone() -> None:
     assert torch.equal(torch.rand(3), expected)
 
 
-@pytest.mark.parametrize("name", ["mbv1_0.25_128", "mbv2_0.35_96"])
+@pytest.mark.parametrize("name", ["mbv1_0.25_128", "mbv2_0.35_96", "mbv3s_0.5_96"])
 def test_eval_mode_with_real_batchnorm_statistics(name: str) -> None:
     model = zoo.get(name)
     assert not model.training
@@ -117,7 +120,8 @@ def test_eval_mode_with_real_batchnorm_statistics(name: str) -> None:
         assert bn.weight.std() > 0.05                      # gamma is not all ones
 
 
-@pytest.mark.parametrize("name", ["mbv1_0.25_128", "mbv2_0.35_96", "mbv2_1.0_96"])
+@pytest.mark.parametrize("name", ["mbv1_0.25_128", "mbv2_0.35_96", "mbv2_1.0_96", "mbv3s_0.75_96",
+                                  "mbv3l_0.5_96"])
 def test_activations_stay_well_scaled(name: str) -> None:
     model = zoo.get(name)
     stds: list[float] = []

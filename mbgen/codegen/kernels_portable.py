@@ -39,7 +39,7 @@ class PortableKernels:
         if isinstance(op, ir.Add):
             return _add(ctx, node)
         if isinstance(op, ir.Mul):
-            return _mul(ctx, node)
+            return _mul(ctx, index, node)
         if isinstance(op, ir.HardSwish):
             return _hard_swish(ctx, node)
         if isinstance(op, ir.Logistic):
@@ -193,26 +193,48 @@ def _add(ctx: LoweringContext, node: ir.Node) -> r.AddCall | None:
         act_min=q.act_min, act_max=q.act_max)
 
 
-def _mul(ctx: LoweringContext, node: ir.Node) -> r.MulCall | None:
-    _int8(ctx, node)
-    first, second = node.inputs[0], node.inputs[1]
-    a, b, out = ctx.tensor(first), ctx.tensor(second), ctx.tensor(node.outputs[0])
-    if a.is_const or b.is_const:
+def _mul(ctx: LoweringContext, index: int, node: ir.Node) -> r.MulCall | None:
+    out = ctx.tensor(node.outputs[0])
+    if out.dtype != "int8" or len(out.shape) > 4:
         return None
+    dims = (1,) * (4 - len(out.shape)) + tuple(int(d) for d in out.shape)
+    operands, strides = [], []
+    for role, name in (("input1", node.inputs[0]), ("input2", node.inputs[1])):
+        t = ctx.tensor(name)
+        if t.dtype != "int8":
+            return None
+        step = broadcast_strides(t.shape, dims)
+        if step is None:
+            raise ir.GraphError(f"{node.name}: {name!r} {t.shape} does not broadcast to "
+                                f"{out.shape}")
+        strides.append(step)
+        operands.append(ctx.const_tensor(name, index, role, "int8_t") if t.is_const
+                        else ctx.buffer(name))
     q = params.mul_quant(ctx.graph, node)
-    offsets = (q.input1_offset, q.input2_offset)
-    if a.size != out.size:  # a is the broadcast one: the product commutes
-        first, second, a, b = second, first, b, a
-        offsets = offsets[::-1]
-    broadcast = b.size != out.size
-    if a.size != out.size or (broadcast and (b.size != out.shape[-1]
-                                             or b.shape[-1] != out.shape[-1])):
-        return None  # only elementwise or per-channel (squeeze-excite) broadcasting
     return r.MulCall(
-        input1=ctx.buffer(first), input2=ctx.buffer(second), output=ctx.buffer(node.outputs[0]),
-        size=out.size, input2_size=b.size, input1_offset=offsets[0], input2_offset=offsets[1],
+        input1=operands[0], input2=operands[1], output=ctx.buffer(node.outputs[0]),
+        dims=dims, input1_strides=strides[0], input2_strides=strides[1],
+        input1_offset=q.input1_offset, input2_offset=q.input2_offset,
         output_offset=q.output_offset, output_multiplier=q.output_multiplier,
         output_shift=q.output_shift, act_min=q.act_min, act_max=q.act_max)
+
+
+def broadcast_strides(shape: tuple[int, ...],
+                      dims: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
+    """Element strides that read a row-major ``shape`` across the 4-D output ``dims``
+    (numpy/TFLite broadcasting: 0 along every dimension where ``shape`` has 1), or None
+    when ``shape`` does not broadcast to ``dims``."""
+    if len(shape) > 4:
+        return None
+    padded = (1,) * (4 - len(shape)) + tuple(int(d) for d in shape)
+    strides, step = [0, 0, 0, 0], 1
+    for axis in (3, 2, 1, 0):
+        if padded[axis] == dims[axis]:
+            strides[axis] = step if dims[axis] > 1 else 0
+        elif padded[axis] != 1:
+            return None
+        step *= padded[axis]
+    return strides[0], strides[1], strides[2], strides[3]
 
 
 def _hard_swish(ctx: LoweringContext, node: ir.Node) -> r.HardSwishCall:

@@ -166,16 +166,19 @@ class AddCall:
 
 @dataclass(frozen=True)
 class MulCall:
-    """Elementwise int8 MUL; input2 repeats every ``input2_size`` elements (a per-channel
-    squeeze-excite scale has input2_size == channels)."""
+    """Elementwise int8 MUL with TFLite broadcasting over an output of ``dims`` (4-D, padded
+    on the left with 1s). Each input is read at ``input*_strides`` elements per step of a
+    dimension, 0 where it broadcasts: a squeeze-excite scale (1, 1, 1, C) has strides
+    (0, 0, 0, 1). An input is an activation buffer or a flash constant."""
 
     template: ClassVar[str] = "kernels/mul.c.j2"
     function: ClassVar[str] = "mul_s8"
-    input1: BufferRef
-    input2: BufferRef
+    input1: BufferRef | ConstArray
+    input2: BufferRef | ConstArray
     output: BufferRef
-    size: int
-    input2_size: int
+    dims: tuple[int, int, int, int]
+    input1_strides: tuple[int, int, int, int]
+    input2_strides: tuple[int, int, int, int]
     input1_offset: int
     input2_offset: int
     output_offset: int

@@ -29,6 +29,8 @@ import numpy as np
 
 from mbgen import ir
 from mbgen.errors import UserError
+from mbgen.frontends.hard_sigmoid import hard_sigmoid_layers
+from mbgen.frontends.onnx_hard_activations import rewrite_hard_activations
 
 try:  # onnx is an optional dependency: only this frontend needs it
     import onnx
@@ -59,6 +61,7 @@ def load_onnx(path: str | Path) -> ir.Graph:
     if onnx_quantized.is_quantized(model):
         graph = onnx_quantized.convert(model, constants, shapes, path.stem)
     else:
+        model = rewrite_hard_activations(model, constants, _default_opset(model))
         graph = _Converter(model, constants, shapes, path.stem).convert()
     ir.verify(graph)
     return graph
@@ -748,8 +751,20 @@ class _Converter:
                             "supports [0, 6] (ReLU6) and [0, inf) (ReLU) only")
 
     def _hard_sigmoid(self, node: _OnnxNode) -> None:
-        raise UserError(f"unsupported ONNX op 'HardSigmoid' (node {node.label!r}): mbgen "
-                        "supports it only as x * HardSigmoid(x) (hard swish)")
+        """clamp(alpha * x + beta, 0, 1) as two 1x1 depthwise layers (see hard_sigmoid.py)."""
+        x, layout = self._input(node, 0)
+        attrs = node.attrs
+        out = self._activation(node.proto.output[0], layout)
+        tensors, nodes = hard_sigmoid_layers(
+            self._unique_node_name(node.label), self.tensors[x], out,
+            float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5)))
+        for tensor in tensors:
+            if tensor.name != out:
+                if tensor.name in self.tensors:
+                    raise ir.GraphError(f"tensor {tensor.name!r} defined twice")
+                self.tensors[tensor.name] = tensor
+        self.node_names.update(n.name for n in nodes)
+        self.nodes.extend(nodes)
 
     def _mul(self, node: _OnnxNode) -> None:
         x_value = self.hard_swish_of.get(node.label)

@@ -735,13 +735,14 @@ class _GraphBuilder:
 
     def mul(self) -> None:
         a, b, out = self.operands()
-        if self.shape(a) != self.shape(out):  # multiplication commutes: broadcast operand 2nd
-            a, b = b, a
-        sa, sb = self.shape(a), self.shape(b)
-        per_channel = len(sa) == 4 and sb in ((1, 1, 1, sa[3]), (sa[3],))
-        self.expect(sa == self.shape(out) and (sb == sa or per_channel),
-                    f"shapes {sa} * {sb} -> {self.shape(out)}: only same-shape or "
-                    "per-channel MUL is supported")
+        sa, sb, so = self.shape(a), self.shape(b), self.shape(out)
+        try:
+            broadcast = tuple(np.broadcast_shapes(sa, sb))
+        except ValueError:
+            broadcast = None
+        self.expect(broadcast == tuple(so) and len(so) <= 4,
+                    f"shapes {sa} * {sb} -> {so}: MUL operands must broadcast to the "
+                    "output (rank 4 or less)")
         self.add_node(ir.Mul(activation=self.activation()), [a, b], [out])
 
     def average_pool(self) -> None:

@@ -2,7 +2,10 @@
 
 Both entry points reduce every layer to one small vocabulary of "canonical calls" named like
 the ATen ops they correspond to (``convolution``, ``batch_norm``, ``hardtanh``, ``add``, ...)
-with arguments named as in the ATen schemas, and one converter turns those into IR nodes:
+with arguments named as in the ATen schemas; handlers turn those into IR nodes. The handlers
+of the classic layers live in ``torch_layers``, of the squeeze-excitation ops (sigmoid,
+multiplication) in ``torch_elementwise``, of hard sigmoid / hard swish in all their spellings
+in ``torch_hard_activations``; ``torch_values`` holds the values, calls and builder they share.
 
 * :func:`from_module` traces with ``torch.fx.symbolic_trace``; leaf modules (``nn.Conv2d``,
   ``nn.BatchNorm2d``, ...) and functional calls (``F.relu``, ``x + y``, ``x.mean(...)``) are
@@ -20,11 +23,9 @@ the shapes torch.export recorded, so they always agree with what PyTorch compute
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Sequence
 
-import numpy as np
 import torch
 import torch.fx
 import torch.nn.functional as F
@@ -33,380 +34,24 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from mbgen import ir
 from mbgen.errors import UserError
-
-SUPPORTED_LAYERS = ("Conv2d (groups 1 or depthwise), BatchNorm2d, ReLU, ReLU6, Hardtanh(0, 6), "
-                    "Hardswish, AdaptiveAvgPool2d(1), AvgPool2d, Flatten, Linear, Dropout, "
-                    "Identity and tensor addition")
-
-
-# ----------------------------------------------------------------------------- values
-
-
-@dataclass(frozen=True)
-class _Activation:
-    """A runtime tensor of the model, already in the IR under ``name``.
-
-    ``torch_shape`` is PyTorch's (NCHW) shape. ``flat_from`` is set for a flat (1, N) tensor
-    whose IR element order is HWC while PyTorch's is CHW: the (C, H, W) it was flattened from.
-    """
-
-    name: str
-    torch_shape: tuple[int, ...]
-    flat_from: tuple[int, int, int] | None = None
-
-
-@dataclass(frozen=True)
-class _Call:
-    """One layer reduced to a canonical op with ATen-style argument names."""
-
-    op: str
-    args: dict[str, object]
-    layer: str          # module path for error messages ("features.3.conv")
-    kind: str           # what the user wrote ("nn.Conv2d", "torch.add", "aten.conv2d.default")
-    out_shape: tuple[int, ...] | None  # PyTorch shape of the (first) output tensor
-
-
-def _contains_activation(value: object) -> bool:
-    if isinstance(value, _Activation):
-        return True
-    if isinstance(value, (list, tuple)):
-        return any(_contains_activation(v) for v in value)
-    if isinstance(value, dict):
-        return any(_contains_activation(v) for v in value.values())
-    return False
-
-
-def _pair(value: object, name: str, call: _Call) -> tuple[int, int]:
-    if isinstance(value, int):
-        return (value, value)
-    if isinstance(value, (list, tuple)) and len(value) == 1:
-        return (int(value[0]), int(value[0]))
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        return (int(value[0]), int(value[1]))
-    raise _unsupported(call, f"{name}={value!r} is not a 2-D value")
-
-
-def _unsupported(call: _Call, why: str) -> UserError:
-    return UserError(f"unsupported layer {call.layer!r} ({call.kind}): {why}; "
-                     f"mbgen supports {SUPPORTED_LAYERS}")
-
-
-def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.detach().to(torch.float32).cpu().numpy().copy()
-
-
-# ----------------------------------------------------------------------------- graph building
-
-
-class _Builder:
-    """Accumulates IR tensors and nodes while canonical calls are converted in order."""
-
-    def __init__(self) -> None:
-        self.tensors: dict[str, ir.Tensor] = {}
-        self.nodes: list[ir.Node] = []
-        self._node_names: set[str] = set()
-
-    def unique_node_name(self, preferred: str) -> str:
-        name, i = preferred, 1
-        while name in self._node_names or name in self.tensors:
-            i += 1
-            name = f"{preferred}_{i}"
-        self._node_names.add(name)
-        return name
-
-    def add_input(self, name: str, torch_shape: tuple[int, ...]) -> _Activation:
-        self.tensors[name] = ir.Tensor(name, _ir_shape(torch_shape, name), "float32")
-        return _Activation(name, torch_shape)
-
-    def constant(self, name: str, data: np.ndarray) -> str:
-        data = np.ascontiguousarray(data, dtype=np.float32)
-        self.tensors[name] = ir.Tensor(name, tuple(data.shape), "float32", data)
-        return name
-
-    def emit(self, node_name: str, op: ir.OpAttrs, inputs: list[str],
-             torch_shape: tuple[int, ...], flat_from: tuple[int, int, int] | None = None,
-             ir_shape: tuple[int, ...] | None = None) -> _Activation:
-        out = node_name
-        shape = ir_shape if ir_shape is not None else _ir_shape(torch_shape, node_name)
-        self.tensors[out] = ir.Tensor(out, shape, "float32")
-        self.nodes.append(ir.Node(node_name, op, inputs, [out]))
-        return _Activation(out, torch_shape, flat_from)
-
-
-def _ir_shape(torch_shape: Sequence[int], where: str) -> tuple[int, ...]:
-    shape = tuple(int(d) for d in torch_shape)
-    if len(shape) == 4:
-        n, c, h, w = shape
-        return (n, h, w, c)
-    if len(shape) == 2:
-        return shape
-    raise UserError(f"layer {where!r} produces a rank-{len(shape)} tensor {list(shape)}; mbgen "
-                    "handles NCHW feature maps and flat (1, N) vectors")
-
-
-# ----------------------------------------------------------------------------- canonical ops
-
-
-def _activation_arg(call: _Call, key: str) -> _Activation:
-    value = call.args.get(key)
-    if not isinstance(value, _Activation):
-        raise _unsupported(call, f"argument {key!r} must be a tensor computed from the input, "
-                                 "not a constant")
-    return value
-
-
-def _const_arg(call: _Call, key: str, optional: bool = False) -> torch.Tensor | None:
-    value = call.args.get(key)
-    if value is None and optional:
-        return None
-    if not isinstance(value, torch.Tensor):
-        raise _unsupported(call, f"argument {key!r} must be a constant tensor (weights computed "
-                                 "at run time are not supported)")
-    return value
-
-
-def _convolution(b: _Builder, call: _Call, name: str) -> _Activation:
-    x = _activation_arg(call, "input")
-    weight = _const_arg(call, "weight")
-    bias = _const_arg(call, "bias", optional=True)
-    if call.args.get("transposed"):
-        raise _unsupported(call, "transposed convolution")
-    if weight.dim() != 4 or len(x.torch_shape) != 4:
-        raise _unsupported(call, "only 2-D convolutions on NCHW tensors")
-    out_c, in_per_group, k_h, k_w = (int(d) for d in weight.shape)
-    in_c = x.torch_shape[1]
-    groups = int(call.args.get("groups", 1))
-    stride = _pair(call.args.get("stride", 1), "stride", call)
-    dilation = _pair(call.args.get("dilation", 1), "dilation", call)
-    padding = _conv_padding(call.args.get("padding", 0), (k_h, k_w), dilation, call)
-    inputs = [x.name, b.constant(f"{name}.weight", _ir_conv_weight(weight, groups))]
-    if bias is not None:
-        inputs.append(b.constant(f"{name}.bias", _to_numpy(bias)))
-    if groups == 1:
-        op: ir.OpAttrs = ir.Conv2D(stride=stride, padding=padding, dilation=dilation)
-    elif groups == in_c and in_per_group == 1 and out_c % in_c == 0:
-        op = ir.DepthwiseConv2D(stride=stride, padding=padding, dilation=dilation,
-                                depth_multiplier=out_c // in_c)
-    else:
-        raise _unsupported(call, f"grouped convolution with groups={groups} (only 1 or "
-                                 f"depthwise, groups == in_channels == {in_c})")
-    return b.emit(name, op, inputs, call.out_shape)
-
-
-def _ir_conv_weight(weight: torch.Tensor, groups: int) -> np.ndarray:
-    w = _to_numpy(weight)  # (O, I/groups, KH, KW)
-    if groups == 1:
-        return w.transpose(0, 2, 3, 1)  # OHWI
-    # Depthwise: torch output channel c*m+j reads input c, the same order TFLite uses in its
-    # last axis, so (C*m, 1, KH, KW) -> (1, KH, KW, C*m) is a plain transpose.
-    return w.transpose(1, 2, 3, 0)
-
-
-def _conv_padding(padding: object, kernel: tuple[int, int], dilation: tuple[int, int],
-                  call: _Call) -> ir.Padding:
-    if padding == "valid":
-        return ir.Padding()
-    if padding == "same":
-        # PyTorch puts the odd pixel of 'same' padding at the bottom/right, as TensorFlow does.
-        (top, bottom), (left, right) = (
-            (total // 2, total - total // 2)
-            for total in (d * (k - 1) for k, d in zip(kernel, dilation)))
-        return ir.Padding(top, bottom, left, right)
-    p_h, p_w = _pair(padding, "padding", call)
-    return ir.Padding(p_h, p_h, p_w, p_w)
-
-
-def _batch_norm(b: _Builder, call: _Call, name: str) -> _Activation:
-    x = _activation_arg(call, "input")
-    if call.args.get("training"):
-        raise UserError(f"layer {call.layer!r} ({call.kind}) is in training mode or has no "
-                        "running statistics; call model.eval() before converting")
-    if len(x.torch_shape) != 4:
-        raise _unsupported(call, "BatchNorm on a non-NCHW tensor")
-    channels = x.torch_shape[1]
-    mean = _const_arg(call, "running_mean")
-    var = _const_arg(call, "running_var")
-    gamma = _const_arg(call, "weight", optional=True)
-    beta = _const_arg(call, "bias", optional=True)
-    ones, zeros = np.ones(channels, np.float32), np.zeros(channels, np.float32)
-    inputs = [x.name,
-              b.constant(f"{name}.gamma", ones if gamma is None else _to_numpy(gamma)),
-              b.constant(f"{name}.beta", zeros if beta is None else _to_numpy(beta)),
-              b.constant(f"{name}.running_mean", _to_numpy(mean)),
-              b.constant(f"{name}.running_var", _to_numpy(var))]
-    return b.emit(name, ir.BatchNorm(eps=float(call.args["eps"])), inputs, x.torch_shape)
-
-
-def _activation_op(b: _Builder, call: _Call, name: str, act: ir.Activation) -> _Activation:
-    x = _activation_arg(call, "self")
-    return b.emit(name, ir.ActivationOp(act), [x.name], x.torch_shape, x.flat_from)
-
-
-def _clamp_activation(call: _Call, low: object, high: object) -> ir.Activation:
-    low_f = None if low is None else float(low)
-    high_f = None if high is None else float(high)
-    if low_f == 0.0 and high_f is None:
-        return ir.Activation.RELU
-    if low_f == 0.0 and high_f == 6.0:
-        return ir.Activation.RELU6
-    raise _unsupported(call, f"clamp to [{low}, {high}] (only [0, inf) = ReLU and [0, 6] = "
-                             "ReLU6)")
-
-
-def _hardswish(b: _Builder, call: _Call, name: str) -> _Activation:
-    x = _activation_arg(call, "self")
-    return b.emit(name, ir.HardSwish(), [x.name], x.torch_shape, x.flat_from)
-
-
-def _add(b: _Builder, call: _Call, name: str) -> _Activation:
-    a = call.args.get("self")
-    other = call.args.get("other")
-    if not (isinstance(a, _Activation) and isinstance(other, _Activation)):
-        raise _unsupported(call, "adding a constant (only adding two feature maps, as in "
-                                 "residual connections)")
-    if call.args.get("alpha", 1) != 1:
-        raise _unsupported(call, f"add with alpha={call.args['alpha']}")
-    if a.torch_shape != other.torch_shape or a.flat_from != other.flat_from:
-        raise _unsupported(call, f"add of shapes {list(a.torch_shape)} and "
-                                 f"{list(other.torch_shape)} (broadcasting is not supported)")
-    return b.emit(name, ir.Add(), [a.name, other.name], a.torch_shape, a.flat_from)
-
-
-def _global_mean(b: _Builder, call: _Call, name: str, x: _Activation,
-                 keep_dims: bool) -> _Activation:
-    n, c = x.torch_shape[:2]
-    torch_shape = (n, c, 1, 1) if keep_dims else (n, c)
-    return b.emit(name, ir.Mean(axes=(1, 2), keep_dims=keep_dims), [x.name], torch_shape)
-
-
-def _mean(b: _Builder, call: _Call, name: str) -> _Activation:
-    x = _activation_arg(call, "self")
-    dims = call.args.get("dim")
-    if len(x.torch_shape) != 4 or dims is None:
-        raise _unsupported(call, "mean other than over H and W of an NCHW tensor")
-    dims = [dims] if isinstance(dims, int) else list(dims)
-    if sorted(d % 4 for d in dims) != [2, 3]:
-        raise _unsupported(call, f"mean over dims {dims} (only the spatial dims 2 and 3)")
-    return _global_mean(b, call, name, x, bool(call.args.get("keepdim", False)))
-
-
-def _adaptive_avg_pool(b: _Builder, call: _Call, name: str) -> _Activation:
-    x = _activation_arg(call, "self")
-    size = call.args.get("output_size")
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    if len(x.torch_shape) != 4 or tuple(size) != (1, 1):
-        raise _unsupported(call, f"adaptive average pooling to {size} (only to 1x1)")
-    return _global_mean(b, call, name, x, keep_dims=True)
-
-
-def _avg_pool(b: _Builder, call: _Call, name: str) -> _Activation:
-    x = _activation_arg(call, "self")
-    kernel = _pair(call.args["kernel_size"], "kernel_size", call)
-    stride_arg = call.args.get("stride")
-    stride = kernel if stride_arg in (None, [], ()) else _pair(stride_arg, "stride", call)
-    p_h, p_w = _pair(call.args.get("padding", 0), "padding", call)
-    padding = ir.Padding(p_h, p_h, p_w, p_w)
-    if call.args.get("divisor_override") is not None:
-        raise _unsupported(call, "avg_pool2d with divisor_override")
-    if call.args.get("ceil_mode"):
-        h, w = x.torch_shape[2:]
-        floor_shape = ((h + 2 * p_h - kernel[0]) // stride[0] + 1,
-                       (w + 2 * p_w - kernel[1]) // stride[1] + 1)
-        if tuple(call.out_shape[2:]) != floor_shape:
-            raise _unsupported(call, "avg_pool2d with ceil_mode=True that changes the output "
-                                     "size")
-    source = x
-    if padding != ir.Padding() and call.args.get("count_include_pad", True):
-        # PyTorch's default divides by the full window, padding included; TFLite pools
-        # exclude padded pixels. An explicit zero Pad first gives PyTorch's numbers.
-        n, c, h, w = x.torch_shape
-        padded_shape = (n, c, h + 2 * p_h, w + 2 * p_w)
-        source = b.emit(b.unique_node_name(f"{name}.pad"), ir.Pad(padding), [x.name],
-                        padded_shape)
-        padding = ir.Padding()
-    op = ir.AveragePool2D(kernel=kernel, stride=stride, padding=padding)
-    return b.emit(name, op, [source.name], call.out_shape)
-
-
-def _reshape(b: _Builder, call: _Call, name: str) -> _Activation:
-    x = _activation_arg(call, "self")
-    old, new = tuple(x.torch_shape), tuple(call.out_shape)
-    if old == new:
-        return x
-    if len(old) == 4 and len(new) == 2 and new[0] == old[0] == 1:
-        n, c, h, w = old
-        flat_from = (c, h, w) if h * w > 1 else None
-        return b.emit(name, ir.Reshape(shape=(1, h * w * c)), [x.name], new, flat_from)
-    if len(old) == 2 and len(new) == 4 and new[0] == 1:
-        _, c, h, w = new
-        if x.flat_from == (c, h, w) or (h * w == 1 and x.flat_from is None):
-            return b.emit(name, ir.Reshape(shape=(1, h, w, c)), [x.name], new)
-    raise _unsupported(call, f"reshape from {list(old)} to {list(new)} (only flattening a "
-                             "feature map to (1, N), or its inverse)")
-
-
-def _fully_connected(b: _Builder, call: _Call, name: str, x: _Activation, weight: torch.Tensor,
-                     bias: torch.Tensor | None) -> _Activation:
-    if len(x.torch_shape) != 2:
-        raise _unsupported(call, f"linear layer on a {list(x.torch_shape)} tensor (flatten to "
-                                 "(1, N) first)")
-    w = _to_numpy(weight)  # (O, I), I in PyTorch's CHW order
-    if x.flat_from is not None:
-        c, h, w_ = x.flat_from
-        w = w.reshape(-1, c, h, w_).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
-    inputs = [x.name, b.constant(f"{name}.weight", w)]
-    if bias is not None:
-        inputs.append(b.constant(f"{name}.bias", _to_numpy(bias).reshape(-1)))
-    return b.emit(name, ir.FullyConnected(), inputs, call.out_shape)
-
-
-def _linear(b: _Builder, call: _Call, name: str) -> _Activation:
-    return _fully_connected(b, call, name, _activation_arg(call, "input"),
-                            _const_arg(call, "weight"), _const_arg(call, "bias", optional=True))
-
-
-def _addmm(b: _Builder, call: _Call, name: str) -> _Activation:
-    """Core-ATen linear: ``beta * bias + mat1 @ mat2`` with mat2 the transposed weight."""
-    if call.args.get("beta", 1) != 1 or call.args.get("alpha", 1) != 1:
-        raise _unsupported(call, "addmm with beta or alpha other than 1")
-    mat2 = _const_arg(call, "mat2")
-    bias = _const_arg(call, "self", optional=True) if call.op == "addmm" else None
-    x = _activation_arg(call, "mat1" if call.op == "addmm" else "self")
-    return _fully_connected(b, call, name, x, mat2.t(), bias)
-
-
-def _identity(b: _Builder, call: _Call, name: str) -> _Activation:
-    x = _activation_arg(call, "self")
-    return b.emit(name, ir.Identity(source=call.kind), [x.name], x.torch_shape, x.flat_from)
-
-
-_HANDLERS: dict[str, Callable[[_Builder, _Call, str], _Activation]] = {
-    "convolution": _convolution,
-    "batch_norm": _batch_norm,
-    "relu": lambda b, c, n: _activation_op(b, c, n, ir.Activation.RELU),
-    "relu6": lambda b, c, n: _activation_op(b, c, n, ir.Activation.RELU6),
-    "hardtanh": lambda b, c, n: _activation_op(
-        b, c, n, _clamp_activation(c, c.args.get("min_val", -1.0), c.args.get("max_val", 1.0))),
-    "clamp": lambda b, c, n: _activation_op(
-        b, c, n, _clamp_activation(c, c.args.get("min"), c.args.get("max"))),
-    "hardswish": _hardswish,
-    "add": _add,
-    "mean": _mean,
-    "adaptive_avg_pool2d": _adaptive_avg_pool,
-    "avg_pool2d": _avg_pool,
-    "reshape": _reshape,
-    "linear": _linear,
-    "addmm": _addmm,
-    "mm": _addmm,
-    "identity": _identity,
-}
-
-
-def _convert(b: _Builder, call: _Call, preferred_name: str) -> _Activation:
-    handler = _HANDLERS.get(call.op)
+from mbgen.frontends import torch_elementwise, torch_hard_activations, torch_layers
+from mbgen.frontends.torch_values import Builder, Call, Value, contains_activation, unsupported
+
+# ----------------------------------------------------------------------------- conversion
+
+
+def _convert(b: Builder, call: Call, preferred_name: str) -> object:
+    name = b.unique_node_name(preferred_name)
+    if torch_hard_activations.involved(call):
+        result = torch_hard_activations.advance(b, call, name)
+        if result is not None:
+            return result
+        call = replace(call, args={k: torch_hard_activations.materialize(b, v)
+                                   for k, v in call.args.items()})
+    handler = torch_layers.HANDLERS.get(call.op)
     if handler is None:
-        raise _unsupported(call, "this operation has no mbgen equivalent")
-    return handler(b, call, b.unique_node_name(preferred_name))
+        raise unsupported(call, "this operation has no mbgen equivalent")
+    return handler(b, call, name)
 
 
 _CONTAINERS = ("nn.Sequential", "nn.ModuleList", "nn.ModuleDict")
@@ -439,6 +84,8 @@ _ATEN_OPS = {
     "dropout": "identity", "native_dropout": "identity", "feature_dropout": "identity",
     "clone": "identity", "alias": "identity", "detach": "identity", "contiguous": "identity",
     "lift_fresh_copy": "identity",
+    **torch_elementwise.ATEN_OPS,
+    **torch_hard_activations.ATEN_OPS,
 }
 
 # Ops that only check shapes or metadata at run time: no data flows through them.
@@ -500,6 +147,8 @@ _FX_FUNCTIONS: dict[object, tuple[str, tuple[str, ...]]] = {
     F.linear: ("linear", ("input", "weight", "bias")),
     F.batch_norm: ("batch_norm", ("input", "running_mean", "running_var", "weight", "bias",
                                   "training", "momentum", "eps")),
+    **torch_elementwise.FX_FUNCTIONS,
+    **torch_hard_activations.FX_FUNCTIONS,
 }
 
 _FX_METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -510,6 +159,7 @@ _FX_METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "view": ("reshape", ()), "reshape": ("reshape", ()), "flatten": ("reshape", ()),
     "squeeze": ("reshape", ()), "unsqueeze": ("reshape", ()),
     "contiguous": ("identity", ()), "clone": ("identity", ()), "detach": ("identity", ()),
+    **torch_elementwise.FX_METHODS,
 }
 
 _FX_DEFAULTS = {"eps": 1e-5, "keepdim": False, "count_include_pad": True, "ceil_mode": False}
@@ -551,7 +201,8 @@ def _module_call(module: nn.Module, x: object) -> tuple[str, dict[str, object]] 
     if isinstance(module, (nn.Dropout, nn.Identity)):
         return ("identity", {"self": x, "training": module.training
                              and isinstance(module, nn.Dropout) and module.p > 0})
-    return None
+    return (torch_elementwise.module_call(module, x)
+            or torch_hard_activations.module_call(module, x))
 
 
 def _type_label(cls_path: str) -> str:
@@ -591,17 +242,17 @@ def _target_label(target: object) -> str:
 # ----------------------------------------------------------------------------- entry points
 
 
-def _check_training_flags(call: _Call) -> None:
+def _check_training_flags(call: Call) -> None:
     if call.op == "identity" and call.args.get("training"):
         raise UserError(f"layer {call.layer!r} ({call.kind}) is in training mode; call "
                         "model.eval() before converting")
 
 
-def _finish(b: _Builder, name: str, input_name: str, results: list[object],
+def _finish(b: Builder, name: str, input_name: str, results: list[object],
             source: str) -> ir.Graph:
     outputs: list[str] = []
-    for value in results:
-        if not isinstance(value, _Activation) or value.name == input_name:
+    for value in torch_hard_activations.materialize(b, list(results)):
+        if not isinstance(value, Value) or value.name == input_name:
             raise UserError(f"{source}: every model output must be a tensor computed from the "
                             f"input, got {type(value).__name__}")
         if value.flat_from is not None:
@@ -644,7 +295,7 @@ def from_module(module: nn.Module, example_input: torch.Tensor, name: str) -> ir
                             f"{list(example.shape)}: {exc}") from None
     modules = dict(traced.named_modules())
 
-    b = _Builder()
+    b = Builder()
     values: dict[str, object] = {}
     input_name = "input"
     results: list[object] = []
@@ -664,6 +315,11 @@ def from_module(module: nn.Module, example_input: torch.Tensor, name: str) -> ir
             values[node.name] = _fetch_attr(traced, node.target)
             continue
         values[node.name] = _convert_fx_node(b, node, args, kwargs, modules)
+        # fx does not thread in-place writes: later reads of the written tensor name the
+        # original node, so point that node at the result (``x.mul_(s)``, ``F.relu(x, True)``).
+        written = torch_elementwise.fx_written_input(node, modules)
+        if written is not None and isinstance(values.get(written), Value):
+            values[written] = values[node.name]
     return _finish(b, name, input_name, results, f"torch module {type(module).__name__}")
 
 
@@ -674,23 +330,23 @@ def _fetch_attr(root: nn.Module, target: str) -> object:
     return value
 
 
-def _convert_fx_node(b: _Builder, node: torch.fx.Node, args: tuple, kwargs: dict,
+def _convert_fx_node(b: Builder, node: torch.fx.Node, args: tuple, kwargs: dict,
                      modules: dict[str, nn.Module]) -> object:
     layer, module_type = _innermost_module(node)
-    if not _contains_activation((args, kwargs)):
+    if not contains_activation((args, kwargs)):
         return _evaluate_constant(node, args, kwargs, modules)
     if node.op == "call_module":
         module = modules[node.target]
         kind = _type_label(f"{type(module).__module__}.{type(module).__qualname__}")
         canonical = _module_call(module, args[0] if args else None)
-        call = _Call(canonical[0] if canonical else "", canonical[1] if canonical else {},
+        call = Call(canonical[0] if canonical else "", canonical[1] if canonical else {},
                      node.target, kind, _fx_shape(node))
         if canonical is None:
-            raise _unsupported(call, "this layer type has no mbgen equivalent")
+            raise unsupported(call, "this layer type has no mbgen equivalent")
         if call.op == "unsupported-padding-mode":
-            raise _unsupported(call, f"padding_mode={module.padding_mode!r} (only 'zeros')")
+            raise unsupported(call, f"padding_mode={module.padding_mode!r} (only 'zeros')")
         if len(args) != 1 or kwargs:
-            raise _unsupported(call, "called with more than one input")
+            raise unsupported(call, "called with more than one input")
         _check_training_flags(call)
         return _convert(b, call, node.target)
     if node.op == "call_method":
@@ -704,7 +360,7 @@ def _convert_fx_node(b: _Builder, node: torch.fx.Node, args: tuple, kwargs: dict
     else:  # call_function
         if node.target is getattr and args[1] == "shape":
             return torch.Size(args[0].torch_shape)
-        if node.target is operator.getitem and not isinstance(args[0], _Activation):
+        if node.target is operator.getitem and not contains_activation(args[0]):
             return args[0][args[1]]
         spec = _FX_FUNCTIONS.get(node.target)
         kind = _target_label(node.target)
@@ -713,9 +369,9 @@ def _convert_fx_node(b: _Builder, node: torch.fx.Node, args: tuple, kwargs: dict
     bound = dict(_FX_DEFAULTS)
     bound.update(zip(names, positional))
     bound.update(kwargs)
-    call = _Call(spec[0] if spec else "", bound, layer or node.name, kind, _fx_shape(node))
+    call = Call(spec[0] if spec else "", bound, layer or node.name, kind, _fx_shape(node))
     if spec is None:
-        raise _unsupported(call, "this operation has no mbgen equivalent")
+        raise unsupported(call, "this operation has no mbgen equivalent")
     _check_training_flags(call)
     return _convert(b, call, _node_name(layer, module_type, node.name))
 
@@ -749,7 +405,7 @@ def _from_exported(program: torch.export.ExportedProgram, name: str, source: str
 
     sig = program.graph_signature
     specs = {spec.arg.name: spec for spec in sig.input_specs if hasattr(spec.arg, "name")}
-    b = _Builder()
+    b = Builder()
     values: dict[str, object] = {}
     input_name = "input"
     results: list[object] = []
@@ -774,7 +430,7 @@ def _from_exported(program: torch.export.ExportedProgram, name: str, source: str
     return _finish(b, name, input_name, results, source)
 
 
-def _exported_placeholder(b: _Builder, program: torch.export.ExportedProgram,
+def _exported_placeholder(b: Builder, program: torch.export.ExportedProgram,
                           node: torch.fx.Node, spec: object, input_name: str,
                           input_kinds: type, source: str) -> object:
     kind = getattr(spec, "kind", None)
@@ -811,23 +467,23 @@ def _exported_shape(node: torch.fx.Node) -> tuple[int, ...] | None:
     return None
 
 
-def _convert_aten_node(b: _Builder, node: torch.fx.Node, args: tuple, kwargs: dict) -> object:
+def _convert_aten_node(b: Builder, node: torch.fx.Node, args: tuple, kwargs: dict) -> object:
     target = node.target
     if target is operator.getitem:
         return args[0][args[1]]
     op_name = _aten_name(target)
     if op_name in _ATEN_CHECKS:
         return None
-    if not _contains_activation((args, kwargs)):
+    if not contains_activation((args, kwargs)):
         with torch.no_grad():
             return target(*args, **kwargs)  # constant folding: weight transposes etc.
     layer, module_type = _innermost_module(node)
     canonical = _ATEN_OPS.get(op_name or "")
     bound = _bind_aten(target, args, kwargs) if canonical else {}
     kind = f"{module_type}, {target}" if module_type else str(target)
-    call = _Call(canonical or "", bound, layer or node.name, kind, _exported_shape(node))
+    call = Call(canonical or "", bound, layer or node.name, kind, _exported_shape(node))
     if canonical is None:
-        raise _unsupported(call, "this operation has no mbgen equivalent")
+        raise unsupported(call, "this operation has no mbgen equivalent")
     _check_training_flags(call)
     result = _convert(b, call, _node_name(layer, module_type, canonical))
     if op_name in _TUPLE_RESULTS:
