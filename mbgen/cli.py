@@ -122,6 +122,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     io = labels = None
     if args.image and args.input:
         raise UserError("give either --input (raw bytes) or --image (a photo), not both")
+    if args.top is not None and args.top < 1:
+        raise UserError(f"--top must be at least 1, got {args.top}")
     if args.image or args.labels or args.top is not None:
         from mbgen import classify
         io = classify.folder_io(out_dir)
@@ -154,7 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.output:
         Path(args.output).write_bytes(result.output)
         print(f"output: {len(result.output)} bytes -> {args.output}")
-    else:
+    elif io is None:
         values = result.output_int8().ravel()
         top = values.argsort(kind="stable")[::-1][:5]
         head = " ".join(str(v) for v in values[:16]) + (" ..." if values.size > 16 else "")
