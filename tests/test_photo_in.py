@@ -37,6 +37,15 @@ def assert_user_error(proc: subprocess.CompletedProcess, *words: str) -> None:
         assert word in lines[0], lines[0]
 
 
+def mbgen_here(capsys, *args: str) -> subprocess.CompletedProcess:
+    """The CLI in this process (no interpreter start-up), as a CompletedProcess."""
+    from mbgen.cli import main
+    capsys.readouterr()
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+
 def _sha(arr: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()[:16]
 
@@ -92,7 +101,7 @@ def test_compile_records_preprocessing_and_calibrates_with_it(tmp_path):
 # ----------------------------------------------------------------------------- run --image
 
 
-def test_run_image_person_detect_matches_tflm(shared_dir, tmp_path):
+def test_run_image_person_detect_matches_tflm(shared_dir, tmp_path, capsys):
     """MODELS.md: TFLM gives no_person.bmp [77, -77] ("notperson") with q = p - 128."""
     out = tmp_path / "pd"
     compile_model(str(shared_dir / "models/person_detect.tflite"),
@@ -100,23 +109,23 @@ def test_run_image_person_detect_matches_tflm(shared_dir, tmp_path):
     labels = tmp_path / "labels.txt"
     labels.write_text("notperson\nperson\n")
     image = str(shared_dir / "images/no_person.bmp")
-    proc = mbgen("run", str(out), "--host", "--image", image, "--labels", str(labels), "--json")
+    proc = mbgen_here(capsys, "run", str(out), "--host", "--image", image, "--labels", str(labels), "--json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["output"] == [77, -77]
     assert result["scores_are_probabilities"] is True
     assert result["top"][0] == {"index": 0, "label": "notperson", "raw": 77,
                                 "score": pytest.approx((77 + 128) / 256)}
-    proc = mbgen("run", str(out), "--host", "--image", image, "--labels", str(labels))
+    proc = mbgen_here(capsys, "run", str(out), "--host", "--image", image, "--labels", str(labels))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[1].split()[1:3] == ["[0]", "notperson"]
     # Users' errors: one line, exit 2.
-    assert_user_error(mbgen("run", str(out), "--host", "--image", str(tmp_path / "no.jpg")),
+    assert_user_error(mbgen_here(capsys, "run", str(out), "--host", "--image", str(tmp_path / "no.jpg")),
                       "cannot read image", "no.jpg")
-    assert_user_error(mbgen("run", str(out), "--host", "--image", image, "--labels",
+    assert_user_error(mbgen_here(capsys, "run", str(out), "--host", "--image", image, "--labels",
                             str(tmp_path)), "cannot read labels")
     labels.write_text("a\nb\nc\nd\n")
-    assert_user_error(mbgen("run", str(out), "--host", "--image", image, "--labels",
+    assert_user_error(mbgen_here(capsys, "run", str(out), "--host", "--image", image, "--labels",
                             str(labels)), "4 lines", "2 classes")
 
 
@@ -163,7 +172,7 @@ def test_zoo_with_tflite_weights_equals_the_tflite_file(shared_dir):
     assert abs(float(ours[0, 286]) - 0.3582) < 1e-3    # MODELS.md, TFLM float
 
 
-def test_weights_that_do_not_fit_are_user_errors(shared_dir):
+def test_weights_that_do_not_fit_are_user_errors(shared_dir, capsys):
     from mbgen.compiler import resolve_model
     from mbgen.weights_tflite import zoo_graph_with_weights, zoo_module_with_weights
     path = shared_dir / MBV1_FILE
@@ -181,7 +190,7 @@ def test_weights_that_do_not_fit_are_user_errors(shared_dir):
     with pytest.raises(UserError, match="has its own"):
         zoo_graph_with_weights(resolve_model(str(path)), path)
     # Through the CLI: one line, exit 2, before any slow work.
-    assert_user_error(mbgen("compile", "mbv1_0.5_128", "--weights", str(path)),
+    assert_user_error(mbgen_here(capsys, "compile", "mbv1_0.5_128", "--weights", str(path)),
                       "MobilenetV1/Conv2d_0/weights", "(8, 3, 3, 3)", "(16, 3, 3, 3)")
 
 
@@ -204,3 +213,25 @@ def test_readme_demo_prints_egyptian_cat_in_qemu(shared_dir, tmp_path):
     probability = float(lines[1].split("probability")[1].split()[0])
     assert abs(probability - 0.3582) < 0.05
     assert "total" in proc.stdout and "instructions" in proc.stdout   # it ran in QEMU
+
+
+def test_torch_zero_pad_before_a_conv_becomes_its_padding():
+    """nn.ZeroPad2d((0, 1, 0, 1)) + a stride-2 conv (TF's 'SAME', as zoo tf_padding builds it)
+    is one Conv2D with bottom/right padding, computing what PyTorch computes; softmax too."""
+    import torch
+    from torch import nn
+    from mbgen import ir
+    from mbgen.float_interp import run_float
+    from mbgen.frontends.torch_frontend import from_module
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(3, 4, 3, 2), nn.ReLU6(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Softmax(dim=1)).eval()
+    x = torch.rand(1, 3, 8, 8) * 2 - 1
+    graph = from_module(model, x, "padded")
+    ops = [type(n.op) for n in graph.nodes]
+    assert ir.Pad not in ops and ops[0] is ir.Conv2D and ops[-1] is ir.Softmax
+    assert graph.nodes[0].op.padding == ir.Padding(0, 1, 0, 1)
+    with torch.no_grad():
+        want = model(x).numpy()
+    got = run_float(graph, x.numpy().transpose(0, 2, 3, 1))[graph.outputs[0]]
+    np.testing.assert_allclose(got, want, atol=1e-6)

@@ -20,7 +20,7 @@ the shapes torch.export recorded, so they always agree with what PyTorch compute
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -33,6 +33,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from mbgen import ir
 from mbgen.errors import UserError
+from mbgen.frontends.zero_pads import fold_zero_pads
 
 SUPPORTED_LAYERS = ("Conv2d (groups 1 or depthwise), BatchNorm2d, ReLU, ReLU6, Hardtanh(0, 6), "
                     "Hardswish, AdaptiveAvgPool2d(1), AvgPool2d, Flatten, Linear, Dropout, "
@@ -377,7 +378,7 @@ def _addmm(b: _Builder, call: _Call, name: str) -> _Activation:
 
 def _zero_pad(b: _Builder, call: _Call, name: str) -> _Activation:
     """nn.ZeroPad2d, as TF-ported models pad before a stride-2 conv (asymmetric 'SAME'); a
-    pad read only by a conv becomes that conv's explicit padding (_fold_zero_pads)."""
+    pad read only by a conv becomes that conv's explicit padding (zero_pads.fold_zero_pads)."""
     x = _activation_arg(call, "self")
     left, right, top, bottom = (int(v) for v in call.args["pad"])
     if len(x.torch_shape) != 4 or min(left, right, top, bottom) < 0:
@@ -392,25 +393,6 @@ def _softmax(b: _Builder, call: _Call, name: str) -> _Activation:
     if len(x.torch_shape) != 2 or call.args.get("dim") not in (1, -1):
         raise _unsupported(call, "softmax other than over the classes of a (1, N) tensor")
     return b.emit(name, ir.Softmax(beta=1.0), [x.name], x.torch_shape)
-
-
-def _fold_zero_pads(b: _Builder, outputs: list[str]) -> None:
-    """Merge each Pad whose only reader is a conv (as its input) into that conv's padding."""
-    for pad in [n for n in b.nodes if isinstance(n.op, ir.Pad)]:
-        readers = [n for n in b.nodes if pad.outputs[0] in n.inputs]
-        if pad.outputs[0] in outputs or len(readers) != 1:
-            continue
-        conv = readers[0]
-        if not isinstance(conv.op, (ir.Conv2D, ir.DepthwiseConv2D)) or \
-                conv.inputs.index(pad.outputs[0]) != 0:
-            continue
-        a, p = conv.op.padding, pad.op.padding
-        padding = ir.Padding(a.top + p.top, a.bottom + p.bottom, a.left + p.left,
-                             a.right + p.right)
-        merged = ir.Node(conv.name, replace(conv.op, padding=padding),
-                         [pad.inputs[0], *conv.inputs[1:]], list(conv.outputs))
-        b.nodes = [merged if n is conv else n for n in b.nodes if n is not pad]
-        del b.tensors[pad.outputs[0]]
 
 
 def _identity(b: _Builder, call: _Call, name: str) -> _Activation:
@@ -652,7 +634,7 @@ def _finish(b: _Builder, name: str, input_name: str, results: list[object],
             raise UserError(f"{source}: output {value.name!r} is a flattened {value.flat_from} "
                             "feature map; mbgen stores it in HWC order, which PyTorch does not")
         outputs.append(value.name)
-    _fold_zero_pads(b, outputs)
+    b.nodes = fold_zero_pads(b.nodes, b.tensors, outputs)
     graph = ir.Graph(name=name, tensors=b.tensors, nodes=b.nodes, inputs=[input_name],
                      outputs=outputs, metadata={"source": source})
     ir.verify(graph)
