@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -128,7 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from mbgen import classify
         io = classify.folder_io(out_dir)
         if args.labels:
-            labels = classify.read_labels(Path(args.labels), _elements(io.output.shape))
+            labels = classify.read_labels(Path(args.labels), math.prod(io.output.shape))
         if args.image:
             input_bytes = classify.image_input(io, Path(args.image))
     if args.qemu and not runner.folder_target(out_dir).runs_in_qemu:
@@ -168,13 +169,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  {layer:<{width}} {count:>12,d} instructions")
         print(f"  {'total':<{width}} {result.total_instructions:>12,d} instructions")
     return EXIT_OK
-
-
-def _elements(shape) -> int:
-    count = 1
-    for d in shape:
-        count *= int(d)
-    return count
 
 
 def run_json(result, io, labels, top) -> dict:
