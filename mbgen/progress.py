@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from collections.abc import Iterator, Sequence
@@ -16,6 +17,8 @@ from pathlib import Path
 
 _state = {"verbose": False, "status": None}   # status: None = auto (stderr is a terminal)
 _stages: list[tuple[str, float]] = []
+_lock = threading.Lock()
+TICK_SECONDS = 0.5
 
 
 def configure(verbose: bool = False, status: bool | None = None) -> None:
@@ -42,9 +45,18 @@ def update(detail: str = "") -> None:
     """Redraw the current stage's line with ``detail`` (e.g. the file being compiled)."""
     if not _stages or not _status_on():
         return
-    what, start = _stages[-1]
-    extra = f" {detail}" if detail else ""
-    _draw(f"mbgen: {what}...{extra} ({time.monotonic() - start:.1f} s)")
+    with _lock:
+        if not _stages:
+            return
+        what, start = _stages[-1]
+        extra = f" {detail}" if detail else ""
+        _draw(f"mbgen: {what}...{extra} ({time.monotonic() - start:.0f} s)")
+
+
+def _tick(done: threading.Event) -> None:
+    """Keeps the elapsed seconds moving while a long step blocks the main thread."""
+    while not done.wait(TICK_SECONDS):
+        update()
 
 
 @contextmanager
@@ -52,14 +64,23 @@ def stage(what: str) -> Iterator[None]:
     """A named step (calibrating, building, running in QEMU) shown while it lasts."""
     _stages.append((what, time.monotonic()))
     update()
+    done = threading.Event()
+    ticker = None
+    if _status_on():
+        ticker = threading.Thread(target=_tick, args=(done,), daemon=True)
+        ticker.start()
     try:
         yield
     finally:
-        _stages.pop()
-        if _status_on():
-            _draw("")
-            if _stages:
-                update()
+        done.set()
+        if ticker is not None:
+            ticker.join()
+        with _lock:
+            _stages.pop()
+            if _status_on():
+                _draw("")
+        if _stages:
+            update()
 
 
 def command(argv: Sequence[str | Path], cwd: Path | None = None) -> None:
