@@ -68,6 +68,15 @@ def test_resolve_options_and_defaults():
                 (None, None, "0"), (None, "x", None)):
         with pytest.raises(UserError):
             resolve(*bad, quantized_input=False, channels=3)
+    # uint8 interfaces: quantised pixels as they are; float ranges quantised into [0, 255].
+    from mbgen.preprocessing import Interface
+    u8 = Interface((1, 1, 1, 3), "uint8", 1 / 127.5, 127)
+    np.testing.assert_array_equal(Preprocessing("quantized").model_input(pixels, u8), pixels)
+    assert Preprocessing("quantized").model_input(pixels, Interface(
+        (1, 1, 1, 3), "int8", 1.0, 0)).ravel().tolist() == [-128, 0, 127]
+    q = Preprocessing("range", "minus1_1").model_input(
+        pixels, Interface((1, 1, 1, 3), "uint8", 1 / 128, 128))   # 255 -> 1.0 -> 256: clamped
+    assert q.dtype == np.uint8 and q.ravel().tolist() == [0, 129, 255]
     # A [0, 1] model calibrated without photos sees the synthetic set mapped to [0, 1].
     unit = np.array([-1.0, 0.0, 1.0], np.float32)
     np.testing.assert_allclose(Preprocessing("range", "zero_1").from_unit(unit), [0, 0.5, 1])
