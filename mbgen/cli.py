@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -53,7 +54,9 @@ def _compile_options(args: argparse.Namespace):
         calib_percentile=args.calib_percentile, force=args.force, ram_bytes=args.ram,
         flash_bytes=args.flash, weight_layout=args.weight_layout,
         cmsis_nn=Path(args.cmsis_nn) if args.cmsis_nn else None,
-        emit_tflite=Path(args.emit_tflite) if getattr(args, "emit_tflite", None) else None)
+        emit_tflite=Path(args.emit_tflite) if getattr(args, "emit_tflite", None) else None,
+        input_range=args.input_range, mean=args.mean, std=args.std,
+        weights=Path(args.weights) if args.weights else None)
 
 
 def _room(used: int, budget: int | None) -> str:
@@ -91,9 +94,20 @@ def print_summary(compiled) -> None:
     print(f"  folder  {budget['folder']}")
 
 
+def compile_json(compiled) -> dict:
+    r = compiled.report
+    keys = ("model", "target", "kernels", "macs", "params", "memory", "preprocessing",
+            "interface", "fallback_layers")
+    return {"out_dir": str(compiled.out_dir), "layers": len(r["layers"]),
+            **{k: r.get(k) for k in keys}, "budget": compiled.budget}
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from mbgen.compiler import compile_model
     compiled = compile_model(args.model, _compile_options(args))
+    if args.json:
+        print(json.dumps(compile_json(compiled), indent=2))
+        return EXIT_OK
     print_summary(compiled)
     if args.emit_tflite:
         print(f"  tflite  {args.emit_tflite}")
@@ -106,16 +120,44 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.input and not Path(args.input).is_file():
         raise UserError(f"input file not found: {args.input}")
     input_bytes = Path(args.input).read_bytes() if args.input else None
+    io = labels = None
+    if args.image and args.input:
+        raise UserError("give either --input (raw bytes) or --image (a photo), not both")
+    if args.top is not None and args.top < 1:
+        raise UserError(f"--top must be at least 1, got {args.top}")
+    if args.image or args.labels or args.top is not None:
+        from mbgen import classify
+        io = classify.folder_io(out_dir)
+        if args.labels:
+            labels = classify.read_labels(Path(args.labels), math.prod(io.output.shape))
+        if args.image:
+            input_bytes = classify.image_input(io, Path(args.image))
     if args.qemu and not runner.folder_target(out_dir).runs_in_qemu:
         raise UserError(f"{out_dir} was compiled for {runner.folder_target(out_dir).name}, "
                         "which has no QEMU board; run it with --host, or compile for a "
                         "Cortex-M target")
     result = runner.run_folder(out_dir, qemu=not args.host, input_bytes=input_bytes,
                                timeout=args.timeout)
+    if args.json:
+        if io is None:  # a folder from an older mbgen has no interface record: raw int8
+            from mbgen import classify
+            try:
+                io = classify.folder_io(out_dir)
+            except UserError:
+                pass
+        print(json.dumps(run_json(result, io, labels, args.top), indent=2))
+        if args.output:
+            Path(args.output).write_bytes(result.output)
+        return EXIT_OK
+    if io is not None:
+        from mbgen import classify
+        ranked = classify.top_k(io, result.output, 5 if args.top is None else args.top, labels)
+        print(f"top-{len(ranked)}" + (f" for {args.image}" if args.image else "") + ":")
+        print("\n".join(classify.format_ranked(io, ranked)))
     if args.output:
         Path(args.output).write_bytes(result.output)
         print(f"output: {len(result.output)} bytes -> {args.output}")
-    else:
+    elif io is None:
         values = result.output_int8().ravel()
         top = values.argsort(kind="stable")[::-1][:5]
         head = " ".join(str(v) for v in values[:16]) + (" ..." if values.size > 16 else "")
@@ -131,11 +173,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def run_json(result, io, labels, top) -> dict:
+    """`run --json`: the output, the labelled top-K when the folder describes its output, and
+    the instruction counts (QEMU)."""
+    entry: dict = {"total_instructions": result.total_instructions,
+                   "layer_instructions": [{"layer": n, "instructions": c}
+                                          for n, c in result.layer_instructions]}
+    import numpy as np
+    if io is not None:
+        from mbgen import classify
+        entry["output"] = np.frombuffer(result.output, dtype=io.output.dtype).tolist()
+        entry["scores_are_probabilities"] = io.scores_are_probabilities
+        entry["top"] = [r.as_json() for r in
+                        classify.top_k(io, result.output, 5 if top is None else top, labels)]
+    else:
+        entry["output"] = np.frombuffer(result.output, dtype=np.int8).tolist()
+    return entry
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from mbgen.verify import verify_model
     outcome = verify_model(args.model, _compile_options(args), reference=args.reference,
                            images=Path(args.images) if args.images else None,
-                           count=args.count, echo=print)
+                           count=args.count, echo=(lambda _line: None) if args.json else print)
+    if args.json:
+        print(json.dumps({"ok": outcome.ok, "comparisons": [
+            {"input": c.label, "what": c.what, "exact": c.exact, "detail": c.detail}
+            for c in outcome.comparisons]}, indent=2))
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
 
@@ -177,6 +241,28 @@ def _add_compile_args(p: argparse.ArgumentParser, output_help: str) -> None:
                         "int8 (half the flash), or auto: int16 where the flash budget allows")
     p.add_argument("--cmsis-nn", metavar="PATH",
                    help="CMSIS-NN source tree for --kernels cmsis-nn (default: $CMSIS_NN_PATH)")
+    p.add_argument("--weights", metavar="FILE.tflite",
+                   help="zoo models: trained weights from a float .tflite file of the same "
+                        "architecture (TF padding and head, its classes kept)")
+    p.add_argument("--input-range", choices=["-1,1", "0,1"], metavar="-1,1|0,1",
+                   help="what the float model reads for a 0..255 pixel: [-1, 1] (p/127.5 - 1) "
+                        "or [0, 1] (p/255). Default: -1,1 for float models, the input's own "
+                        "quantised range for int8 .tflite files (q = p - 128)")
+    p.add_argument("--mean", metavar="M[,M,M]",
+                   help="instead of --input-range: input = (p - mean) / std, in pixel units")
+    p.add_argument("--std", metavar="S[,S,S]", help="see --mean (default 1)")
+    _add_common(p)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    """-v after the subcommand too (`mbgen run OUT -v`)."""
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="print the build and QEMU commands mbgen runs")
+
+
+def _examples(*lines: str) -> dict:
+    return {"epilog": "example:\n" + "\n".join(f"  {line}" for line in lines),
+            "formatter_class": argparse.RawDescriptionHelpFormatter}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,56 +270,94 @@ def build_parser() -> argparse.ArgumentParser:
                      "Cortex-M microcontrollers.")
     from mbgen import __version__
     parser.add_argument("--version", action="version", version=f"mbgen {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="print the build and QEMU commands mbgen runs")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("models", help="list the built-in model zoo")
+    p = sub.add_parser("models", help="list the built-in model zoo",
+                       **_examples("mbgen models"))
     p.set_defaults(func=cmd_models)
-    p = sub.add_parser("targets", help="list targets with their RAM/flash budgets")
+    p = sub.add_parser("targets", help="list targets with their RAM/flash budgets",
+                       **_examples("mbgen targets"))
     p.set_defaults(func=cmd_targets)
 
-    p = sub.add_parser("compile", help="compile a model to a C folder")
+    p = sub.add_parser("compile", help="compile a model to a C folder", **_examples(
+        "mbgen compile mbv1_0.25_128 --target cortex-m7 -o out/mbv1",
+        "mbgen compile mobilenet_v1_0.25_128.tflite --calib photos/ --target cortex-m7 -o out/m",
+        "mbgen compile mbv1_0.25_128 --weights mobilenet_v1_0.25_128.tflite --calib photos/"))
     _add_compile_args(p, "output folder (default: out/<model>-<target>)")
     p.add_argument("--emit-tflite", metavar="PATH", help="also write the int8 graph as .tflite")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=cmd_compile)
 
-    p = sub.add_parser("run", help="build a generated folder and run it on the host or in QEMU")
+    p = sub.add_parser("run", help="build a generated folder and run it on the host or in QEMU",
+                       **_examples("mbgen run out/m --image cat.jpg --labels labels.txt",
+                                   "mbgen run out/m --host --input in.bin --output out.bin"))
     p.add_argument("folder")
+    _add_common(p)
     where = p.add_mutually_exclusive_group()
     where.add_argument("--qemu", action="store_true", help="run in QEMU (default for Cortex-M)")
     where.add_argument("--host", action="store_true", help="build with the host cc and run")
     p.add_argument("--input", metavar="in.bin", help="raw int8 input (default: zeros)")
+    p.add_argument("--image", metavar="PHOTO",
+                   help="a photo (png/jpg/bmp): cropped, resized and quantised as recorded at "
+                        "compile time; prints the top-5")
+    p.add_argument("--labels", metavar="labels.txt", help="class names, one per line")
+    p.add_argument("--top", type=int, metavar="K", help="how many classes to print (default 5)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--output", metavar="out.bin", help="write the raw int8 output here")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds before a run is a hang")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("verify", help="compile, run on host and QEMU, compare with references")
+    p = sub.add_parser("verify", help="compile, run on host and QEMU, compare with references",
+                       **_examples("mbgen verify mbv1_0.25_128 --target cortex-m7",
+                                   "mbgen verify model.tflite --target cortex-m4 --reference tflm "
+                                   "--images photos/"))
     _add_compile_args(p, "output folder (default: a temporary folder)")
     p.add_argument("--reference", choices=["numpy", "tflm", "onnxruntime"], default="numpy",
                    help="independent int8 reference to compare with (default: numpy; "
                         "onnxruntime for int8 .onnx files)")
     p.add_argument("--images", metavar="DIR", help="photos to use as inputs (and synthetic ones)")
     p.add_argument("--count", type=int, default=3, help="synthetic inputs (default: 3)")
+    p.add_argument("--json", action="store_true", help="print the comparisons as one JSON object")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("report", help="write report.html: the memory plan as a picture, "
-                       "the layers and the budget")
+                       "the layers and the budget",
+                       **_examples("mbgen report out/mbv1_0.25_128-cortex-m7"))
     p.add_argument("folder")
     p.add_argument("-o", "--output", metavar="FILE.html",
                    help="where to write it (default: OUT/report.html)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("bench", help="instructions per layer and kernel set, in QEMU")
+    p = sub.add_parser("bench", help="instructions per layer and kernel set, in QEMU",
+                       **_examples("mbgen bench mbv1_0.25_128 --target cortex-m7 --json"))
     p.add_argument("model")
     p.add_argument("--target", default="cortex-m7")
     p.add_argument("--kernels", nargs="*", help="kernel sets to compare (default: all available)")
     p.add_argument("--cmsis-nn", metavar="PATH", help="CMSIS-NN source tree (or CMSIS_NN_PATH)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_common(p)
     p.set_defaults(func=cmd_bench)
     return parser
 
 
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """`--input-range -1,1` would read -1,1 as an option: pass it as `--input-range=-1,1`."""
+    joined: list[str] = []
+    for arg in argv:
+        if joined and joined[-1] in ("--input-range", "--mean") and arg.startswith("-"):
+            joined[-1] = f"{joined[-1]}={arg}"
+        else:
+            joined.append(arg)
+    return joined
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
+    from mbgen import progress
+    progress.configure(verbose=bool(getattr(args, "verbose", False)))
     try:
         status = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler below

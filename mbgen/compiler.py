@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mbgen import budget, ir, output_folder
+from mbgen import budget, ir, output_folder, progress
 from mbgen.budget import BudgetOverflow
 from mbgen.errors import RunFailure, UserError
+from mbgen.preprocessing import Preprocessing
 
 MODEL_SUFFIXES = (".pt2", ".onnx", ".tflite")
 
@@ -47,6 +48,12 @@ class CompileOptions:
     emit_tflite: Path | None = None
     weight_layout: str = "auto"         # mbgen kernels: "int16" pairs, "int8", or by budget
     cmsis_nn: Path | None = None        # CMSIS-NN tree for cmsis-nn folders ($CMSIS_NN_PATH)
+    # What the model expects of an image (mbgen.preprocessing): --input-range, or --mean/--std
+    # in pixel units; None: the model kind's default.
+    input_range: str | None = None
+    mean: str | None = None
+    std: str | None = None
+    weights: Path | None = None         # a zoo model's trained weights from a float .tflite
 
 
 @dataclass
@@ -106,21 +113,35 @@ def input_shape(graph: ir.Graph) -> tuple[int, ...]:
     return tuple(graph.tensors[graph.inputs[0]].shape)
 
 
-def calibration_inputs(graph: ir.Graph, options: CompileOptions) -> list[np.ndarray]:
+def preprocessing_of(graph: ir.Graph, options: CompileOptions) -> Preprocessing:
+    """The options' preprocessing, else the default for this graph's input (mbgen.preprocessing)."""
+    from mbgen.preprocessing import resolve
+    shape = input_shape(graph)
+    return resolve(options.input_range, options.mean, options.std,
+                   quantized_input=graph.is_quantized, channels=int(shape[-1]))
+
+
+def calibration_inputs(graph: ir.Graph, options: CompileOptions,
+                       preprocessing: Preprocessing | None = None) -> list[np.ndarray]:
     from mbgen.quantize import calibration
     shape = input_shape(graph)
+    preprocessing = preprocessing or preprocessing_of(graph, options)
     if options.calib_dir is not None:
-        return calibration.load_calibration_dir(options.calib_dir, shape)
-    return calibration.synthetic_inputs(shape, count=options.calib_count, seed=0)
+        mode = "minus1_1" if preprocessing.is_default_float else preprocessing.float_input
+        return calibration.load_calibration_dir(options.calib_dir, shape, mode)
+    return [preprocessing.from_unit(x)
+            for x in calibration.synthetic_inputs(shape, count=options.calib_count, seed=0)]
 
 
-def to_int8_graph(float_graph: ir.Graph, options: CompileOptions) -> ir.Graph:
+def to_int8_graph(float_graph: ir.Graph, options: CompileOptions,
+                  preprocessing: Preprocessing | None = None) -> ir.Graph:
     """Canonicalise a float graph and quantise it with calibration data."""
     from mbgen import passes
     from mbgen.quantize.quantizer import quantize
     optimized = passes.optimize(float_graph)
-    return quantize(optimized, calibration_inputs(optimized, options),
-                    percentile=options.calib_percentile)
+    with progress.stage("calibrating"):
+        return quantize(optimized, calibration_inputs(optimized, options, preprocessing),
+                        percentile=options.calib_percentile)
 
 
 @dataclass(frozen=True)
@@ -130,6 +151,7 @@ class PreparedModel:
     source: ModelSource
     float_graph: ir.Graph | None   # None when the model arrived already int8 (TFLite)
     graph: ir.Graph                # the int8 graph the C computes
+    preprocessing: Preprocessing | None = None   # what the model expects of an image
 
 
 def prepare(spec: str, options: CompileOptions) -> PreparedModel:
@@ -137,10 +159,16 @@ def prepare(spec: str, options: CompileOptions) -> PreparedModel:
     from mbgen import passes
     from mbgen.passes.strip_float_io import strip_float_io
     source = resolve_model(spec)
-    graph = strip_float_io(load_graph(source))
+    if options.weights is not None:
+        from mbgen.weights_tflite import zoo_graph_with_weights
+        graph = strip_float_io(zoo_graph_with_weights(source, options.weights))
+    else:
+        graph = strip_float_io(load_graph(source))
+    preprocessing = preprocessing_of(graph, options)
     if graph.is_quantized:
-        return PreparedModel(source, None, passes.optimize(graph))
-    return PreparedModel(source, graph, to_int8_graph(graph, options))
+        return PreparedModel(source, None, passes.optimize(graph), preprocessing)
+    return PreparedModel(source, graph, to_int8_graph(graph, options, preprocessing),
+                         preprocessing)
 
 
 # ----------------------------------------------------------------------------- compile
@@ -234,6 +262,7 @@ def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels
             use = use.linked(firmware.model)
         budget.check(use, limits)
         report["memory"] = budget.as_report(use, limits)
+        report.update(io_report(prepared))
         if firmware is not None:
             report["memory"]["example_firmware"] = {
                 "text": firmware.text, "data": firmware.data, "bss": firmware.bss,
@@ -244,6 +273,17 @@ def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels
                "folder": change.summary()}
     return CompiledModel(prepared.source, prepared.float_graph, graph, plan, report, out_dir,
                          summary)
+
+
+def io_report(prepared: PreparedModel) -> dict:
+    """report.json's "preprocessing" and "interface": how `run --image` makes an input."""
+    from mbgen.preprocessing import interface_of
+    graph = prepared.graph
+    preprocessing = prepared.preprocessing or preprocessing_of(graph, CompileOptions())
+    return {"preprocessing": preprocessing.as_report(),
+            "interface": {"input": interface_of(graph, graph.inputs[0]).as_report(),
+                          "output": interface_of(graph, graph.outputs[0]).as_report(),
+                          "output_op": ir.op_name(graph.producer(graph.outputs[0]).op)}}
 
 
 def compile_model(spec: str, options: CompileOptions) -> CompiledModel:

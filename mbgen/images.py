@@ -16,6 +16,7 @@ float input into the int8 bytes a quantised model reads.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -34,7 +35,7 @@ VALUE_RANGES: dict[str, str] = {
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
-def _map_pixels(pixels: np.ndarray, value_range: str) -> np.ndarray:
+def map_pixels(pixels: np.ndarray, value_range: str) -> np.ndarray:
     p = pixels.astype(np.float32)
     if value_range == "minus1_1":
         return p / np.float32(127.5) - np.float32(1.0)
@@ -56,13 +57,13 @@ def _check_shape(shape_nhwc: tuple[int, ...]) -> tuple[int, int, int]:
     return h, w, c
 
 
-def load_image(path: str | Path, shape_nhwc: tuple[int, ...], value_range: str = "minus1_1",
-               xor_0x80: bool = False) -> np.ndarray:
-    """Decode, crop, resize and map an image file to a float32 ``(1, H, W, C)`` input."""
+def load_pixels(path: str | Path, shape_nhwc: tuple[int, ...], xor_0x80: bool = False
+                ) -> np.ndarray:
+    """Steps 1-4: decode, crop and resize an image file to uint8 pixels ``(1, H, W, C)``."""
     h, w, c = _check_shape(tuple(shape_nhwc))
-    if value_range not in VALUE_RANGES:
-        _map_pixels(np.zeros(1, np.uint8), value_range)  # raises the UserError
     path = Path(path)
+    if not path.is_file():
+        raise UserError(f"cannot read image {path}: no such file")
     try:
         with Image.open(path) as decoded:
             image = decoded.convert("L" if c == 1 else "RGB")
@@ -76,8 +77,24 @@ def load_image(path: str | Path, shape_nhwc: tuple[int, ...], value_range: str =
     image = image.crop((left, top, left + side, top + side))
     if image.size != (w, h):
         image = image.resize((w, h), Image.BILINEAR)
-    pixels = np.asarray(image, dtype=np.uint8).reshape(h, w, c)
-    return _map_pixels(pixels, value_range)[np.newaxis]
+    return np.asarray(image, dtype=np.uint8).reshape(1, h, w, c)
+
+
+PixelMap = Callable[[np.ndarray], np.ndarray]
+
+
+def load_image(path: str | Path, shape_nhwc: tuple[int, ...],
+               value_range: str | PixelMap = "minus1_1", xor_0x80: bool = False) -> np.ndarray:
+    """Decode, crop, resize and map an image file to a float32 ``(1, H, W, C)`` input.
+
+    ``value_range`` is a name from VALUE_RANGES or a function of the uint8 pixels (e.g. a
+    recorded ``mbgen.preprocessing.Preprocessing.float_input``)."""
+    if isinstance(value_range, str) and value_range not in VALUE_RANGES:
+        map_pixels(np.zeros(1, np.uint8), value_range)  # raises the UserError
+    pixels = load_pixels(path, shape_nhwc, xor_0x80)
+    if callable(value_range):
+        return np.asarray(value_range(pixels), dtype=np.float32)
+    return map_pixels(pixels, value_range)
 
 
 def quantize_input(float_nhwc: np.ndarray, scale: float, zero_point: int,

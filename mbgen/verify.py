@@ -20,6 +20,7 @@ from mbgen import ir
 from mbgen.compiler import (CompileOptions, CompiledModel, ModelSource, emit, prepare,
                             resolve_model)
 from mbgen.errors import UserError
+from mbgen.preprocessing import Preprocessing
 
 
 @dataclass(frozen=True)
@@ -51,31 +52,33 @@ def _quant(graph: ir.Graph, name: str) -> tuple[float, int]:
     return qp.scalar_scale, qp.scalar_zero_point
 
 
-def make_inputs(graph: ir.Graph, images: Path | None, count: int) -> list[VerifyInput]:
-    """Deterministic synthetic inputs, plus the photos in `images` when given."""
-    from mbgen.images import IMAGE_SUFFIXES, load_image, quantize_input
+def make_inputs(graph: ir.Graph, images: Path | None, count: int,
+                preprocessing: Preprocessing | None = None) -> list[VerifyInput]:
+    """Deterministic synthetic inputs, plus the photos in `images` when given, made as
+    `run --image` makes them (the preprocessing recorded at compile time)."""
+    from mbgen.images import IMAGE_SUFFIXES, load_pixels
+    from mbgen.preprocessing import interface_of
     from mbgen.quantize.calibration import synthetic_inputs
 
     name = graph.inputs[0]
-    shape = tuple(graph.tensors[name].shape)
-    scale, zero_point = _quant(graph, name)
-    dtype = graph.tensors[name].dtype  # int8, or uint8 for a uint8 interface
-    floats: list[tuple[str, np.ndarray]] = []
+    interface = interface_of(graph, name)  # int8, or uint8 for a uint8 interface
+    preprocessing = preprocessing or Preprocessing("range", "minus1_1")
+    made: list[VerifyInput] = []
     if images is not None:
         if not images.is_dir():
             raise UserError(f"image folder not found: {images}")
         for path in sorted(images.iterdir()):
             if path.suffix.lower() in IMAGE_SUFFIXES:
-                floats.append((path.name, load_image(path, shape, "minus1_1")))
+                pixels = load_pixels(path, interface.shape)
+                x = None if preprocessing.kind == "quantized" else \
+                    preprocessing.float_input(pixels)
+                made.append(VerifyInput(path.name, x,
+                                        preprocessing.model_input(pixels, interface)))
     # A different seed from calibration's, so verification does not reuse calibration data.
-    for i, x in enumerate(synthetic_inputs(shape, count=count, seed=1234)):
-        floats.append((f"synthetic{i}", x))
-    if graph.metadata.get("requantization") == ir.Requantization.ONNXRUNTIME.value:
-        from mbgen.reference_onnxruntime import quantize_linear  # round half to even
-        return [VerifyInput(label, x, quantize_linear(x, scale, zero_point))
-                for label, x in floats]
-    return [VerifyInput(label, x, quantize_input(x, scale, zero_point, dtype))
-            for label, x in floats]
+    for i, x in enumerate(synthetic_inputs(interface.shape, count=count, seed=1234)):
+        x = x if preprocessing.kind == "quantized" else preprocessing.from_unit(x)
+        made.append(VerifyInput(f"synthetic{i}", x, interface.quantize(x)))
+    return made
 
 
 def dequantize(graph: ir.Graph, q: np.ndarray) -> np.ndarray:
@@ -89,13 +92,18 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / denom) if denom else float(np.array_equal(a, b))
 
 
-def float_model(source: ModelSource, float_graph: ir.Graph | None
+def float_model(source: ModelSource, float_graph: ir.Graph | None, weights: Path | None = None
                 ) -> Callable[[np.ndarray], np.ndarray] | None:
-    """The float model as the user knows it: PyTorch for zoo models, else the float graph."""
+    """The float model as the user knows it: PyTorch for zoo models (with the trained weights
+    of --weights), else the float graph."""
     if source.kind == "zoo":
         import torch
         from mbgen import zoo
-        module = zoo.get(source.spec)
+        if weights is not None:
+            from mbgen.weights_tflite import zoo_module_with_weights
+            module = zoo_module_with_weights(source.spec, weights)
+        else:
+            module = zoo.get(source.spec)
 
         def run_torch(x_nhwc: np.ndarray) -> np.ndarray:
             with torch.no_grad():
@@ -154,8 +162,8 @@ def verify_model(spec: str, options: CompileOptions, reference: str = "numpy",
         host = compiled if target.is_host else emit(
             prepared, replace(options, target="host", out_dir=work / "host", kernels=None,
                               force=True, emit_tflite=None))
-        inputs = make_inputs(compiled.graph, images, count)
-        run_float_model = float_model(compiled.source, compiled.float_graph)
+        inputs = make_inputs(compiled.graph, images, count, prepared.preprocessing)
+        run_float_model = float_model(compiled.source, compiled.float_graph, options.weights)
         tflm_path = _tflm_model(compiled, work) if reference == "tflm" else None
         onnxruntime = _onnxruntime(compiled) if reference == "onnxruntime" else None
         echo(f"verify {compiled.report['model']} on {target.name} "

@@ -114,25 +114,34 @@ def input_shape(name: str) -> tuple[int, int, int, int]:
 # ----------------------------------------------------------------------------- building blocks
 
 
-def _conv_bn_relu6(cin: int, cout: int, kernel: int, stride: int, groups: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU6(inplace=False),
-    )
+def _conv_bn_relu6(cin: int, cout: int, kernel: int, stride: int, groups: int = 1,
+                   tf_padding: bool = False) -> nn.Sequential:
+    conv: nn.Module = nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, groups=groups,
+                                bias=False)
+    if tf_padding and stride == 2:
+        # TensorFlow's 'SAME' at stride 2 pads (kernel - 2) pixels on an even input, the odd
+        # one at the bottom/right; PyTorch pads kernel // 2 on every side. Every zoo resolution
+        # is a multiple of 32, so each stride-2 layer sees an even size.
+        total = kernel - 2
+        conv = nn.Sequential(
+            nn.ZeroPad2d((total // 2, total - total // 2, total // 2, total - total // 2)),
+            nn.Conv2d(cin, cout, kernel, stride, padding=0, groups=groups, bias=False))
+    return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU6(inplace=False))
 
 
 class MobileNetV1(nn.Module):
-    def __init__(self, alpha: float, num_classes: int = 1000, dropout: float = 1e-3) -> None:
+    def __init__(self, alpha: float, num_classes: int = 1000, dropout: float = 1e-3,
+                 tf_padding: bool = False) -> None:
         super().__init__()
         width = 32 * alpha
         cin = int(width)
-        layers: list[nn.Module] = [_conv_bn_relu6(3, cin, 3, 2)]
+        layers: list[nn.Module] = [_conv_bn_relu6(3, cin, 3, 2, tf_padding=tf_padding)]
         for cout_full, stride in _V1_BLOCKS:
             cout = int(cout_full * alpha)
             layers.append(nn.Sequential(
-                _conv_bn_relu6(cin, cin, 3, stride, groups=cin),  # conv_dw
-                _conv_bn_relu6(cin, cout, 1, 1),                  # conv_pw
+                _conv_bn_relu6(cin, cin, 3, stride, groups=cin,
+                               tf_padding=tf_padding),    # conv_dw
+                _conv_bn_relu6(cin, cout, 1, 1),          # conv_pw
             ))
             cin = cout
         self.features = nn.Sequential(*layers)
@@ -263,16 +272,22 @@ def _calibrate_batchnorm(model: nn.Module, resolution: int, generator: torch.Gen
     model.eval()
 
 
-def get(name: str, num_classes: int = 1000, seed: int = 0) -> nn.Module:
-    """Build zoo model ``name`` in eval mode with deterministic (seeded) weights and BN stats."""
+def get(name: str, num_classes: int = 1000, seed: int = 0, tf_padding: bool = False) -> nn.Module:
+    """Build zoo model ``name`` in eval mode with deterministic (seeded) weights and BN stats.
+
+    ``tf_padding`` (MobileNetV1 only) pads stride-2 layers as TensorFlow's 'SAME' does, for
+    weights trained in TensorFlow (``mbgen.weights_tflite``)."""
     info = describe(name)
     if num_classes < 1:
         raise UserError(f"num_classes must be at least 1, got {num_classes}")
+    if tf_padding and info.family != "mobilenet_v1":
+        raise UserError(f"TensorFlow padding is available for the MobileNet V1 zoo models, "
+                        f"not {name}")
     # Layer constructors and train-mode Dropout draw from the global RNG; our weights come
     # from the seeded generator only, and the caller's random stream is left intact.
     with torch.random.fork_rng(devices=[]):
         if info.family == "mobilenet_v1":
-            model: nn.Module = MobileNetV1(info.alpha, num_classes)
+            model: nn.Module = MobileNetV1(info.alpha, num_classes, tf_padding=tf_padding)
         elif info.family.startswith("mobilenet_v3"):
             model = MobileNetV3(info.family.endswith("large"), info.alpha, make_divisible,
                                 num_classes)

@@ -34,6 +34,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from mbgen import ir
 from mbgen.errors import UserError
+from mbgen.frontends.zero_pads import fold_zero_pads
 from mbgen.frontends import torch_elementwise, torch_hard_activations, torch_layers
 from mbgen.frontends.torch_values import Builder, Call, Value, contains_activation, unsupported
 
@@ -198,6 +199,10 @@ def _module_call(module: nn.Module, x: object) -> tuple[str, dict[str, object]] 
         return ("reshape", {"self": x})
     if isinstance(module, nn.Linear):
         return ("linear", {"input": x, "weight": module.weight, "bias": module.bias})
+    if isinstance(module, nn.ZeroPad2d):
+        return ("zero_pad", {"self": x, "pad": module.padding})
+    if isinstance(module, nn.Softmax):
+        return ("softmax", {"self": x, "dim": module.dim})
     if isinstance(module, (nn.Dropout, nn.Identity)):
         return ("identity", {"self": x, "training": module.training
                              and isinstance(module, nn.Dropout) and module.p > 0})
@@ -259,6 +264,7 @@ def _finish(b: Builder, name: str, input_name: str, results: list[object],
             raise UserError(f"{source}: output {value.name!r} is a flattened {value.flat_from} "
                             "feature map; mbgen stores it in HWC order, which PyTorch does not")
         outputs.append(value.name)
+    b.nodes = fold_zero_pads(b.nodes, b.tensors, outputs)
     graph = ir.Graph(name=name, tensors=b.tensors, nodes=b.nodes, inputs=[input_name],
                      outputs=outputs, metadata={"source": source})
     ir.verify(graph)

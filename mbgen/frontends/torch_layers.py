@@ -232,6 +232,25 @@ def _addmm(b: Builder, call: Call, name: str) -> Value:
     return _fully_connected(b, call, name, x, mat2.t(), bias)
 
 
+def _zero_pad(b: Builder, call: Call, name: str) -> Value:
+    """nn.ZeroPad2d, as TF-ported models pad before a stride-2 conv (asymmetric 'SAME'); a
+    pad read only by a conv becomes that conv's explicit padding (zero_pads.fold_zero_pads)."""
+    x = activation_arg(call, "self")
+    left, right, top, bottom = (int(v) for v in call.args["pad"])
+    if len(x.torch_shape) != 4 or min(left, right, top, bottom) < 0:
+        raise unsupported(call, "padding other than non-negative zero padding of H and W")
+    n, c, h, w = x.torch_shape
+    return b.emit(name, ir.Pad(ir.Padding(top, bottom, left, right)), [x.name],
+                  (n, c, h + top + bottom, w + left + right))
+
+
+def _softmax(b: Builder, call: Call, name: str) -> Value:
+    x = activation_arg(call, "self")
+    if len(x.torch_shape) != 2 or call.args.get("dim") not in (1, -1):
+        raise unsupported(call, "softmax other than over the classes of a (1, N) tensor")
+    return b.emit(name, ir.Softmax(beta=1.0), [x.name], x.torch_shape)
+
+
 def _identity(b: Builder, call: Call, name: str) -> Value:
     x = activation_arg(call, "self")
     return b.emit(name, ir.Identity(source=call.kind), [x.name], x.torch_shape, x.flat_from)
@@ -256,6 +275,8 @@ HANDLERS: dict[str, Callable[[Builder, Call, str], object]] = {
     "addmm": _addmm,
     "mm": _addmm,
     "identity": _identity,
+    "zero_pad": _zero_pad,
+    "softmax": _softmax,
     **torch_elementwise.HANDLERS,
     **torch_hard_activations.HANDLERS,
 }

@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from mbgen import progress
 from mbgen.errors import RunFailure, UserError
 
 
@@ -85,7 +86,9 @@ def compile_once(command: list[str], inputs: Sequence[Path], product: Path,
         return
     product.parent.mkdir(parents=True, exist_ok=True)
     stamp.unlink(missing_ok=True)
-    proc = subprocess.run(command, capture_output=True, text=True)
+    progress.command(command)
+    with progress.stage(f"building {what}"):
+        proc = subprocess.run(command, capture_output=True, text=True)
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines()
         shown = "\n".join(lines[:30]) + ("\n..." if len(lines) > 30 else "")

@@ -16,8 +16,8 @@ from mbgen.targets import Target
 _INPUT_SIZE = re.compile(r"^\s*#\s*define\s+(\w+)_INPUT_SIZE\s+\(?\s*(\d+)", re.MULTILINE)
 
 
-def folder_target(out_dir: Path) -> Target:
-    """The target named by the folder's report.json."""
+def read_report(out_dir: Path) -> dict:
+    """The folder's report.json; UserError when it is missing or unreadable."""
     report_file = Path(out_dir) / "report.json"
     try:
         report = json.loads(report_file.read_text())
@@ -26,7 +26,16 @@ def folder_target(out_dir: Path) -> Target:
                         "`mbgen compile`?") from None
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read {report_file}: {exc}") from None
-    name = report.get("target") if isinstance(report, dict) else None
+    if not isinstance(report, dict):
+        raise UserError(f"{report_file} is not a report written by `mbgen compile`")
+    return report
+
+
+def folder_target(out_dir: Path) -> Target:
+    """The target named by the folder's report.json."""
+    report_file = Path(out_dir) / "report.json"
+    report = read_report(out_dir)
+    name = report.get("target")
     if not isinstance(name, str):
         raise UserError(f"{report_file} names no target")
     return targets.get(name)

@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from mbgen import targets
+from mbgen import progress, targets
 from mbgen.errors import RunFailure
 from mbgen.runner import tools
 from mbgen.runner.build import (compile_once, default_build_dir, folder_sources, header_files,
@@ -45,6 +45,7 @@ def run_host(out_dir: Path, input_bytes: bytes, timeout: float = 60, *,
     with tempfile.TemporaryDirectory(prefix="mbgen-run-") as tmp:
         run_dir = Path(tmp)
         (run_dir / "input.bin").write_bytes(input_bytes)
+        progress.command([str(exe), "input.bin", "output.bin"], cwd=run_dir)
         try:
             proc = subprocess.run([str(exe), "input.bin", "output.bin"], cwd=run_dir,
                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

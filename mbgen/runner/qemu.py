@@ -6,6 +6,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from mbgen import progress
 from mbgen.errors import RunFailure
 from mbgen.runner import tools
 from mbgen.runner.firmware import build_firmware
@@ -48,9 +49,11 @@ def run_elf(elf: Path, target: Target, input_bytes: bytes, timeout: float = 120)
         run_dir = Path(tmp)
         (run_dir / "input.bin").write_bytes(input_bytes)
         console_file = run_dir / "console.txt"
+        progress.command(command, cwd=run_dir)
         try:
-            proc = subprocess.run(command, cwd=run_dir, stdin=subprocess.DEVNULL,
-                                  capture_output=True, text=True, timeout=timeout)
+            with progress.stage(f"running in QEMU {target.qemu_machine}"):
+                proc = subprocess.run(command, cwd=run_dir, stdin=subprocess.DEVNULL,
+                                      capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             console = _read(console_file)
             tail = f"; last output: {console.strip().splitlines()[-1]}" if console.strip() else ""
