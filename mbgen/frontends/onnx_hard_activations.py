@@ -11,8 +11,12 @@ beta=1/2)`` or ``HardSwish`` node with the chain's output name, which the conver
 from __future__ import annotations
 
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
 
 _TOLERANCE = 1e-6
 
