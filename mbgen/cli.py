@@ -47,8 +47,17 @@ def cmd_targets(args: argparse.Namespace) -> int:
 
 def _compile_options(args: argparse.Namespace):
     from mbgen.compiler import CompileOptions
+    board = getattr(args, "board", None)
+    target = args.target
+    if target is None:   # a board brings its core; otherwise the host
+        from mbgen import boards
+        target = boards.get(board).target if board else "host"
+    if getattr(args, "input", None) and not board:
+        raise UserError("--input is the input a board runs on: give --board too")
     return CompileOptions(
-        target=args.target, out_dir=Path(args.output) if args.output else None, name=args.name,
+        target=target, board=board,
+        board_input=Path(args.input) if getattr(args, "input", None) else None,
+        out_dir=Path(args.output) if args.output else None, name=args.name,
         kernels=args.kernels, calib_dir=Path(args.calib) if args.calib else None,
         calib_percentile=args.calib_percentile, force=args.force, ram_bytes=args.ram,
         flash_bytes=args.flash, weight_layout=args.weight_layout,
@@ -151,7 +160,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _add_compile_args(p: argparse.ArgumentParser, output_help: str) -> None:
     p.add_argument("model", help="zoo name (mbv1_0.25_128, ...) or a .pt2/.onnx/.tflite file")
-    p.add_argument("--target", default="host", help="host, cortex-m7, ... (`mbgen targets`)")
+    p.add_argument("--target", default=None,
+                   help="host (default), cortex-m7, ... (`mbgen targets`)")
     p.add_argument("-o", "--output", help=output_help)
     p.add_argument("--name", default="model", help="C prefix of the API (default: model)")
     p.add_argument("--kernels", help="kernel set: portable, mbgen, cmsis-nn")
@@ -185,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="compile a model to a C folder")
     _add_compile_args(p, "output folder (default: out/<model>-<target>)")
     p.add_argument("--emit-tflite", metavar="PATH", help="also write the int8 graph as .tflite")
+    p.add_argument("--board", help="a complete firmware project for a board: "
+                   "netduinoplus2, nucleo-f411re, nucleo-f746zg (`mbgen boards`)")
+    p.add_argument("--input", metavar="in.bin",
+                   help="with --board: the raw input compiled into flash that the board runs "
+                        "on (default: a fixed test pattern)")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("run", help="build a generated folder and run it on the host or in QEMU")

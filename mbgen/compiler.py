@@ -47,6 +47,8 @@ class CompileOptions:
     emit_tflite: Path | None = None
     weight_layout: str = "auto"         # mbgen kernels: "int16" pairs, "int8", or by budget
     cmsis_nn: Path | None = None        # CMSIS-NN tree for cmsis-nn folders ($CMSIS_NN_PATH)
+    board: str | None = None            # a board port: a complete firmware project for it
+    board_input: Path | None = None     # raw input its harness runs on (default: test pattern)
 
 
 @dataclass
@@ -206,9 +208,12 @@ def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels
     from mbgen import codegen, planner
     from mbgen.codegen.generator import write_report
 
+    from mbgen import board_project
     graph = prepared.graph
+    project = board_project.for_options(options)   # None without --board
     plan = planner.plan_graph(graph, scratch=codegen.scratch_requirements(graph, kernels))
-    limits = budget.budget_for(target, options.ram_bytes, options.flash_bytes)
+    limits = budget.budget_for(project.board if project else target, options.ram_bytes,
+                               options.flash_bytes)
     use = budget.MemoryUse(arena_bytes=int(plan.arena_size), io_bytes=io_bytes(graph),
                            weights_bytes=constant_bytes(graph))
     budget.check(use, limits)  # what is known before generating: refuse early
@@ -216,7 +221,11 @@ def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels
         staging = Path(tmp) / (out_dir.resolve().name or "out")
         report = codegen.generate(graph, plan, staging, name=options.name, target=target.name,
                                   kernels=kernels, flash_budget=limits.flash_bytes or None,
-                                  weight_layout=options.weight_layout)
+                                  weight_layout=options.weight_layout,
+                                  **(project.generate_options() if project else {}))
+        if project:
+            report["files"] += project.write_sources(staging, options.name,
+                                                     graph.tensors[graph.inputs[0]])
         # The weights as the kernels store them (int16 layouts are larger than the raw int8).
         use = replace(use, weights_bytes=int(report["weights_bytes"]))
         firmware = None
@@ -225,7 +234,8 @@ def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels
             # build that fails is an error, never a skipped check.
             from mbgen.runner import build_firmware
             firmware = build_firmware(staging, target, Path(tmp) / "build",
-                                      cmsis_nn=options.cmsis_nn)
+                                      cmsis_nn=options.cmsis_nn,
+                                      platform=project.platform(staging) if project else None)
             if firmware.model is None:
                 raise RunFailure(f"the linked firmware has no {options.name}_invoke")
             use = use.linked(firmware.model)
@@ -235,6 +245,9 @@ def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels
             report["memory"]["example_firmware"] = {
                 "text": firmware.text, "data": firmware.data, "bss": firmware.bss,
                 "stack_reserve": firmware.stack_reserve}
+        if project:
+            report["files"] += project.write_build_files(staging, report,
+                                                         firmware.stack_reserve)
         write_report(staging, report)
         change = output_folder.install(staging, out_dir, report["files"], options.force)
     summary = {"ram_bytes": limits.ram_bytes, "flash_bytes": limits.flash_bytes,
