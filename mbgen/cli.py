@@ -138,6 +138,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_boards(args: argparse.Namespace) -> int:
+    from mbgen import boards
+    print(f"{'board':<14} {'part':<12} {'core':<10} {'RAM':>9} {'flash':>9} {'clock':>8}  QEMU")
+    for b in boards.all_boards():
+        print(f"{b.name:<14} {b.part:<12} {b.target:<10} {_kib(b.ram_bytes):>9} "
+              f"{_kib(b.flash_bytes):>9} {b.sysclk_hz / 1e6:>4.0f} MHz  {b.qemu_machine or '-'}")
+    return EXIT_OK
+
+
+def cmd_flash(args: argparse.Namespace) -> int:
+    import shlex
+
+    from mbgen import flash
+    out_dir = Path(args.folder)
+    if args.dry_run:
+        for command in flash.planned_commands(out_dir, args.probe):
+            print(shlex.join(command))
+        port = args.port or "the board's console port (--port)"
+        print(f"# then read {port} at {flash.BAUD} baud until MBGEN_EXIT")
+        return EXIT_OK
+    report = flash.flash(out_dir, args.probe, args.port, args.timeout)
+    for line in flash.describe(report):
+        print(line)
+    return EXIT_OK
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from mbgen.verify import verify_model
     outcome = verify_model(args.model, _compile_options(args), reference=args.reference,
@@ -211,6 +237,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="out.bin", help="write the raw int8 output here")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds before a run is a hang")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("boards", help="list the boards `compile --board` writes projects for")
+    p.set_defaults(func=cmd_boards)
+
+    p = sub.add_parser("flash", help="build a --board folder, flash it with pyOCD or OpenOCD, "
+                       "read its result over the UART",
+                       epilog="example: mbgen flash out/mbv1-f746 --probe openocd "
+                              "--port /dev/ttyACM0")
+    p.add_argument("folder")
+    p.add_argument("--probe", choices=["pyocd", "openocd"], default="pyocd",
+                   help="the flashing tool (default: pyocd)")
+    p.add_argument("--port", metavar="/dev/ttyX", help="the board's console serial port")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the build and flash commands instead of running them")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to wait for the board's result")
+    p.set_defaults(func=cmd_flash)
 
     p = sub.add_parser("verify", help="compile, run on host and QEMU, compare with references")
     _add_compile_args(p, "output folder (default: a temporary folder)")
