@@ -115,6 +115,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.input and not Path(args.input).is_file():
         raise UserError(f"input file not found: {args.input}")
     input_bytes = Path(args.input).read_bytes() if args.input else None
+    if _board_of(out_dir) is not None:
+        return _run_board_folder(out_dir, args)
     if args.qemu and not runner.folder_target(out_dir).runs_in_qemu:
         raise UserError(f"{out_dir} was compiled for {runner.folder_target(out_dir).name}, "
                         "which has no QEMU board; run it with --host, or compile for a "
@@ -159,6 +161,33 @@ def cmd_flash(args: argparse.Namespace) -> int:
         print(f"# then read {port} at {flash.BAUD} baud until MBGEN_EXIT")
         return EXIT_OK
     report = flash.flash(out_dir, args.probe, args.port, args.timeout)
+    for line in flash.describe(report):
+        print(line)
+    return EXIT_OK
+
+
+def _board_of(out_dir: Path):
+    """The board a folder was compiled for, or None (a plain folder)."""
+    from mbgen.runner.board import folder_board
+    try:
+        return folder_board(out_dir)
+    except UserError:
+        return None
+
+
+def _run_board_folder(out_dir: Path, args: argparse.Namespace) -> int:
+    """A --board folder runs its own image (input in flash) where QEMU models the part."""
+    from mbgen import flash
+    from mbgen.runner.board import build_image, run_in_qemu
+    board = _board_of(out_dir)
+    if args.host or args.input or args.output:
+        raise UserError(f"{out_dir} is a {board.name} project: its input is compiled into "
+                        "flash (compile again with --input); run it with no options, or "
+                        "`mbgen flash` it")
+    if not board.qemu_machine:
+        raise UserError(f"QEMU has no model of {board.name}'s {board.part}; run it on the "
+                        f"board with `mbgen flash {out_dir} --port ...`")
+    report = run_in_qemu(build_image(out_dir).bin, board, args.timeout)
     for line in flash.describe(report):
         print(line)
     return EXIT_OK
