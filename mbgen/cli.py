@@ -97,6 +97,10 @@ def print_summary(compiled) -> None:
         print(f"  weights {_kib(memory['weights_bytes'])}")
     if "note" in budget:
         print(f"  note    {budget['note']}")
+    if "board" in r:
+        b = r["board"]
+        print(f"  board   {b['name']} ({b['part']}): make -C {compiled.out_dir}, or cmake -B build "
+              f"{compiled.out_dir} && cmake --build build; then mbgen flash {compiled.out_dir}")
     print(f"  folder  {budget['folder']}")
 
 
@@ -248,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_targets)
 
     p = sub.add_parser("compile", help="compile a model to a C folder")
-    _add_compile_args(p, "output folder (default: out/<model>-<target>)")
+    _add_compile_args(p, "output folder (default: out/<model>-<target or board>)")
     p.add_argument("--emit-tflite", metavar="PATH", help="also write the int8 graph as .tflite")
     p.add_argument("--board", help="a complete firmware project for a board: "
                    "netduinoplus2, nucleo-f411re, nucleo-f746zg (`mbgen boards`)")

@@ -181,7 +181,7 @@ def emit(prepared: PreparedModel, options: CompileOptions) -> CompiledModel:
 
     target = targets.get(options.target)
     candidates = [options.kernels] if options.kernels else kernel_preference(target)
-    out_dir = options.out_dir or default_out_dir(prepared.source, target.name)
+    out_dir = options.out_dir or default_out_dir(prepared.source, options.board or target.name)
     output_folder.check_destination(out_dir, options.force)
     if options.emit_tflite is not None and options.emit_tflite.exists() and not options.force:
         raise UserError(f"{options.emit_tflite} already exists; pass --force to overwrite it")
@@ -260,6 +260,8 @@ def compile_model(spec: str, options: CompileOptions) -> CompiledModel:
     from mbgen import targets
     # An unknown target or a forbidden output folder is reported before any slow work.
     target = targets.get(options.target)
-    out_dir = options.out_dir or default_out_dir(resolve_model(spec), target.name)
+    from mbgen import board_project
+    board_project.for_options(options)   # a wrong --board, --target or --input, too
+    out_dir = options.out_dir or default_out_dir(resolve_model(spec), options.board or target.name)
     output_folder.check_destination(out_dir, options.force)
     return emit(prepare(spec, options), options)
