@@ -25,6 +25,18 @@ INPUT_SOURCE = "board_input.c"
 TOOLCHAIN_FILE = "arm-none-eabi.cmake"
 BUILD_FILES = {"Makefile": "boards/Makefile.j2", "CMakeLists.txt": "boards/CMakeLists.txt.j2",
                TOOLCHAIN_FILE: "boards/arm-none-eabi.cmake.j2"}
+# The measuring link's memory map: the STM32's flash and SRAM origins, lengths no model reaches.
+MEASURE_SCRIPT = """/* mbgen: measuring link only (the folder's <board>.ld has the real sizes). */
+MEMORY
+{
+    FLASH (rx)  : ORIGIN = 0x08000000, LENGTH = 128M
+    SRAM  (rwx) : ORIGIN = 0x20000000, LENGTH = 256M
+}
+REGION_ALIAS("CODE", FLASH);
+REGION_ALIAS("WEIGHTS", FLASH);
+REGION_ALIAS("RAM", SRAM);
+INCLUDE common.ld
+"""
 # Defines every board build uses: per-layer cycle counts from the harness's hooks.
 BOARD_CFLAGS = ("-DMBGEN_PROFILE",)
 
@@ -38,7 +50,7 @@ def port_files(board: Board) -> dict[str, Path]:
         "mbgen_board.h": BOARDS_DIR / "mbgen_board.h",
         "mbgen_board.c": BOARDS_DIR / "board_common.c",
         f"mbgen_{board.family}.c": BOARDS_DIR / f"{board.family}.c",
-        "mbgen_board_config.h": board.directory / "board_config.h",
+        "mbgen_board_config.h": board.directory / "mbgen_board_config.h",
         "common.ld": FIRMWARE_DIR / "ld" / "common.ld",
         linker_script_name(board): board.directory / "memory.ld",
     }
@@ -71,29 +83,44 @@ class BoardProject:
         ``input_tensor``; their names."""
         for name, source in port_files(self.board).items():
             shutil.copyfile(source, folder / name)
-        data = self.input_data(int(input_tensor.nbytes))
-        (folder / INPUT_SOURCE).write_text(
-            input_source(prefix, data, input_tensor.dtype, self.describe_input(data)))
-        return [*port_files(self.board), INPUT_SOURCE]
-
-    def input_data(self, size: int) -> bytes:
-        if self.input_bytes is None:
-            return boards.test_pattern(size)
-        if len(self.input_bytes) != size:
+        size = int(input_tensor.nbytes)
+        if self.input_bytes is not None and len(self.input_bytes) != size:
             raise UserError(f"the board input has {len(self.input_bytes)} bytes but the model "
                             f"takes {size}")
-        return self.input_bytes
+        data = self.input_bytes if self.input_bytes is not None else boards.test_pattern(size)
+        origin = f"{self.input_origin}, {size} bytes, sha256 {hashlib.sha256(data).hexdigest()}"
+        (folder / INPUT_SOURCE).write_text(
+            input_source(prefix, self.input_bytes, input_tensor.dtype, origin))
+        return [*port_files(self.board), INPUT_SOURCE]
 
-    def describe_input(self, data: bytes) -> str:
-        return f"{self.input_origin}, {len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()}"
-
-    def platform(self, folder: Path):
-        """How mbgen.runner.build_firmware links ``folder``: the folder's own port files."""
+    def platform(self, folder: Path, script_dir: Path):
+        """How mbgen.runner.build_firmware measures ``folder``: its own files and flags, linked
+        with the part's sections into regions too large to overflow (written to
+        ``script_dir``), so a model over the part is refused by the budget with its figures,
+        never by a linker error. The folder's Makefile links the real map."""
         from mbgen.runner.firmware import Platform
+        script_dir = Path(script_dir)
+        script_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(FIRMWARE_DIR / "ld" / "common.ld", script_dir / "common.ld")
+        script = script_dir / "measure.ld"
+        script.write_text(MEASURE_SCRIPT)
         return Platform(name=self.board.name, sources=(), include_dirs=(),
-                        cflags=BOARD_CFLAGS,
-                        linker_script=Path(folder) / linker_script_name(self.board),
+                        cflags=BOARD_CFLAGS, linker_script=script,
                         harness_files=harness_files(self.board))
+
+    def check_image(self, firmware) -> None:
+        """BudgetOverflow when the whole example image (model, harness, port and the input in
+        flash) would not fit the part, though the model alone does."""
+        from mbgen.budget import BudgetOverflow
+        b = self.board
+        flash = firmware.text + firmware.data
+        ram = firmware.data + firmware.bss + firmware.stack_reserve
+        for kind, need, have in (("RAM", ram, b.ram_bytes), ("flash", flash, b.flash_bytes)):
+            if need > have:
+                raise BudgetOverflow(
+                    f"the {b.name} image (model, harness and its input in flash) needs {need} "
+                    f"bytes of {kind} but the {b.part} has {have} ({need - have} bytes over); "
+                    "use a smaller model", kind, need)
 
     def write_build_files(self, folder: Path, report: dict, stack_reserve: int) -> list[str]:
         """Makefile, CMakeLists.txt and the toolchain file; ``stack_reserve`` is the main
@@ -128,12 +155,14 @@ class BoardProject:
                 "input": self.input_origin, "stack_reserve": stack_reserve}
 
 
-def input_source(prefix: str, data: bytes, dtype: str, origin: str) -> str:
-    """board_input.c for ``data`` (raw bytes, read as the model's input ``dtype``)."""
+def input_source(prefix: str, data: bytes | None, dtype: str, origin: str) -> str:
+    """board_input.c for ``data`` (raw bytes, read as the model's input ``dtype``, kept in
+    flash), or for the test pattern computed at run time when ``data`` is None."""
     import numpy as np
 
     from mbgen.codegen.generator import environment
-    values = np.frombuffer(data, dtype=np.uint8 if dtype == "uint8" else np.int8)
+    values = (None if data is None
+              else np.frombuffer(data, dtype=np.uint8 if dtype == "uint8" else np.int8))
     return environment().get_template("boards/board_input.c.j2").render(
         prefix=prefix, PREFIX=prefix.upper(), origin=origin, values=values)
 

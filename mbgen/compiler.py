@@ -235,11 +235,14 @@ def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels
             from mbgen.runner import build_firmware
             firmware = build_firmware(staging, target, Path(tmp) / "build",
                                       cmsis_nn=options.cmsis_nn,
-                                      platform=project.platform(staging) if project else None)
+                                      platform=(project.platform(staging, Path(tmp) / "ld")
+                                                if project else None))
             if firmware.model is None:
                 raise RunFailure(f"the linked firmware has no {options.name}_invoke")
             use = use.linked(firmware.model)
         budget.check(use, limits)
+        if project:
+            project.check_image(firmware)
         report["memory"] = budget.as_report(use, limits)
         if firmware is not None:
             report["memory"]["example_firmware"] = {
