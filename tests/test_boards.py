@@ -8,11 +8,15 @@ numpy interpreter for outputs, the reference manuals' memory sizes for budgets.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -161,10 +165,13 @@ def _quantized_inputs(graph, count: int) -> list[np.ndarray]:
 @pytest.mark.qemu
 @pytest.mark.slow
 @needs_qemu
-def test_netduinoplus2_image_in_qemu_equals_host_build(prepared, tmp_path):
+def test_netduinoplus2_image_in_qemu_equals_host_build(prepared, tmp_path, capsys,
+                                                      monkeypatch):
     """The flash image `--board netduinoplus2` builds (the raw .bin, as flashed) boots on
     QEMU's STM32F405 and prints over USART6 what the host build computes, on 3 inputs: the
-    default test pattern (computed on the chip) and two inputs compiled into flash."""
+    default test pattern (computed on the chip) and two inputs compiled into flash. Then
+    `mbgen run` and `mbgen flash` (QEMU behind a stand-in pyOCD and a pseudo-terminal) print
+    the same top-5."""
     model = prepared("mbv1_0.25_96")
     graph = model.graph
     size = graph.tensors[graph.inputs[0]].nbytes
@@ -188,6 +195,58 @@ def test_netduinoplus2_image_in_qemu_equals_host_build(prepared, tmp_path):
         assert chip.top == top_k(host, 5)
         assert len(chip.layers) == len(graph.nodes)
         assert chip.board_line.startswith("netduinoplus2 STM32F405RG sysclk_hz=")
+    # `mbgen run` on the folder boots the same image and prints the same top-5.
+    expected_top = "  top-5: " + ", ".join(f"[{i}] {v}" for i, v in top_k(host, 5))
+    assert main(["run", str(folder)]) == 0
+    assert expected_top in capsys.readouterr().out
+    # `mbgen flash`, with QEMU standing in for the board behind the probe and the port.
+    if importlib.util.find_spec("serial") is not None:
+        assert _flash_onto_qemu(folder, tmp_path, monkeypatch) == 0
+        out = capsys.readouterr().out
+        assert expected_top in out and "flashing netduinoplus2: pyocd flash" in out
+
+
+def _flash_onto_qemu(folder: Path, tmp_path: Path, monkeypatch) -> int:
+    """Run `mbgen flash` against a stand-in pyOCD that boots the ELF on QEMU's
+    netduinoplus2 (USART6 to a file), whose bytes this test feeds into a pseudo-terminal:
+    the serial port mbgen reads."""
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    uart, pid_file = tmp_path / "uart.txt", tmp_path / "qemu.pid"
+    uart.write_bytes(b"")
+    fake = tools / "pyocd"
+    serials = "-serial null " * boards.get("netduinoplus2").qemu_serial_index
+    fake.write_text(
+        "#!/bin/sh\n# stands in for pyOCD: boots the image (last argument) on QEMU\n"
+        "for image; do :; done\n"
+        f"qemu-system-arm -M netduinoplus2 -display none -monitor none {serials}"
+        f"-serial file:{uart} -kernel \"$image\" </dev/null >/dev/null 2>&1 &\n"
+        f"echo $! > {pid_file}\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
+    master, slave = os.openpty()
+    stop = threading.Event()
+
+    def forward() -> None:   # the UART file -> the pseudo-terminal's far end
+        sent = 0
+        while not stop.is_set():
+            data = uart.read_bytes()[sent:]
+            if data:
+                os.write(master, data)
+                sent += len(data)
+            time.sleep(0.05)
+
+    feeder = threading.Thread(target=forward, daemon=True)
+    feeder.start()
+    try:
+        return main(["flash", str(folder), "--port", os.ttyname(slave), "--timeout", "60"])
+    finally:
+        stop.set()
+        feeder.join()
+        if pid_file.is_file():
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        os.close(master)
+        os.close(slave)
 
 
 # ----------------------------------------------------------------------------- builds
