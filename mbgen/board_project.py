@@ -2,11 +2,13 @@
 project for the board.
 
 Beside the model's files the folder gets the board port (copied flat from firmware/ and
-firmware/boards/, our own code), the board harness as main.c, the input it runs on compiled
-into flash (board_input.c), and a Makefile, a CMakeLists.txt and an arm-none-eabi-gcc
-toolchain file that build it. Every one of them is listed in report.json's "files", so the
-output-folder rules (mbgen/output_folder.py) cover them. The sizes mbgen checks come from
-linking exactly these files with exactly these flags (mbgen.runner.build_firmware).
+firmware/boards/, our own code), the board harness as main.c, the input it runs on
+(board_input.c: a file compiled into flash, or a test pattern computed on the chip), and a
+Makefile, a CMakeLists.txt and an arm-none-eabi-gcc toolchain file that build it. Every one
+of them is listed in report.json's "files", so the output-folder rules
+(mbgen/output_folder.py) cover them. The sizes mbgen checks come from linking exactly these
+files with exactly these flags (mbgen.runner.build_firmware), into regions that cannot
+overflow; the budget then compares them with the part.
 """
 
 from __future__ import annotations

@@ -205,10 +205,9 @@ def emit(prepared: PreparedModel, options: CompileOptions) -> CompiledModel:
 
 def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels: str,
                out_dir: Path) -> CompiledModel:
-    from mbgen import codegen, planner
+    from mbgen import board_project, codegen, planner
     from mbgen.codegen.generator import write_report
 
-    from mbgen import board_project
     graph = prepared.graph
     project = board_project.for_options(options)   # None without --board
     plan = planner.plan_graph(graph, scratch=codegen.scratch_requirements(graph, kernels))
@@ -260,11 +259,11 @@ def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels
 
 
 def compile_model(spec: str, options: CompileOptions) -> CompiledModel:
-    from mbgen import targets
-    # An unknown target or a forbidden output folder is reported before any slow work.
+    from mbgen import board_project, targets
+    # An unknown target or board, a wrong --input or a forbidden output folder is reported
+    # before any slow work.
     target = targets.get(options.target)
-    from mbgen import board_project
-    board_project.for_options(options)   # a wrong --board, --target or --input, too
+    board_project.for_options(options)
     out_dir = options.out_dir or default_out_dir(resolve_model(spec), options.board or target.name)
     output_folder.check_destination(out_dir, options.force)
     return emit(prepare(spec, options), options)
