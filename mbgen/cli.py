@@ -98,8 +98,12 @@ def print_summary(compiled) -> None:
     if "note" in budget:
         print(f"  note    {budget['note']}")
     if "board" in r:
-        b = r["board"]
-        print(f"  board   {b['name']} ({b['part']}): make -C {compiled.out_dir}, or cmake -B build "
+        b, image = r["board"], memory["example_firmware"]
+        flash = image["text"] + image["data"]
+        ram = image["data"] + image["bss"] + image["stack_reserve"]
+        print(f"  image   flash {_kib(flash)} of {_kib(b['flash_bytes'])}, RAM {_kib(ram)} of "
+              f"{_kib(b['ram_bytes'])} on the {b['part']} (model, harness, port and input)")
+        print(f"  board   {b['name']}: make -C {compiled.out_dir}, or cmake -B build "
               f"{compiled.out_dir} && cmake --build build; then mbgen flash {compiled.out_dir}")
     print(f"  folder  {budget['folder']}")
 
