@@ -179,6 +179,9 @@ def for_options(options) -> BoardProject | None:
     if options.target != board.target:
         raise UserError(f"board {board.name} has a {board.target} core; drop --target "
                         f"{options.target} (the board sets it)")
+    if options.kernels == "cmsis-nn":
+        raise UserError("--board projects build from the folder alone, and CMSIS-NN kernels "
+                        "need the library's sources too; use --kernels mbgen or portable")
     if options.board_input is None:
         return BoardProject(board, None, "the fixed test pattern (i * 37 + 11) mod 256")
     path = Path(options.board_input)

@@ -168,8 +168,9 @@ def cmd_flash(args: argparse.Namespace) -> int:
         port = args.port or "the board's console port (--port)"
         print(f"# then read {port} at {flash.BAUD} baud until MBGEN_EXIT")
         return EXIT_OK
+    from mbgen.runner.board import output_is_unsigned
     report = flash.flash(out_dir, args.probe, args.port, args.timeout)
-    for line in flash.describe(report):
+    for line in flash.describe(report, signed=not output_is_unsigned(out_dir)):
         print(line)
     return EXIT_OK
 
@@ -186,7 +187,7 @@ def _board_of(out_dir: Path):
 def _run_board_folder(out_dir: Path, args: argparse.Namespace) -> int:
     """A --board folder runs its own image (input in flash) where QEMU models the part."""
     from mbgen import flash
-    from mbgen.runner.board import build_image, run_in_qemu
+    from mbgen.runner.board import build_image, output_is_unsigned, run_in_qemu
     board = _board_of(out_dir)
     if args.host or args.input or args.output:
         raise UserError(f"{out_dir} is a {board.name} project: its input is compiled into "
@@ -196,7 +197,7 @@ def _run_board_folder(out_dir: Path, args: argparse.Namespace) -> int:
         raise UserError(f"QEMU has no model of {board.name}'s {board.part}; run it on the "
                         f"board with `mbgen flash {out_dir} --port ...`")
     report = run_in_qemu(build_image(out_dir).bin, board, args.timeout)
-    for line in flash.describe(report):
+    for line in flash.describe(report, signed=not output_is_unsigned(out_dir)):
         print(line)
     return EXIT_OK
 

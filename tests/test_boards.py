@@ -83,10 +83,15 @@ def test_board_options_are_checked_before_any_work(tmp_path, capsys):
     assert main(["compile", "mbv1_0.25_96", "--board", "netduinoplus2", "--target", "cortex-m7",
                  "-o", str(tmp_path / "o")]) == 2
     assert main(["compile", "mbv1_0.25_96", "--board", "nope", "-o", str(tmp_path / "o")]) == 2
+    assert main(["compile", "mbv1_0.25_96", "--board", "nucleo-f746zg", "--kernels", "cmsis-nn",
+                 "-o", str(tmp_path / "o")]) == 2
+    assert main(["compile", "mbv1_0.25_96", "--board", "nucleo-f746zg", "--input",
+                 str(tmp_path / "missing.bin"), "-o", str(tmp_path / "o")]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 3 and all(e.startswith("mbgen: error: ") for e in errors)
+    assert len(errors) == 5 and all(e.startswith("mbgen: error: ") for e in errors)
     assert "give --board too" in errors[0] and "cortex-m4 core" in errors[1]
-    assert "unknown board 'nope'" in errors[2]
+    assert "unknown board 'nope'" in errors[2] and "CMSIS-NN" in errors[3]
+    assert "input file not found" in errors[4]
     assert not (tmp_path / "o").exists()
 
 

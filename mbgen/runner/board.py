@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import subprocess
 import time
@@ -37,6 +38,15 @@ def folder_board(out_dir: Path) -> Board:
         raise UserError(f"{out_dir} was not compiled for a board; compile it with "
                         f"--board ({', '.join(boards.names())})")
     return boards.get(entry["name"])
+
+
+_UNSIGNED_OUTPUT = re.compile(r"^\s*#\s*define\s+\w+_OUTPUT_TYPE\s+uint8_t", re.MULTILINE)
+
+
+def output_is_unsigned(out_dir: Path) -> bool:
+    """True for a uint8 output interface (model.h's <PREFIX>_OUTPUT_TYPE)."""
+    return any(_UNSIGNED_OUTPUT.search(h.read_text(errors="replace"))
+               for h in sorted(Path(out_dir).glob("*.h")))
 
 
 def make_command(out_dir: Path, build_dir: Path) -> list[str]:
