@@ -14,6 +14,9 @@ command -v arm-none-eabi-gcc >/dev/null || missing+=(gcc-arm-none-eabi)
 dpkg -s libnewlib-arm-none-eabi >/dev/null 2>&1 || missing+=(libnewlib-arm-none-eabi)
 command -v qemu-system-arm >/dev/null || missing+=(qemu-system-arm)
 command -v cc >/dev/null || missing+=(gcc)
+# make and cmake: `mbgen compile --board` folders come with a Makefile and a CMakeLists.txt.
+command -v make >/dev/null || missing+=(make)
+command -v cmake >/dev/null || missing+=(cmake)
 # clang: the generated folders are checked warnings-free with both host compilers.
 command -v clang >/dev/null || missing+=(clang)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -1,4 +1,4 @@
-/* Arm semihosting calls (Arm "Semihosting for AArch32 and AArch64", v2) and tiny formatting.
+/* Arm semihosting calls (Arm "Semihosting for AArch32 and AArch64", v2).
  *
  * On M-profile a call is BKPT 0xAB with the operation in r0 and a pointer to its argument
  * block in r1; the result comes back in r0.
@@ -129,41 +129,4 @@ int mbgen_fw_write_file(const char *path, const void *data, size_t size)
     int unwritten = semihost(SYS_WRITE, block);
     close_file(handle);
     return unwritten == 0 ? 0 : -1;
-}
-
-char *mbgen_fw_append_text(char *cursor, const char *text)
-{
-    while (*text != '\0') {
-        *cursor++ = *text++;
-    }
-    *cursor = '\0';
-    return cursor;
-}
-
-char *mbgen_fw_append_u64(char *cursor, uint64_t value)
-{
-    char digits[20];
-    int n = 0;
-    do {
-        uint64_t quotient = value / 10u;
-        digits[n++] = (char)('0' + (int)(value - quotient * 10u));
-        value = quotient;
-    } while (value != 0);
-    while (n > 0) {
-        *cursor++ = digits[--n];
-    }
-    *cursor = '\0';
-    return cursor;
-}
-
-char *mbgen_fw_append_hex32(char *cursor, uint32_t value)
-{
-    static const char hex[] = "0123456789abcdef";
-    *cursor++ = '0';
-    *cursor++ = 'x';
-    for (int shift = 28; shift >= 0; shift -= 4) {
-        *cursor++ = hex[(value >> shift) & 0xFu];
-    }
-    *cursor = '\0';
-    return cursor;
 }

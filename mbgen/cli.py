@@ -48,8 +48,17 @@ def cmd_targets(args: argparse.Namespace) -> int:
 
 def _compile_options(args: argparse.Namespace):
     from mbgen.compiler import CompileOptions
+    board = getattr(args, "board", None)
+    target = args.target
+    if target is None:   # a board brings its core; otherwise the host
+        from mbgen import boards
+        target = boards.get(board).target if board else "host"
+    if getattr(args, "input", None) and not board:
+        raise UserError("--input is the input a board runs on: give --board too")
     return CompileOptions(
-        target=args.target, out_dir=Path(args.output) if args.output else None, name=args.name,
+        target=target, board=board,
+        board_input=Path(args.input) if getattr(args, "input", None) else None,
+        out_dir=Path(args.output) if args.output else None, name=args.name,
         kernels=args.kernels, calib_dir=Path(args.calib) if args.calib else None,
         calib_percentile=args.calib_percentile, force=args.force, ram_bytes=args.ram,
         flash_bytes=args.flash, weight_layout=args.weight_layout,
@@ -91,6 +100,14 @@ def print_summary(compiled) -> None:
         print(f"  weights {_kib(memory['weights_bytes'])}")
     if "note" in budget:
         print(f"  note    {budget['note']}")
+    if "board" in r:
+        b, image = r["board"], memory["example_firmware"]
+        flash = image["text"] + image["data"]
+        ram = image["data"] + image["bss"] + image["stack_reserve"]
+        print(f"  image   flash {_kib(flash)} of {_kib(b['flash_bytes'])}, RAM {_kib(ram)} of "
+              f"{_kib(b['ram_bytes'])} on the {b['part']} (model, harness, port and input)")
+        print(f"  board   {b['name']}: make -C {compiled.out_dir}, or cmake -B build "
+              f"{compiled.out_dir} && cmake --build build; then mbgen flash {compiled.out_dir}")
     print(f"  folder  {budget['folder']}")
 
 
@@ -120,6 +137,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.input and not Path(args.input).is_file():
         raise UserError(f"input file not found: {args.input}")
     input_bytes = Path(args.input).read_bytes() if args.input else None
+    if _board_of(out_dir) is not None:
+        return _run_board_folder(out_dir, args)
     io = labels = None
     if args.image and args.input:
         raise UserError("give either --input (raw bytes) or --image (a photo), not both")
@@ -191,6 +210,60 @@ def run_json(result, io, labels, top) -> dict:
     return entry
 
 
+def cmd_boards(args: argparse.Namespace) -> int:
+    from mbgen import boards
+    print(f"{'board':<14} {'part':<12} {'core':<10} {'RAM':>9} {'flash':>9} {'clock':>8}  QEMU")
+    for b in boards.all_boards():
+        print(f"{b.name:<14} {b.part:<12} {b.target:<10} {_kib(b.ram_bytes):>9} "
+              f"{_kib(b.flash_bytes):>9} {b.sysclk_hz / 1e6:>4.0f} MHz  {b.qemu_machine or '-'}")
+    return EXIT_OK
+
+
+def cmd_flash(args: argparse.Namespace) -> int:
+    import shlex
+
+    from mbgen import flash
+    out_dir = Path(args.folder)
+    if args.dry_run:
+        for command in flash.planned_commands(out_dir, args.probe):
+            print(shlex.join(command))
+        port = args.port or "the board's console port (--port)"
+        print(f"# then read {port} at {flash.BAUD} baud until MBGEN_EXIT")
+        return EXIT_OK
+    from mbgen.runner.board import output_is_unsigned
+    report = flash.flash(out_dir, args.probe, args.port, args.timeout)
+    for line in flash.describe(report, signed=not output_is_unsigned(out_dir)):
+        print(line)
+    return EXIT_OK
+
+
+def _board_of(out_dir: Path):
+    """The board a folder was compiled for, or None (a plain folder)."""
+    from mbgen.runner.board import folder_board
+    try:
+        return folder_board(out_dir)
+    except UserError:
+        return None
+
+
+def _run_board_folder(out_dir: Path, args: argparse.Namespace) -> int:
+    """A --board folder runs its own image (input in flash) where QEMU models the part."""
+    from mbgen import flash
+    from mbgen.runner.board import build_image, output_is_unsigned, run_in_qemu
+    board = _board_of(out_dir)
+    if args.host or args.input or args.output or getattr(args, "image", None):
+        raise UserError(f"{out_dir} is a {board.name} project: its input is compiled into "
+                        "flash (compile again with --input); run it with no options, or "
+                        "`mbgen flash` it")
+    if not board.qemu_machine:
+        raise UserError(f"QEMU has no model of {board.name}'s {board.part}; run it on the "
+                        f"board with `mbgen flash {out_dir} --port ...`")
+    report = run_in_qemu(build_image(out_dir).bin, board, args.timeout)
+    for line in flash.describe(report, signed=not output_is_unsigned(out_dir)):
+        print(line)
+    return EXIT_OK
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from mbgen.verify import verify_model
     outcome = verify_model(args.model, _compile_options(args), reference=args.reference,
@@ -224,7 +297,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _add_compile_args(p: argparse.ArgumentParser, output_help: str) -> None:
     p.add_argument("model", help="zoo name (mbv1_0.25_128, ...) or a .pt2/.onnx/.tflite file")
-    p.add_argument("--target", default="host", help="host, cortex-m7, ... (`mbgen targets`)")
+    p.add_argument("--target", default=None,
+                   help="host (default), cortex-m7, ... (`mbgen targets`)")
     p.add_argument("-o", "--output", help=output_help)
     p.add_argument("--name", default="model", help="C prefix of the API (default: model)")
     p.add_argument("--kernels", help="kernel set: portable, mbgen, cmsis-nn")
@@ -285,9 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
         "mbgen compile mbv1_0.25_128 --target cortex-m7 -o out/mbv1",
         "mbgen compile mobilenet_v1_0.25_128.tflite --calib photos/ --target cortex-m7 -o out/m",
         "mbgen compile mbv1_0.25_128 --weights mobilenet_v1_0.25_128.tflite --calib photos/"))
-    _add_compile_args(p, "output folder (default: out/<model>-<target>)")
+    _add_compile_args(p, "output folder (default: out/<model>-<target or board>)")
     p.add_argument("--emit-tflite", metavar="PATH", help="also write the int8 graph as .tflite")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--board", help="a complete firmware project for a board: "
+                   "netduinoplus2, nucleo-f411re, nucleo-f746zg (`mbgen boards`)")
+    p.add_argument("--input", metavar="in.bin",
+                   help="with --board: the raw input compiled into flash that the board runs "
+                        "on (default: a fixed test pattern)")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("run", help="build a generated folder and run it on the host or in QEMU",
@@ -308,6 +387,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="out.bin", help="write the raw int8 output here")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds before a run is a hang")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("boards", help="list the boards `compile --board` writes projects for",
+                       **_examples("mbgen boards"))
+    p.set_defaults(func=cmd_boards)
+
+    p = sub.add_parser("flash", help="build a --board folder, flash it with pyOCD or OpenOCD, "
+                       "read its result over the UART",
+                       **_examples("mbgen flash out/mbv1-f746 --probe openocd "
+                                   "--port /dev/ttyACM0",
+                                   "mbgen flash out/mbv1-f746 --dry-run"))
+    p.add_argument("folder")
+    _add_common(p)
+    p.add_argument("--probe", choices=["pyocd", "openocd"], default="pyocd",
+                   help="the flashing tool (default: pyocd)")
+    p.add_argument("--port", metavar="/dev/ttyX", help="the board's console serial port")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the build and flash commands instead of running them")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to wait for the board's result")
+    p.set_defaults(func=cmd_flash)
 
     p = sub.add_parser("verify", help="compile, run on host and QEMU, compare with references",
                        **_examples("mbgen verify mbv1_0.25_128 --target cortex-m7",

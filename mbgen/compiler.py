@@ -54,6 +54,8 @@ class CompileOptions:
     mean: str | None = None
     std: str | None = None
     weights: Path | None = None         # a zoo model's trained weights from a float .tflite
+    board: str | None = None            # a board port: a complete firmware project for it
+    board_input: Path | None = None     # raw input its harness runs on (default: test pattern)
 
 
 @dataclass
@@ -207,7 +209,7 @@ def emit(prepared: PreparedModel, options: CompileOptions) -> CompiledModel:
 
     target = targets.get(options.target)
     candidates = [options.kernels] if options.kernels else kernel_preference(target)
-    out_dir = options.out_dir or default_out_dir(prepared.source, target.name)
+    out_dir = options.out_dir or default_out_dir(prepared.source, options.board or target.name)
     output_folder.check_destination(out_dir, options.force)
     if options.emit_tflite is not None and options.emit_tflite.exists() and not options.force:
         raise UserError(f"{options.emit_tflite} already exists; pass --force to overwrite it")
@@ -234,12 +236,14 @@ def emit(prepared: PreparedModel, options: CompileOptions) -> CompiledModel:
 
 def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels: str,
                out_dir: Path) -> CompiledModel:
-    from mbgen import codegen, planner
+    from mbgen import board_project, codegen, planner
     from mbgen.codegen.generator import write_report
 
     graph = prepared.graph
+    project = board_project.for_options(options)   # None without --board
     plan = planner.plan_graph(graph, scratch=codegen.scratch_requirements(graph, kernels))
-    limits = budget.budget_for(target, options.ram_bytes, options.flash_bytes)
+    limits = budget.budget_for(project.board if project else target, options.ram_bytes,
+                               options.flash_bytes)
     use = budget.MemoryUse(arena_bytes=int(plan.arena_size), io_bytes=io_bytes(graph),
                            weights_bytes=constant_bytes(graph))
     budget.check(use, limits)  # what is known before generating: refuse early
@@ -247,7 +251,11 @@ def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels
         staging = Path(tmp) / (out_dir.resolve().name or "out")
         report = codegen.generate(graph, plan, staging, name=options.name, target=target.name,
                                   kernels=kernels, flash_budget=limits.flash_bytes or None,
-                                  weight_layout=options.weight_layout)
+                                  weight_layout=options.weight_layout,
+                                  **(project.generate_options() if project else {}))
+        if project:
+            report["files"] += project.write_sources(staging, options.name,
+                                                     graph.tensors[graph.inputs[0]])
         # The weights as the kernels store them (int16 layouts are larger than the raw int8).
         use = replace(use, weights_bytes=int(report["weights_bytes"]))
         firmware = None
@@ -256,17 +264,24 @@ def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels
             # build that fails is an error, never a skipped check.
             from mbgen.runner import build_firmware
             firmware = build_firmware(staging, target, Path(tmp) / "build",
-                                      cmsis_nn=options.cmsis_nn)
+                                      cmsis_nn=options.cmsis_nn,
+                                      platform=(project.platform(staging, Path(tmp) / "ld")
+                                                if project else None))
             if firmware.model is None:
                 raise RunFailure(f"the linked firmware has no {options.name}_invoke")
             use = use.linked(firmware.model)
         budget.check(use, limits)
+        if project:
+            project.check_image(firmware)
         report["memory"] = budget.as_report(use, limits)
         report.update(io_report(prepared))
         if firmware is not None:
             report["memory"]["example_firmware"] = {
                 "text": firmware.text, "data": firmware.data, "bss": firmware.bss,
                 "stack_reserve": firmware.stack_reserve}
+        if project:
+            report["files"] += project.write_build_files(staging, report,
+                                                         firmware.stack_reserve)
         write_report(staging, report)
         change = output_folder.install(staging, out_dir, report["files"], options.force)
     summary = {"ram_bytes": limits.ram_bytes, "flash_bytes": limits.flash_bytes,
@@ -287,9 +302,11 @@ def io_report(prepared: PreparedModel) -> dict:
 
 
 def compile_model(spec: str, options: CompileOptions) -> CompiledModel:
-    from mbgen import targets
-    # An unknown target or a forbidden output folder is reported before any slow work.
+    from mbgen import board_project, targets
+    # An unknown target or board, a wrong --input or a forbidden output folder is reported
+    # before any slow work.
     target = targets.get(options.target)
-    out_dir = options.out_dir or default_out_dir(resolve_model(spec), target.name)
+    board_project.for_options(options)
+    out_dir = options.out_dir or default_out_dir(resolve_model(spec), options.board or target.name)
     output_folder.check_destination(out_dir, options.force)
     return emit(prepare(spec, options), options)

@@ -3,6 +3,9 @@
  * No libc I/O and no heap: output goes through Arm semihosting (BKPT 0xAB), which QEMU
  * serves when started with -semihosting-config enable=on,target=native. Files named here
  * are opened by QEMU relative to its working directory.
+ *
+ * The board ports (firmware/boards/) implement mbgen_fw_puts and mbgen_fw_exit over their
+ * console UART instead, and nothing else of the semihosting section.
  */
 #ifndef MBGEN_FW_H
 #define MBGEN_FW_H

@@ -137,12 +137,15 @@ def _unique_constants(layers: list[Layer]) -> list[ConstArray]:
 
 def generate(graph: ir.Graph, plan: GraphPlan, out_dir: Path, *, name: str = "model",
              target: str = "host", kernels: str = "portable", harness: bool = True,
-             flash_budget: int | None = None, weight_layout: str = "auto") -> dict:
+             flash_budget: int | None = None, weight_layout: str = "auto",
+             harness_template: str | None = None, harness_context: dict | None = None) -> dict:
     """Write model.h/.c, model_weights.h/.c, model_kernels.h/.c, main.c and report.json
     (``model`` replaced by ``name``) into ``out_dir``; return the report.
 
     ``flash_budget`` overrides the target's flash for layout decisions; ``weight_layout``
-    forces a kernel set's weight format ("int16" pairs: faster, "int8": half the flash)."""
+    forces a kernel set's weight format ("int16" pairs: faster, "int8": half the flash).
+    ``harness_template`` (with ``harness_context``) replaces the target's main.c template,
+    e.g. a board port's (mbgen/board_project.py)."""
     out_dir = Path(out_dir)
     _check_graph(graph, name)
     layers = lower_graph(graph, plan, name, kernels, target, flash_budget, weight_layout)
@@ -166,6 +169,7 @@ def generate(graph: ir.Graph, plan: GraphPlan, out_dir: Path, *, name: str = "mo
         arena_size=int(plan.arena_size), num_layers=len(layers),
         layer_names=[layer.name for layer in layers],
         weights_bytes=sum(c.nbytes for c in constants),
+        **(harness_context or {}),
     )
     build_flags = folder_build_flags(target, layers)
     context["build_command"] = " ".join([build_flags["compiler"], *build_flags["cflags"]])
@@ -179,7 +183,8 @@ def generate(graph: ir.Graph, plan: GraphPlan, out_dir: Path, *, name: str = "mo
         f"{name}_kernels.c": "model_kernels.c.j2",
     }
     if harness:
-        harness_template = HOST_HARNESS if target == "host" else CORTEXM_HARNESS
+        harness_template = harness_template or (
+            HOST_HARNESS if target == "host" else CORTEXM_HARNESS)
         if (mbgen.TEMPLATES_DIR / harness_template).is_file():
             sources["main.c"] = harness_template
 

@@ -56,6 +56,29 @@ FIRMWARE_ENTRY = "mbgen_fw_start"
 INTERRUPT_ENTRY = "mbgen_fw_systick_handler"
 
 
+@dataclass(frozen=True)
+class Platform:
+    """What a folder is linked with besides its model: the support sources, their headers,
+    defines and memory map. The default is firmware/ for the target's QEMU board; a board
+    port (mbgen/board_project.py) brings its own, copied into the folder."""
+
+    name: str
+    sources: tuple[Path, ...]          # support C files outside the folder
+    include_dirs: tuple[Path, ...]
+    cflags: tuple[str, ...]
+    linker_script: Path
+    harness_files: frozenset[str] = frozenset({"main.c"})   # folder files not the model's
+
+
+def qemu_platform(target: Target) -> Platform:
+    if not target.runs_in_qemu:
+        raise UserError(f"target {target.name} has no QEMU board; build it for the host")
+    script = target.linker_script_path
+    assert script is not None
+    return Platform(target.name, tuple(firmware_sources()), (FIRMWARE_DIR / "include",),
+                    tuple(firmware_cflags(target)), script)
+
+
 def firmware_sources() -> list[Path]:
     return sorted(FIRMWARE_DIR.glob("*.c"))
 
@@ -71,30 +94,30 @@ def firmware_cflags(target: Target) -> list[str]:
 def build_firmware(out_dir: Path, target: Target, build_dir: Path | None = None, *,
                    extra_sources: Sequence[Path] = (), include_dirs: Sequence[Path] = (),
                    extra_cflags: Sequence[str] = (),
-                   cmsis_nn: Path | None = None) -> FirmwareBuild:
+                   cmsis_nn: Path | None = None,
+                   platform: Platform | None = None) -> FirmwareBuild:
     """Compile the folder with firmware/ for ``target``'s QEMU board; returns ELF and sizes.
 
     Each source becomes its own object (so the linker map tells whose bytes are whose) and
     its call graph (``-fcallgraph-info=su``); the main stack is reserved from that graph.
     ``extra_cflags`` come after the target's, so e.g. ``["-O3"]`` overrides its -O2.
     Unchanged inputs are not rebuilt. Nothing is written into ``out_dir``. A folder calling
-    CMSIS-NN gets its sources from ``cmsis_nn`` (default: $CMSIS_NN_PATH).
+    CMSIS-NN gets its sources from ``cmsis_nn`` (default: $CMSIS_NN_PATH). ``platform``
+    replaces firmware/ and the QEMU memory map (a board port).
     """
-    if not target.runs_in_qemu:
-        raise UserError(f"target {target.name} has no QEMU board; build it for the host")
+    platform = platform or qemu_platform(target)
     gcc = tools.arm_gcc()
     tools.check_newlib_nano(gcc)
     out_dir = Path(out_dir)
     lib_sources, lib_includes = library_inputs(out_dir, target, cmsis_nn)
     folder = folder_sources(out_dir)
-    model_sources = [p for p in folder if p.name != HARNESS_SOURCE] + list(lib_sources)
-    harness_sources = ([p for p in folder if p.name == HARNESS_SOURCE] + firmware_sources()
-                       + [Path(p) for p in extra_sources])
-    build_dir = Path(build_dir) if build_dir else default_build_dir(out_dir, target.name)
-    script = target.linker_script_path
-    assert script is not None
-    includes = [out_dir, FIRMWARE_DIR / "include", *map(Path, include_dirs), *lib_includes]
-    cflags = [*target.cflags, *firmware_cflags(target),
+    model_sources = [p for p in folder if p.name not in platform.harness_files] + list(lib_sources)
+    harness_sources = ([p for p in folder if p.name in platform.harness_files]
+                       + list(platform.sources) + [Path(p) for p in extra_sources])
+    build_dir = Path(build_dir) if build_dir else default_build_dir(out_dir, platform.name)
+    script = platform.linker_script
+    includes = [out_dir, *platform.include_dirs, *map(Path, include_dirs), *lib_includes]
+    cflags = [*target.cflags, *platform.cflags,
               *library_cflags(out_dir, target, cmsis_nn), *extra_cflags,
               *(f"-I{d}" for d in includes)]
     headers = header_files(includes)
