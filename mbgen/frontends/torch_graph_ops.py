@@ -5,7 +5,8 @@
 
 * Tensors are NCHW in PyTorch and NHWC in the IR, so a dim becomes an IR axis through
   :data:`_NHWC_AXIS` (channels, dim 1, are axis 3).
-* A chunk or split returns one ``ir.StridedSlice`` per piece (TFLite's SPLIT becomes the same).
+* A chunk or split returns one ``ir.StridedSlice`` per piece (TFLite's SPLIT becomes the same);
+  ``x[:, a:b:s]`` and ``aten.slice`` are StridedSlices too.
 * Max pooling: PyTorch pads with -inf, so a padded pixel never wins, as in ``ir.MaxPool2D``.
   ``ceil_mode=True`` adds bottom/right rows and columns that only the last window reaches;
   the padding stored is what the windows really touch (the output shape PyTorch recorded).
@@ -20,6 +21,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -130,6 +132,25 @@ def _slice(b: Builder, call: Call, name: str) -> Value:
     return _slice_value(b, call, name, x, dim, start, count, step)
 
 
+def _getitem(b: Builder, call: Call, name: str) -> Value:
+    """``x[:, a:b:s]`` and the like: slices of any dims (no integer indices, no negative
+    steps), one StridedSlice per sliced dim."""
+    x = activation_arg(call, "self")
+    index = call.args.get("index")
+    index = index if isinstance(index, tuple) else (index,)
+    if len(index) > len(x.torch_shape) or not all(isinstance(i, slice) for i in index):
+        raise unsupported(call, f"indexing with {index!r} (only slices such as x[:, a:b])")
+    for dim, cut in enumerate(index):
+        total = x.torch_shape[dim]
+        start, end, step = cut.indices(total)
+        count = len(range(start, end, step))
+        if step < 1 or count < 1:
+            raise unsupported(call, f"slice [{start}:{end}:{step}] of a dim of {total}")
+        if count != total:
+            x = _slice_value(b, call, name, x, dim, start, count, step)
+    return x
+
+
 # ----------------------------------------------------------------------------- max pooling
 
 
@@ -236,6 +257,7 @@ HANDLERS: dict[str, Callable[[Builder, Call, str], object]] = {
     "chunk": _split,
     "split": _split,
     "slice": _slice,
+    "getitem": _getitem,
     "max_pool2d": _max_pool,
     "transpose": _transpose_outside_shuffle,
     "permute": _transpose_outside_shuffle,
@@ -259,6 +281,7 @@ FX_FUNCTIONS: dict[object, tuple[str, tuple[str, ...]]] = {
     torch.split: ("split", ("self", "split_size", "dim")),
     torch.transpose: ("transpose", ("self", "dim0", "dim1")),
     torch.permute: ("permute", ("self", "dims")),
+    operator.getitem: ("getitem", ("self", "index")),
     F.max_pool2d: ("max_pool2d", _POOL_ARGS),
     torch.max_pool2d: ("max_pool2d", _POOL_ARGS),
 }
