@@ -22,7 +22,7 @@ from mbgen.compiler import (CompileOptions, ModelSource, PreparedModel, emit, pr
                             to_int8_graph)
 from mbgen.errors import UserError
 from mbgen.float_interp import run_float
-from mbgen.frontends.torch_frontend import from_module
+from mbgen.frontends.torch_frontend import from_module, load_pt2
 from mbgen.images import quantize_input
 from mbgen.quantize.calibration import synthetic_inputs
 from mbgen.reference import run_int8
@@ -103,6 +103,32 @@ def test_int8_c_equals_numpy_and_tflm(tmp_path):
         got = np.frombuffer(run(exe, q.tobytes()), dtype=np.int8)
         np.testing.assert_array_equal(got, run_int8(graph, q)[graph.outputs[0]].ravel())
         np.testing.assert_array_equal(got, run_tflm(tflite, q).ravel())
+
+
+def test_channel_shuffle_module_and_function_from_module_and_pt2(tmp_path):
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 12, 1), nn.ChannelShuffle(3), nn.ReLU(),
+                                      nn.Conv2d(12, 12, 3, 1, 1))
+
+        def forward(self, x):
+            return F.channel_shuffle(self.body(x), 2)
+
+    torch.manual_seed(2)
+    module, example = Functional().eval(), torch.zeros(SHAPE)
+    program = torch.export.export(module, (example,))
+    graphs = {"module": from_module(module, example, "shuffle")}
+    for label, exported in (("aten", program), ("core", program.run_decompositions())):
+        torch.export.save(exported, str(tmp_path / f"{label}.pt2"))
+        graphs[label] = load_pt2(tmp_path / f"{label}.pt2")
+    x = synthetic_inputs((1, 28, 26, 3), count=1, seed=8)[0]
+    with torch.no_grad():
+        want = module(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    for route, graph in graphs.items():
+        assert sum(type(n.op).__name__ == "Transpose" for n in graph.nodes) == 2, route
+        got = run_float(graph, x)[graph.outputs[0]].transpose(0, 3, 1, 2)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=route)
 
 
 def test_five_d_views_and_transposes_outside_a_shuffle_are_refused():

@@ -15,7 +15,8 @@
   pattern and emits RESHAPE (1, H*W, g, C/g) -> TRANSPOSE (0, 1, 3, 2) -> RESHAPE (1, H, W,
   C), exactly TFLite's form: in NHWC the channels of each pixel are contiguous, so that
   moves channel ``i*(C/g) + j`` to ``j*g + i`` as PyTorch's shuffle does. Anything else done
-  to the 5-D tensor is refused by name.
+  to the 5-D tensor is refused by name. ``nn.ChannelShuffle`` / ``F.channel_shuffle`` (and
+  ``aten.channel_shuffle``) emit the same three nodes directly.
 """
 
 from __future__ import annotations
@@ -234,6 +235,16 @@ def _emit_shuffle(b: Builder, name: str, x: Value, groups: int) -> Value:
     return b.emit(name, ir.Reshape(shape=(n, h, w, c)), [swapped.name], x.torch_shape)
 
 
+def _channel_shuffle(b: Builder, call: Call, name: str) -> Value:
+    """nn.ChannelShuffle / F.channel_shuffle: the same permutation in one call."""
+    x = activation_arg(call, "self")
+    groups = int(call.args.get("groups", 1))
+    if len(x.torch_shape) != 4 or x.flat_from is not None or groups < 1 \
+            or x.torch_shape[1] % groups:
+        raise unsupported(call, f"channel shuffle of {list(x.torch_shape)} in {groups} groups")
+    return _emit_shuffle(b, name, x, groups)
+
+
 def advance(b: Builder, call: Call, name: str) -> object | None:
     """Convert ``call`` when it starts or continues a channel shuffle, else None."""
     views = [v for v in call.args.values() if isinstance(v, ShuffleView)]
@@ -258,6 +269,7 @@ HANDLERS: dict[str, Callable[[Builder, Call, str], object]] = {
     "split": _split,
     "slice": _slice,
     "getitem": _getitem,
+    "channel_shuffle": _channel_shuffle,
     "max_pool2d": _max_pool,
     "transpose": _transpose_outside_shuffle,
     "permute": _transpose_outside_shuffle,
@@ -266,7 +278,8 @@ HANDLERS: dict[str, Callable[[Builder, Call, str], object]] = {
 ATEN_OPS = {"cat": "cat", "concat": "cat", "chunk": "chunk", "split": "split",
             "split_with_sizes": "split", "slice": "slice", "max_pool2d": "max_pool2d",
             "max_pool2d_with_indices": "max_pool2d", "transpose": "transpose",
-            "permute": "permute"}
+            "permute": "permute", "channel_shuffle": "channel_shuffle",
+            "native_channel_shuffle": "channel_shuffle"}
 
 # aten ops that return a tuple whose first element is the tensor (the rest: indices)
 TUPLE_RESULTS = {"max_pool2d_with_indices"}
@@ -282,6 +295,8 @@ FX_FUNCTIONS: dict[object, tuple[str, tuple[str, ...]]] = {
     torch.transpose: ("transpose", ("self", "dim0", "dim1")),
     torch.permute: ("permute", ("self", "dims")),
     operator.getitem: ("getitem", ("self", "index")),
+    torch.channel_shuffle: ("channel_shuffle", ("self", "groups")),
+    F.channel_shuffle: ("channel_shuffle", ("self", "groups")),
     F.max_pool2d: ("max_pool2d", _POOL_ARGS),
     torch.max_pool2d: ("max_pool2d", _POOL_ARGS),
 }
@@ -295,6 +310,8 @@ FX_METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 
 def module_call(module: nn.Module, x: object) -> tuple[str, dict[str, object]] | None:
+    if isinstance(module, nn.ChannelShuffle):
+        return ("channel_shuffle", {"self": x, "groups": module.groups})
     if isinstance(module, nn.MaxPool2d):
         return ("max_pool2d", {"self": x, "kernel_size": module.kernel_size,
                                "stride": module.stride, "padding": module.padding,
