@@ -47,6 +47,8 @@ def _ir_axis(c: _Converter, node: _OnnxNode, layout: _Layout, axis: int) -> int:
 def _concat(c: _Converter, node: _OnnxNode) -> None:
     inputs = [c._input(node, i) for i in range(len(node.inputs))]
     layout = inputs[0][1]
+    if "axis" not in node.attrs:
+        raise UserError(f"ONNX Concat {node.where()} has no axis")
     axis = _ir_axis(c, node, layout, int(node.attrs["axis"]))
     if any(lay.order is not layout.order for _, lay in inputs):
         raise UserError(f"ONNX Concat {node.where()} joins tensors of different ranks")
