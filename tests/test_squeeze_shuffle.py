@@ -64,7 +64,7 @@ def _inputs(shape_nhwc) -> list[tuple[str, np.ndarray]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["squeezenet1_1_96", "shufflenetv2_0.5_96",
-                                  "shufflenetv2_1.0_128"])
+                                  "shufflenetv2_1.0_96"])
 def test_c_equals_numpy_and_tflm_and_tracks_pytorch(name, prepared, tmp_path):
     pytest.importorskip("tflite_micro.python.tflite_micro.runtime",
                         reason="the TFLM reference needs the tflite-micro package")
@@ -123,13 +123,12 @@ def test_shufflenet_in_qemu_cortex_m7_equals_numpy(prepared, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, route", [("shufflenetv2_0.5_96", "pt2"),
-                                         ("squeezenet1_1_96", "pt2"),
-                                         ("shufflenetv2_0.5_96", "onnx"),
-                                         ("squeezenet1_1_96", "onnx")])
-def test_pt2_and_onnx_routes_give_the_module_int8(name, route, prepared, tmp_path):
+@pytest.mark.parametrize("route", ["pt2", "onnx"])
+def test_pt2_and_onnx_routes_give_the_module_int8(route, prepared, tmp_path):
     """torch.export (as exported and decomposed to core ATen) and torch.onnx files of the zoo
-    model compile to the same int8 graph behaviour as the nn.Module."""
+    ShuffleNetV2 compile to the same int8 graph behaviour as the nn.Module. (SqueezeNet's
+    ops, ceil-mode max pools included, take these routes in test_torch_graph_ops.)"""
+    name = "shufflenetv2_0.5_96"
     module, example = zoo.get(name), torch.zeros(zoo.input_shape(name))
     files = []
     if route == "pt2":
