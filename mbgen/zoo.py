@@ -262,6 +262,9 @@ def _calibrate_batchnorm(model: nn.Module, resolution: int, generator: torch.Gen
                                            mode="bilinear", align_corners=False)
         batch = (smooth + noise.double()).clamp(-1.0, 1.0)
         model.double().train()
+        for module in model.modules():  # statistics of the eval-mode network, and no draws
+            if isinstance(module, nn.Dropout):  # from the global RNG (SqueezeNet's dropout
+                module.eval()                   # comes before a BatchNorm)
         with torch.no_grad():
             model(batch)
     finally:

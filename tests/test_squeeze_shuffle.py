@@ -54,6 +54,9 @@ def test_names_and_the_folded_squeezenet() -> None:
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     pools = [m for m in model.modules() if isinstance(m, torch.nn.MaxPool2d)]
     assert len(pools) == 3 and all(p.ceil_mode for p in pools)
+    torch.rand(7)  # the global RNG moved on: the seeded weights must not notice (dropout)
+    again = zoo.get("squeezenet1_1_96").state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in model.state_dict().items())
 
 
 def _inputs(shape_nhwc) -> list[tuple[str, np.ndarray]]:
