@@ -13,6 +13,8 @@ Names are ``mbv1_<alpha>_<resolution>``, ``mbv2_...``, ``mbv3s_...`` (MobileNetV
   stride is 1 and the channel count is unchanged. Channels are rounded to multiples of 8
   (:func:`make_divisible`); the last 1x1 conv has ``1280 * max(1, alpha)`` channels.
 * **MobileNetV3** Small and Large (Howard et al. 2019, Tables 2 and 1): see ``mbgen.zoo_v3``.
+* **SqueezeNet 1.1** (``squeezenet1_1_<res>``) and **ShuffleNetV2** x0.5 / x1.0
+  (``shufflenetv2_<alpha>_<res>``): see ``mbgen.zoo_light``.
 
 The weights are random but not arbitrary: Kaiming-normal convolutions, random BatchNorm
 affine parameters, and BatchNorm running statistics measured on a seeded synthetic batch, so
@@ -30,6 +32,7 @@ import torch
 from torch import nn
 
 from mbgen.errors import UserError
+from mbgen.zoo_light import SHUFFLENET_ALPHAS, ShuffleNetV2, SqueezeNet
 from mbgen.zoo_v3 import V3_ALPHAS, MobileNetV3
 
 V1_ALPHAS = (0.25, 0.5, 0.75, 1.0)
@@ -52,6 +55,7 @@ _CALIBRATION_BATCH = 4
 @dataclass(frozen=True)
 class ModelInfo:
     family: str        # "mobilenet_v1" | "mobilenet_v2" | "mobilenet_v3_small" | "..._large"
+                       # | "squeezenet1_1" | "shufflenet_v2"
     alpha: float       # width multiplier
     resolution: int    # input height and width
 
@@ -77,6 +81,12 @@ def _all_infos() -> dict[str, ModelInfo]:
         for alpha in alphas:
             for res in RESOLUTIONS:
                 infos[f"{prefix}_{_alpha_text(alpha)}_{res}"] = ModelInfo(family, alpha, res)
+    for res in RESOLUTIONS:
+        infos[f"squeezenet1_1_{res}"] = ModelInfo("squeezenet1_1", 1.0, res)
+    for alpha in SHUFFLENET_ALPHAS:
+        for res in RESOLUTIONS:
+            infos[f"shufflenetv2_{_alpha_text(alpha)}_{res}"] = ModelInfo("shufflenet_v2",
+                                                                          alpha, res)
     return infos
 
 
@@ -84,8 +94,8 @@ _INFOS = _all_infos()
 
 
 def names() -> list[str]:
-    """Every zoo model name, V1 before V2 before V3, narrow before wide, small before large
-    input."""
+    """Every zoo model name, V1 before V2 before V3 before SqueezeNet and ShuffleNetV2, narrow
+    before wide, small before large input."""
     return list(_INFOS)
 
 
@@ -261,6 +271,9 @@ def _calibrate_batchnorm(model: nn.Module, resolution: int, generator: torch.Gen
                                            mode="bilinear", align_corners=False)
         batch = (smooth + noise.double()).clamp(-1.0, 1.0)
         model.double().train()
+        for module in model.modules():  # statistics of the eval-mode network, and no draws
+            if isinstance(module, nn.Dropout):  # from the global RNG (SqueezeNet's dropout
+                module.eval()                   # comes before a BatchNorm)
         with torch.no_grad():
             model(batch)
     finally:
@@ -291,9 +304,15 @@ def get(name: str, num_classes: int = 1000, seed: int = 0, tf_padding: bool = Fa
         elif info.family.startswith("mobilenet_v3"):
             model = MobileNetV3(info.family.endswith("large"), info.alpha, make_divisible,
                                 num_classes)
+        elif info.family == "squeezenet1_1":
+            model = SqueezeNet(num_classes)
+        elif info.family == "shufflenet_v2":
+            model = ShuffleNetV2(info.alpha, num_classes)
         else:
             model = MobileNetV2(info.alpha, num_classes)
         generator = torch.Generator().manual_seed(seed)
         _init_weights(model, generator)
         _calibrate_batchnorm(model, info.resolution, generator)
+        if isinstance(model, SqueezeNet):
+            model.fold_batchnorm()
     return model

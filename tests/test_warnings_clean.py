@@ -17,7 +17,7 @@ from mbgen.codegen.generator import WARNING_FLAGS
 from conftest import SHARED_DIR
 
 STANDIN_INCLUDE = Path(__file__).resolve().parent / "cmsis_nn_standin" / "Include"
-MODELS = ["mbv1_0.25_96", "mbv2_0.35_96", "person_detect"]
+MODELS = ["mbv1_0.25_96", "mbv2_0.35_96", "person_detect", "shufflenetv2_0.5_96"]
 STANDARDS = ("c99", "c11")
 
 

@@ -45,12 +45,13 @@ def test_size_matches_published_numbers(name: str, macs_m: float, params_m: floa
 
 def test_names_cover_every_alpha_and_resolution() -> None:
     names = zoo.names()
-    assert len(names) == len(set(names)) == 2 * 4 * 5 + 2 * 3 * 5
+    assert len(names) == len(set(names)) == 2 * 4 * 5 + 2 * 3 * 5 + 5 + 2 * 5
     assert "mbv1_0.25_128" in names and "mbv1_1.0_224" in names
     assert "mbv2_0.35_96" in names and "mbv2_0.75_160" in names
     assert "mbv3s_0.75_128" in names and "mbv3l_0.5_160" in names
     prefixes = {"mobilenet_v1": "mbv1", "mobilenet_v2": "mbv2", "mobilenet_v3_small": "mbv3s",
-                "mobilenet_v3_large": "mbv3l"}
+                "mobilenet_v3_large": "mbv3l", "squeezenet1_1": "squeezenet1_1",
+                "shufflenet_v2": "shufflenetv2"}
     for name in names:
         info = zoo.describe(name)
         prefix = prefixes[info.family]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from mbgen import ir
 
 GRAPH_OPS = (ir.Concatenation, ir.MaxPool2D, ir.StridedSlice)
@@ -89,6 +91,32 @@ def emit_split(writer, run: SplitRun) -> None:
                 O.SplitVOptions, opts)
 
 
+def _max_pool_input(writer, node: ir.Node, op: ir.MaxPool2D) -> tuple[int, int]:
+    """(padding code, input index) of MAX_POOL_2D. Padding that is neither SAME nor VALID
+    (PyTorch's symmetric padding, ceil_mode) becomes a PADV2 with the lowest value of the
+    type, then VALID: a padded pixel never wins, as in ``ir.MaxPool2D``."""
+    x = node.inputs[0]
+    _, in_h, in_w, channels = writer.graph.tensors[x].shape
+    p = op.padding
+    if p == ir.Padding() or p == ir.Padding.same(in_h, in_w, *op.kernel, *op.stride, 1, 1):
+        return writer.window_padding(node, x, *op.kernel, op.stride, (1, 1), p,
+                                     may_pad=False)
+    source = writer.graph.tensors[x]
+    padded = writer.like(f"{node.name}/pad", x, (1, in_h + p.top + p.bottom,
+                                                 in_w + p.left + p.right, channels))
+    pads = writer.int32_const(f"{x}/paddings", [[0, 0], [p.top, p.bottom],
+                                                [p.left, p.right], [0, 0]])
+    lowest = np.array([np.iinfo(np.int8).min if source.dtype == "int8"
+                       else np.finfo(np.float32).min], dtype=source.dtype)
+    value = writer.add_tensor(writer.fresh_name(f"{node.name}/constant_values"), (1,),
+                              source.dtype, lowest, source.quant)
+    s = writer.s
+    writer.emit(s.BuiltinOperator.PADV2, 2 if source.dtype == "int8" else 1,
+                [writer.tensor(x), pads, value], [padded],
+                s.BuiltinOptions.PadV2Options, s.PadV2OptionsT())
+    return s.Padding.VALID, padded
+
+
 def emit(writer, node: ir.Node, activation_code: int) -> None:
     """One of ``GRAPH_OPS`` (``activation_code``: TFLite's code of a MaxPool2D activation)."""
     s, op = writer.s, node.op
@@ -102,8 +130,7 @@ def emit(writer, node: ir.Node, activation_code: int) -> None:
                     [writer.tensor(n) for n in node.inputs], [out],
                     O.ConcatenationOptions, opts)
     elif isinstance(op, ir.MaxPool2D):
-        code, x_index = writer.window_padding(node, node.inputs[0], *op.kernel, op.stride,
-                                              (1, 1), op.padding, may_pad=False)
+        code, x_index = _max_pool_input(writer, node, op)
         opts = s.Pool2DOptionsT()
         opts.padding = code
         opts.strideH, opts.strideW = op.stride

@@ -460,6 +460,7 @@ class _Converter:
         self.hard_swish_of: dict[str, str] = {}
         self.bias_add_of: dict[str, _OnnxNode] = {}
         self.absorbed: set[str] = set()
+        self.held_back: dict[str, object] = {}  # channel shuffle's 5-D views (onnx_graph_ops)
         self._find_patterns()
 
     # ------------------------------------------------------------------ bookkeeping
@@ -650,6 +651,9 @@ class _Converter:
 
     def _convert_node(self, node: _OnnxNode) -> None:
         domain = node.proto.domain
+        from mbgen.frontends import onnx_graph_ops  # Concat, Split, MaxPool, shuffle...
+        if domain in ("", "ai.onnx") and onnx_graph_ops.convert(self, node):
+            return
         converter = _CONVERTERS.get(node.op_type) if domain in ("", "ai.onnx") else None
         if converter is None:
             op = node.op_type if domain in ("", "ai.onnx") else f"{domain}.{node.op_type}"

@@ -34,8 +34,9 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from mbgen import ir
 from mbgen.errors import UserError
+from mbgen.frontends import (torch_elementwise, torch_graph_ops, torch_hard_activations,
+                             torch_layers)
 from mbgen.frontends.zero_pads import fold_zero_pads
-from mbgen.frontends import torch_elementwise, torch_hard_activations, torch_layers
 from mbgen.frontends.torch_values import Builder, Call, Value, contains_activation, unsupported
 
 # ----------------------------------------------------------------------------- conversion
@@ -43,6 +44,9 @@ from mbgen.frontends.torch_values import Builder, Call, Value, contains_activati
 
 def _convert(b: Builder, call: Call, preferred_name: str) -> object:
     name = b.unique_node_name(preferred_name)
+    shuffle = torch_graph_ops.advance(b, call, name)  # channel shuffle's 5-D view
+    if shuffle is not None:
+        return shuffle
     if torch_hard_activations.involved(call):
         result = torch_hard_activations.advance(b, call, name)
         if result is not None:
@@ -87,6 +91,7 @@ _ATEN_OPS = {
     "lift_fresh_copy": "identity",
     **torch_elementwise.ATEN_OPS,
     **torch_hard_activations.ATEN_OPS,
+    **torch_graph_ops.ATEN_OPS,
 }
 
 # Ops that only check shapes or metadata at run time: no data flows through them.
@@ -94,7 +99,8 @@ _ATEN_CHECKS = {"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_rang
                 "sym_constrain_range_for_size", "_assert_async"}
 
 # Canonical ops whose ATen form returns a tuple (output, saved statistics...).
-_TUPLE_RESULTS = {"_native_batch_norm_legit_no_training", "native_dropout"}
+_TUPLE_RESULTS = {"_native_batch_norm_legit_no_training", "native_dropout",
+                  *torch_graph_ops.TUPLE_RESULTS}
 
 
 def _bind_aten(target: torch._ops.OpOverload, args: tuple, kwargs: dict) -> dict[str, object]:
@@ -150,6 +156,7 @@ _FX_FUNCTIONS: dict[object, tuple[str, tuple[str, ...]]] = {
                                   "training", "momentum", "eps")),
     **torch_elementwise.FX_FUNCTIONS,
     **torch_hard_activations.FX_FUNCTIONS,
+    **torch_graph_ops.FX_FUNCTIONS,
 }
 
 _FX_METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -161,6 +168,7 @@ _FX_METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "squeeze": ("reshape", ()), "unsqueeze": ("reshape", ()),
     "contiguous": ("identity", ()), "clone": ("identity", ()), "detach": ("identity", ()),
     **torch_elementwise.FX_METHODS,
+    **torch_graph_ops.FX_METHODS,
 }
 
 _FX_DEFAULTS = {"eps": 1e-5, "keepdim": False, "count_include_pad": True, "ceil_mode": False}
@@ -207,7 +215,8 @@ def _module_call(module: nn.Module, x: object) -> tuple[str, dict[str, object]] 
         return ("identity", {"self": x, "training": module.training
                              and isinstance(module, nn.Dropout) and module.p > 0})
     return (torch_elementwise.module_call(module, x)
-            or torch_hard_activations.module_call(module, x))
+            or torch_hard_activations.module_call(module, x)
+            or torch_graph_ops.module_call(module, x))
 
 
 def _type_label(cls_path: str) -> str:
@@ -366,7 +375,8 @@ def _convert_fx_node(b: Builder, node: torch.fx.Node, args: tuple, kwargs: dict,
     else:  # call_function
         if node.target is getattr and args[1] == "shape":
             return torch.Size(args[0].torch_shape)
-        if node.target is operator.getitem and not contains_activation(args[0]):
+        if node.target is operator.getitem and (isinstance(args[0], tuple)
+                                                or not contains_activation(args[0])):
             return args[0][args[1]]
         spec = _FX_FUNCTIONS.get(node.target)
         kind = _target_label(node.target)

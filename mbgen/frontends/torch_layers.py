@@ -14,7 +14,7 @@ import torch
 
 from mbgen import ir
 from mbgen.errors import UserError
-from mbgen.frontends import torch_elementwise, torch_hard_activations
+from mbgen.frontends import torch_elementwise, torch_graph_ops, torch_hard_activations
 from mbgen.frontends.torch_values import (Builder, Call, Value, activation_arg, const_arg,
                                           pair, to_numpy, unsupported)
 
@@ -279,4 +279,5 @@ HANDLERS: dict[str, Callable[[Builder, Call, str], object]] = {
     "softmax": _softmax,
     **torch_elementwise.HANDLERS,
     **torch_hard_activations.HANDLERS,
+    **torch_graph_ops.HANDLERS,
 }

@@ -18,8 +18,9 @@ from mbgen.errors import UserError
 
 SUPPORTED_LAYERS = ("Conv2d (groups 1 or depthwise), BatchNorm2d, ReLU, ReLU6, Hardtanh(0, 6), "
                     "Hardswish, Hardsigmoid, Sigmoid, AdaptiveAvgPool2d(1), AvgPool2d, Flatten, "
-                    "Linear, Dropout, Identity, tensor addition and multiplication (same shape "
-                    "or a per-channel scale, as in squeeze-excitation)")
+                    "Linear, Dropout, Identity, MaxPool2d, torch.cat, chunk/split, channel "
+                    "shuffle (view -> transpose -> view), tensor addition and multiplication "
+                    "(same shape or a per-channel scale, as in squeeze-excitation)")
 
 
 # ----------------------------------------------------------------------------- values
