@@ -136,11 +136,15 @@ def prepare(spec: str, options: CompileOptions) -> PreparedModel:
     """Load `spec` and bring it to the int8 graph (calibrating float models)."""
     from mbgen import passes
     from mbgen.passes.strip_float_io import strip_float_io
+    from mbgen.validate import check_int8_graph
     source = resolve_model(spec)
     graph = strip_float_io(load_graph(source))
     if graph.is_quantized:
-        return PreparedModel(source, None, passes.optimize(graph))
-    return PreparedModel(source, graph, to_int8_graph(graph, options))
+        prepared = PreparedModel(source, None, passes.optimize(graph))
+    else:
+        prepared = PreparedModel(source, graph, to_int8_graph(graph, options))
+    check_int8_graph(prepared.graph)  # what no kernel set can compute is refused here, once
+    return prepared
 
 
 # ----------------------------------------------------------------------------- compile

@@ -32,7 +32,12 @@ def activation_range(activation: ir.Activation, out: ir.QuantParams) -> tuple[in
     zp = out.scalar_zero_point
 
     def quantize(real: float) -> int:  # float32 division, as TFLite does it
-        return zp + round_half_away(float(np.float32(real) / scale))
+        steps = float(np.float32(real) / scale)
+        # TFLM's Prepare refuses a bound that overflows int32 (no_integer_overflow_from_...).
+        if not -2.0**31 <= round_half_away(steps) <= 2.0**31 - 1:
+            raise ValueError(f"{activation.value} bound {real} is {steps:g} steps of the output "
+                             f"scale {float(scale):g}: beyond int32 (TFLM refuses it)")
+        return zp + round_half_away(steps)
 
     if activation is ir.Activation.NONE:
         return INT8_MIN, INT8_MAX
