@@ -67,6 +67,13 @@ _PREPARE: dict[type, Callable] = {
 
 def check_int8_graph(graph: ir.Graph) -> None:
     """Raise ``UserError`` naming the first layer or tensor no kernel set may compute."""
+    for name in graph.inputs + graph.outputs:
+        role = "input" if name in graph.inputs else "output"
+        if graph.tensors[name].is_const:
+            raise UserError(f"the model's {role} {name!r} is a constant, not computed")
+    if set(graph.inputs) & set(graph.outputs):
+        raise UserError(f"tensor {sorted(set(graph.inputs) & set(graph.outputs))[0]!r} is both "
+                        "an input and an output of the model")
     for node in graph.nodes:
         check_node(graph, node)
 
@@ -75,10 +82,8 @@ def check_node(graph: ir.Graph, node: ir.Node) -> None:
     def fail(message: str) -> UserError:
         return UserError(f"layer {node.name!r} ({ir.op_name(node.op)}): {message}")
 
-    dtypes = [graph.tensors[name].dtype for name in node.inputs[:1] + node.outputs]
-    if "float32" in dtypes and not isinstance(node.op, (ir.Quantize, ir.Dequantize)):
-        return  # float edges of a model are stripped or run as float: nothing int8 to check
     try:
+        _check_activation_types(graph, node)
         if isinstance(node.op, _CONV_LIKE):
             _check_conv_like(graph, node)
         if isinstance(node.op, _WINDOWED):
@@ -115,6 +120,19 @@ def _check_requantisation(record, fail) -> None:
                 bad = high if high > MAX_SHIFT else low
                 raise fail(f"the ratio of its scales needs a requantisation shift of {bad}, "
                            f"outside [{MIN_SHIFT}, {MAX_SHIFT}] (a scale is absurd)")
+
+
+def _check_activation_types(graph: ir.Graph, node: ir.Node) -> None:
+    """The kernels read and write int8 activations; uint8 lives only in the caller's buffers,
+    converted by a QUANTIZE (a uint8 interface); float edges were stripped before."""
+    for name in node.inputs + node.outputs:
+        t = graph.tensors[name]
+        if t.is_const or t.dtype == "int8":
+            continue
+        edge = name in graph.inputs if name in node.inputs else name in graph.outputs
+        if not (t.dtype == "uint8" and edge and isinstance(node.op, ir.Quantize)):
+            raise ValueError(f"tensor {name!r} is {t.dtype}: only int8 activations (uint8 "
+                             "through a QUANTIZE at the model's input or output) are supported")
 
 
 def _check_conv_like(graph: ir.Graph, node: ir.Node) -> None:

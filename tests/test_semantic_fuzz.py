@@ -463,9 +463,10 @@ def _person() -> bytes:
     return PERSON.read_bytes()
 
 
-def _fuzz(model: bytes, count: int, seed: int, tmp_path: Path, referee, builder) -> FuzzRun:
+def _fuzz(model: bytes, count: int, seed: int, tmp_path: Path, referee, builder,
+          label: str = "person_detect") -> FuzzRun:
     result = check_mutants(mutants(model, count, seed), tmp_path, referee, builder)
-    print(f"\n{count} mutants of person_detect (seed {seed}): {dict(result.counts)}")
+    print(f"\n{count} mutants of {label} (seed {seed}): {dict(result.counts)}")
     print("\n".join(result.notes))
     assert not result.failures, (f"{len(result.failures)} of {count} mutants failed:\n"
                                  + "\n".join(result.failures[:12]))
@@ -479,10 +480,36 @@ def test_person_detect_mutants_are_refused_or_exact(tmp_path, referee, builder):
     assert result.counts["compiled, equal to TFLM"] >= 40
 
 
+def _block_model() -> bytes:
+    """A small int8 graph, written by our TFLite writer, with the ops person_detect lacks:
+    hard-swish, squeeze-excite (mean, logistic, broadcast mul), residual add, max-pool,
+    split and concatenation, standalone RELU, requantise, fully connected and softmax."""
+    from mbgen import ir
+    from mbgen.export.tflite_writer import tflite_bytes
+    from test_tflite_graph_ops import OpsBuilder
+    a = ir.Activation
+    b = OpsBuilder(seed=7, name="fuzz_block")
+    x = b.input((1, 10, 10, 3), zero_point=-5)
+    y = b.hard_swish(b.conv(x, 8, stride=(2, 2), act=a.NONE))
+    d = b.depthwise(y, act=a.RELU)
+    gate = b.logistic(b.conv(b.mean(d), 8, k=(1, 1), act=a.NONE))
+    y = b.add(b.mul(d, gate), y)
+    left, right = b.split(y, [4, 4])
+    y = b.concat([b.max_pool(left, (2, 2), (1, 1)), b.requantize_like(
+        b.activation_op(right, a.RELU, scale=0.05), left)])
+    y = b.fully_connected(b.reshape(y, (1, 200)), 6)
+    return tflite_bytes(b.graph(b.softmax(y)))
+
+
+def test_block_mutants_are_refused_or_exact(tmp_path, referee, builder):
+    _fuzz(_block_model(), 120, SEED, tmp_path, referee, builder, "a small block graph")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_person_detect_mutants_more_seeds(seed, tmp_path, referee, builder):
+def test_more_mutants(seed, tmp_path, referee, builder):
     _fuzz(_person(), 400, seed, tmp_path, referee, builder)
+    _fuzz(_block_model(), 400, seed, tmp_path, referee, builder, "a small block graph")
 
 
 # ----------------------------------------------------------------------------- regressions
@@ -549,6 +576,37 @@ def test_regression_mutants_are_refused_in_one_line(name, edit, message, tmp_pat
     with pytest.raises(UserError, match=message) as caught:
         compiler.prepare(str(path), compiler.CompileOptions())
     assert "\n" not in str(caught.value)
+
+
+def test_a_constant_as_the_models_output_is_refused(tmp_path):
+    """Found on the block graph: a weight tensor named as the subgraph's output compiled to C
+    that never wrote the output (TFLM returns the constant)."""
+    from mbgen import compiler
+    m = schema.ModelT.InitFromPackedBuf(_block_model(), 0)
+    sg = m.subgraphs[0]
+    weights = next(i for i, t in enumerate(sg.tensors) if m.buffers[t.buffer].data is not None)
+    sg.outputs = np.array([weights], np.int32)
+    path = tmp_path / "constant_output.tflite"
+    path.write_bytes(_packed(m))
+    with pytest.raises(UserError, match=r"the model's output '.*' is a constant"):
+        compiler.prepare(str(path), compiler.CompileOptions())
+
+
+def test_fully_connected_bias_scale_tflm_refuses_is_refused(tmp_path):
+    """Found on the block graph: TFLM's FULLY_CONNECTED Prepare refuses a bias scale 2% (of the
+    output scale) away from input x weight scale; we compiled it."""
+    from mbgen import compiler
+    m = schema.ModelT.InitFromPackedBuf(_block_model(), 0)
+    sg = m.subgraphs[0]
+    fc = next(op for op in sg.operators if type(op.builtinOptions).__name__
+              == "FullyConnectedOptionsT")
+    q = sg.tensors[fc.inputs[2]].quantization
+    q.scale = np.array(q.scale, np.float32)
+    q.scale[0] = 1.0
+    path = tmp_path / "fc_bias_scale.tflite"
+    path.write_bytes(_packed(m))
+    with pytest.raises(UserError, match=r"\(FullyConnected\): bias scale 1 is not input scale"):
+        compiler.prepare(str(path), compiler.CompileOptions())
 
 
 def test_absurd_scale_exits_2_with_one_line_from_the_cli(tmp_path):
