@@ -83,23 +83,30 @@ def check_node(graph: ir.Graph, node: ir.Node) -> None:
         return UserError(f"layer {node.name!r} ({ir.op_name(node.op)}): {message}")
 
     try:
-        _check_activation_types(graph, node)
-        if isinstance(node.op, _CONV_LIKE):
-            _check_conv_like(graph, node)
-        if isinstance(node.op, _WINDOWED):
-            _check_window(graph, node)
-        if isinstance(node.op, ir.Softmax) and not (np.isfinite(node.op.beta)
-                                                    and node.op.beta > 0):
-            raise ValueError(f"softmax beta {node.op.beta} must be positive and finite")
-        prepare = _PREPARE.get(type(node.op))
-        record = prepare(graph, node) if prepare is not None else None
+        with np.errstate(all="ignore"):  # an absurd scale overflows float32: refused, not warned
+            record = _checked_prepare(graph, node)
     except (ValueError, AssertionError, ZeroDivisionError, OverflowError) as exc:
         raise fail(_one_line(exc, node)) from None
     if record is not None:
         _check_requantisation(record, fail)
 
 
+def _checked_prepare(graph: ir.Graph, node: ir.Node):
+    """The node's contracts (ValueError on a breach), then its Prepare record or None."""
+    _check_activation_types(graph, node)
+    if isinstance(node.op, _CONV_LIKE):
+        _check_conv_like(graph, node)
+    if isinstance(node.op, _WINDOWED):
+        _check_window(graph, node)
+    if isinstance(node.op, ir.Softmax) and not (np.isfinite(node.op.beta) and node.op.beta > 0):
+        raise ValueError(f"softmax beta {node.op.beta} must be positive and finite")
+    prepare = _PREPARE.get(type(node.op))
+    return prepare(graph, node) if prepare is not None else None
+
+
 def _one_line(exc: Exception, node: ir.Node) -> str:
+    if isinstance(exc, OverflowError):  # float("inf") met int(): a ratio overflowed float32
+        return "the ratio of its scales is not finite (a scale is absurd)"
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text.removeprefix(f"{node.name}: ")
 
@@ -111,7 +118,7 @@ def _check_requantisation(record, fail) -> None:
         if not values.size:
             continue
         name = f.name
-        if name.endswith(("multiplier", "multipliers")) and "int16" not in name:
+        if name.endswith(("multiplier", "multipliers")):
             if values.min() < 0 or values.max() > MAX_MULTIPLIER:
                 raise fail(f"requantisation {name} {int(values.max())} outside [0, 2**31)")
         elif name.endswith(("shift", "shifts")) and name != "left_shift":

@@ -609,6 +609,27 @@ def test_fully_connected_bias_scale_tflm_refuses_is_refused(tmp_path):
         compiler.prepare(str(path), compiler.CompileOptions())
 
 
+def test_overflowing_scale_ratio_exits_2_with_one_line_and_no_warning(tmp_path):
+    """A standalone RELU whose output scale is the smallest float32: the float32 ratio of the
+    scales overflows; numpy's warning once went to stderr before the message."""
+    import subprocess
+    import sys
+    m = schema.ModelT.InitFromPackedBuf(_block_model(), 0)
+    sg = m.subgraphs[0]
+    relu = next(op for op in sg.operators
+                if max(m.operatorCodes[op.opcodeIndex].builtinCode,
+                       m.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode) == 19)  # RELU
+    sg.tensors[relu.outputs[0]].quantization.scale = np.array([1e-45], np.float32)
+    path = tmp_path / "relu_scale.tflite"
+    path.write_bytes(_packed(m))
+    proc = subprocess.run([sys.executable, "-m", "mbgen.cli", "compile", str(path), "--target",
+                           "host", "-o", str(tmp_path / "out")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert "(ActivationOp): the ratio of its scales is not finite" in proc.stderr
+
+
 def test_absurd_scale_exits_2_with_one_line_from_the_cli(tmp_path):
     import subprocess
     import sys
