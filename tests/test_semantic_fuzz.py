@@ -11,22 +11,19 @@ buffer's length. Each mutant goes through the pipeline the CLI runs (``compiler.
 * compile to C that runs clean under ``-fsanitize=address,undefined -fno-sanitize-recover``
   and gives TFLM's bytes on two inputs wherever TFLM (``tflite_micro``) runs the mutant.
 
+Seeds: the shared person_detect.tflite (200 mutants; mobilenet_v1_0.25_128_quant.tflite is a
+legacy uint8 file that mbgen and TFLM both refuse whole, see MODELS.md) and a small block graph
+written by our TFLite writer with the ops person_detect lacks (120 mutants). The counts are
+printed (``-s``); the slow variant runs 400 more of each for three other seeds.
+
 TFLM runs in a child process, so a mutant that crashes TFLM cannot take pytest with it.
-Mutants the fuzz once caught being miscompiled are kept in ``REGRESSIONS``.
+Mutants the fuzz once caught being miscompiled are kept as regression tests at the end.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import copy
-import hashlib
-import multiprocessing
-import os
 import shutil
-import subprocess
-import traceback
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -36,411 +33,14 @@ import pytest
 from conftest import SHARED_DIR
 from mbgen.errors import UserError
 
-schema = pytest.importorskip("tflite_micro.tensorflow.lite.micro.python.schema_py_generated",
-                             reason="the TFLM referee needs the tflite-micro package")
-pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
+pytest.importorskip("tflite_micro.python.tflite_micro.runtime",
+                    reason="the TFLM referee needs the tflite-micro package")
 
-from test_tflite_graph_ops import _packed  # noqa: E402  (ModelT -> .tflite bytes)
+from fuzz_mutations import _packed, mutants, option_sweep, schema  # noqa: E402
+from fuzz_referee import FuzzRun, SanitizedBuilder, TflmReferee, check_mutants  # noqa: E402
 
 PERSON = SHARED_DIR / "models" / "person_detect.tflite"
 SEED = 20261202
-SANITIZE = ("-std=c99", "-O1", "-Wall", "-Wextra", "-Werror", "-fno-omit-frame-pointer",
-            "-fsanitize=address,undefined", "-fno-sanitize-recover=all")
-RUN_ENV = {**os.environ, "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0",
-           "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
-
-# TFLite BuiltinOperator codes the mutations swap between.
-_SWAPPABLE_OPCODES = (1, 3, 4, 9, 14, 17, 22, 25, 40, 114, 117)  # AVG_POOL, CONV, DW, FC,
-# LOGISTIC, MAX_POOL, RESHAPE, SOFTMAX, MEAN, QUANTIZE, HARD_SWISH
-
-
-# ----------------------------------------------------------------------------- mutations
-
-
-def _operators_with(m, *fields: str) -> list:
-    return [op for op in m.subgraphs[0].operators
-            if op.builtinOptions is not None and all(hasattr(op.builtinOptions, f)
-                                                     for f in fields)]
-
-
-def _pick(rng, items):
-    return items[int(rng.integers(len(items)))]
-
-
-def _set_option(m, rng, fields: tuple[str, ...], values: tuple) -> str:
-    ops = _operators_with(m, fields[0])
-    op = _pick(rng, ops)
-    field = _pick(rng, fields)
-    old = getattr(op.builtinOptions, field)
-    value = _pick(rng, [v for v in values if v != old] or list(values))
-    setattr(op.builtinOptions, field, type(old)(value))
-    return f"op {m.subgraphs[0].operators.index(op)} {field} {old} -> {value}"
-
-
-def _quantized_tensor(m, rng):
-    tensors = [t for t in m.subgraphs[0].tensors
-               if t.quantization is not None and t.quantization.scale is not None]
-    return _pick(rng, tensors)
-
-
-def mutate_scale(m, rng) -> str:
-    t = _quantized_tensor(m, rng)
-    scale = np.array(t.quantization.scale, np.float32)
-    i = int(rng.integers(scale.size))
-    old = float(scale[i])
-    scale[i] = _pick(rng, [1e30, 1e-30, 0.0, -old, np.nan, np.inf, old * 2, old / 2, old * 1e3,
-                           old * 1e-3, old * 1e6, old * 1e-6, 3.0e38, 1e-12, 1.0])
-    t.quantization.scale = scale
-    return f"{t.name!r} scale[{i}] {old:g} -> {scale[i]:g}"
-
-
-def mutate_zero_point(m, rng) -> str:
-    t = _quantized_tensor(m, rng)
-    zp = np.array(t.quantization.zeroPoint, np.int64)
-    i = int(rng.integers(zp.size))
-    old = int(zp[i])
-    zp[i] = _pick(rng, [-128, 127, 128, -129, 255, 1000, old + 1, old - 5, 1 << 40])
-    t.quantization.zeroPoint = zp
-    return f"{t.name!r} zero_point[{i}] {old} -> {zp[i]}"
-
-
-def mutate_shape(m, rng) -> str:
-    t = _pick(rng, m.subgraphs[0].tensors)
-    shape = np.array(t.shape, np.int32)
-    if shape.size == 0:
-        t.shape = np.array([1], np.int32)
-        return f"{t.name!r} shape () -> (1,)"
-    i = int(rng.integers(shape.size))
-    old = int(shape[i])
-    shape[i] = _pick(rng, [old + 1, old - 1, 0, -1, old * 2, 1, max(old // 2, 1), 1 << 16])
-    t.shape = shape
-    return f"{t.name!r} shape[{i}] {old} -> {shape[i]}"
-
-
-def mutate_rank(m, rng) -> str:
-    t = _pick(rng, m.subgraphs[0].tensors)
-    old = tuple(int(d) for d in t.shape)
-    t.shape = np.array(old[1:] if old and rng.random() < 0.5 else (1,) + old, np.int32)
-    return f"{t.name!r} shape {old} -> {tuple(t.shape)}"
-
-
-def mutate_stride(m, rng) -> str:
-    return _set_option(m, rng, ("strideH", "strideW"), (0, -1, 1, 2, 3, 7, 1 << 20))
-
-
-def mutate_dilation(m, rng) -> str:
-    return _set_option(m, rng, ("dilationHFactor", "dilationWFactor"), (0, -1, 1, 2, 3, 50))
-
-
-def mutate_activation(m, rng) -> str:
-    return _set_option(m, rng, ("fusedActivationFunction",), (0, 1, 2, 3, 4, 5, 6, 100))
-
-
-def mutate_padding(m, rng) -> str:
-    return _set_option(m, rng, ("padding",), (0, 1, 2, 7))
-
-
-def mutate_depth_multiplier(m, rng) -> str:
-    return _set_option(m, rng, ("depthMultiplier",), (0, 1, 2, 4, 8, 16, -1))
-
-
-def mutate_pool_window(m, rng) -> str:
-    return _set_option(m, rng, ("filterHeight", "filterWidth"), (0, -1, 1, 2, 4, 6, 100))
-
-
-def mutate_beta(m, rng) -> str:
-    return _set_option(m, rng, ("beta",), (0.0, -1.0, 2.0, 1e-6, 1e30, float("nan")))
-
-
-def mutate_reshape(m, rng) -> str:
-    op = _pick(rng, _operators_with(m, "newShape"))
-    old = tuple(int(v) for v in op.builtinOptions.newShape)
-    op.builtinOptions.newShape = np.array(
-        _pick(rng, [(2, 1), (1, 1, 2), (-1,), (1, 3), (0, 2)]), np.int32)
-    return f"reshape newShape {old} -> {tuple(op.builtinOptions.newShape)}"
-
-
-def mutate_type(m, rng) -> str:
-    t = _pick(rng, m.subgraphs[0].tensors)
-    old = t.type
-    t.type = _pick(rng, [v for v in (0, 2, 3, 4, 7, 9) if v != old])
-    return f"{t.name!r} type {old} -> {t.type}"
-
-
-def mutate_quantized_dimension(m, rng) -> str:
-    t = _quantized_tensor(m, rng)
-    old = t.quantization.quantizedDimension
-    t.quantization.quantizedDimension = _pick(rng, [v for v in (0, 1, 2, 3, 5) if v != old])
-    return f"{t.name!r} quantized_dimension {old} -> {t.quantization.quantizedDimension}"
-
-
-def mutate_scale_count(m, rng) -> str:
-    t = _quantized_tensor(m, rng)
-    q = t.quantization
-    n = len(q.scale)
-    keep = _pick(rng, [max(n - 1, 0), n + 1, 1, 2 * n])
-    q.scale = np.resize(np.array(q.scale, np.float32), keep)
-    q.zeroPoint = np.resize(np.array(q.zeroPoint, np.int64), keep)
-    return f"{t.name!r} {n} -> {keep} scales"
-
-
-def mutate_wiring(m, rng) -> str:
-    sg = m.subgraphs[0]
-    index = int(rng.integers(len(sg.operators)))
-    op = sg.operators[index]
-    kind = int(rng.integers(6))
-    count = len(sg.tensors)
-    if kind == 0:    # an input from another tensor, or an absent / out-of-range index
-        slot = int(rng.integers(len(op.inputs)))
-        new = _pick(rng, [int(rng.integers(count)), -1, count, 1 << 20])
-        old, op.inputs = op.inputs[slot], np.array(op.inputs, np.int32)
-        op.inputs[slot] = new
-        return f"op {index} input {slot}: {old} -> {new}"
-    if kind == 1:    # the output is another tensor
-        new = _pick(rng, [int(rng.integers(count)), count])
-        old, op.outputs = op.outputs[0], np.array([new], np.int32)
-        return f"op {index} output {old} -> {new}"
-    if kind == 2:    # inputs dropped or added
-        ins = list(op.inputs)
-        ins = ins[:-1] if ins and rng.random() < 0.5 else ins + [int(rng.integers(count))]
-        op.inputs = np.array(ins, np.int32)
-        return f"op {index} inputs -> {ins}"
-    if kind == 3:    # two inputs swapped
-        if len(op.inputs) < 2:
-            return mutate_wiring(m, rng)
-        op.inputs = np.array(op.inputs[::-1], np.int32)
-        return f"op {index} inputs reversed"
-    if kind == 4:    # another operator code
-        codes = m.operatorCodes
-        old = op.opcodeIndex
-        op.opcodeIndex = _pick(rng, [i for i in range(len(codes)) if i != old] + [len(codes)])
-        return f"op {index} opcode index {old} -> {op.opcodeIndex}"
-    other = int(rng.integers(len(sg.operators)))  # two operators run in the other order
-    sg.operators[index], sg.operators[other] = sg.operators[other], sg.operators[index]
-    return f"ops {index} and {other} swapped"
-
-
-def mutate_opcode(m, rng) -> str:
-    code = _pick(rng, m.operatorCodes)
-    old = max(code.builtinCode, code.deprecatedBuiltinCode)
-    new = _pick(rng, [c for c in _SWAPPABLE_OPCODES if c != old])
-    code.builtinCode, code.deprecatedBuiltinCode = new, min(new, 127)
-    return f"operator code {old} -> {new}"
-
-
-def mutate_graph_io(m, rng) -> str:
-    sg = m.subgraphs[0]
-    which = _pick(rng, ["inputs", "outputs"])
-    new = _pick(rng, [int(rng.integers(len(sg.tensors))), len(sg.tensors), -1])
-    setattr(sg, which, np.array([new], np.int32))
-    return f"subgraph {which} -> [{new}]"
-
-
-def mutate_buffer(m, rng) -> str:
-    sg = m.subgraphs[0]
-    t = _pick(rng, [t for t in sg.tensors if m.buffers[t.buffer].data is not None])
-    buf = m.buffers[t.buffer]
-    kind = int(rng.integers(3))
-    if kind == 0:    # data shorter or longer than the shape
-        n = len(buf.data)
-        new = _pick(rng, [n - 1, n + 1, n - 4, n + 4, n // 2, 1])
-        buf.data = np.resize(np.array(buf.data, np.uint8), max(new, 1))
-        return f"{t.name!r} buffer {n} -> {len(buf.data)} bytes"
-    if kind == 1:    # another buffer, or the empty one (the constant becomes an activation)
-        old = t.buffer
-        t.buffer = _pick(rng, [0, int(rng.integers(len(m.buffers))), len(m.buffers)])
-        return f"{t.name!r} buffer index {old} -> {t.buffer}"
-    data = np.array(buf.data, np.uint8)  # extreme constant values (weights, biases)
-    data[int(rng.integers(data.size))::max(data.size // 7, 1)] = _pick(rng, [0x7F, 0x80, 0xFF])
-    buf.data = data
-    return f"{t.name!r} constant bytes set to extremes"
-
-
-# (mutation, weight): mostly the small, meaningful edits of a model's numbers.
-MUTATIONS: tuple[tuple[Callable, int], ...] = (
-    (mutate_scale, 6), (mutate_zero_point, 4), (mutate_shape, 4), (mutate_rank, 1),
-    (mutate_stride, 3), (mutate_dilation, 3), (mutate_activation, 3), (mutate_padding, 1),
-    (mutate_depth_multiplier, 2), (mutate_pool_window, 2), (mutate_beta, 1),
-    (mutate_reshape, 1), (mutate_type, 1), (mutate_quantized_dimension, 1),
-    (mutate_scale_count, 1), (mutate_wiring, 3), (mutate_opcode, 1), (mutate_graph_io, 1),
-    (mutate_buffer, 3),
-)
-
-
-def mutants(model: bytes, count: int, seed: int) -> list[tuple[str, bytes]]:
-    base = schema.ModelT.InitFromPackedBuf(model, 0)
-    rng = np.random.default_rng(seed)
-    funcs = [f for f, _ in MUTATIONS]
-    weights = np.array([w for _, w in MUTATIONS], np.float64)
-    out = []
-    while len(out) < count:
-        m = copy.deepcopy(base)
-        mutation = funcs[int(rng.choice(len(funcs), p=weights / weights.sum()))]
-        what = f"{mutation.__name__.removeprefix('mutate_')}: {mutation(m, rng)}"
-        out.append((what, _packed(m)))
-    return out
-
-
-# ----------------------------------------------------------------------------- the referee
-
-
-def _tflm_outputs(data: bytes, inputs: list[np.ndarray]):
-    """In the child: TFLM's output for each input, or the reason it refused the model."""
-    from mbgen.errors import RunFailure
-    from mbgen.tflm import run_tflm
-    try:
-        return [run_tflm(data, x).reshape(-1) for x in inputs]
-    except (RunFailure, UserError) as exc:
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    except Exception as exc:  # noqa: BLE001 - the wrapper itself fails on some mutants
-        return f"the TFLM wrapper failed: {type(exc).__name__}"
-
-
-class TflmReferee:
-    """TFLM in one long-lived child process, restarted when a mutant crashes or hangs it."""
-
-    def __init__(self):
-        self.pool = None
-
-    def run(self, data: bytes, inputs: list[np.ndarray]):
-        """List of outputs; a string when TFLM refuses; None when TFLM crashed or hung."""
-        if self.pool is None:
-            self.pool = concurrent.futures.ProcessPoolExecutor(
-                1, mp_context=multiprocessing.get_context("fork"))
-        try:
-            return self.pool.submit(_tflm_outputs, data, inputs).result(timeout=60)
-        except (concurrent.futures.process.BrokenProcessPool,
-                concurrent.futures.TimeoutError):
-            self.close()
-            return None
-
-    def close(self):
-        if self.pool is not None:
-            for process in list(getattr(self.pool, "_processes", {}).values()):
-                process.kill()
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool = None
-
-
-# ----------------------------------------------------------------------------- our side
-
-
-class SanitizedBuilder:
-    """Host builds under ASan+UBSan; objects cached by their source and headers' content (most
-    mutants change model.c only)."""
-
-    def __init__(self, cache: Path):
-        self.cache = cache
-        cache.mkdir(parents=True, exist_ok=True)
-        self.cc = shutil.which("gcc") or shutil.which("cc")
-
-    def build(self, folder: Path) -> tuple[Path | None, str]:
-        headers = b"".join(p.read_bytes() for p in sorted(folder.glob("*.h")))
-        objects = []
-        for source in sorted(folder.glob("*.c")):
-            key = hashlib.sha256(headers + source.read_bytes()).hexdigest()[:24]
-            obj = self.cache / f"{key}.o"
-            if not obj.exists():
-                proc = subprocess.run([self.cc, *SANITIZE, "-I", str(folder), "-c", str(source),
-                                       "-o", str(obj)], capture_output=True, text=True)
-                if proc.returncode != 0:
-                    return None, f"{source.name}: {proc.stderr.strip()[:600]}"
-            objects.append(str(obj))
-        exe = folder / "prog"
-        proc = subprocess.run([self.cc, "-fsanitize=address,undefined", *objects, "-o",
-                               str(exe)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            return None, f"link: {proc.stderr.strip()[:600]}"
-        return exe, ""
-
-
-def _run_exe(exe: Path, x: np.ndarray, work: Path) -> tuple[np.ndarray | None, str]:
-    src, dst = work / "in.bin", work / "out.bin"
-    src.write_bytes(x.tobytes())
-    dst.unlink(missing_ok=True)
-    proc = subprocess.run([str(exe), str(src), str(dst)], capture_output=True, text=True,
-                          timeout=60, env=RUN_ENV)
-    if proc.returncode != 0:
-        return None, f"exit {proc.returncode}: {proc.stderr.strip()[-1500:]}"
-    return np.frombuffer(dst.read_bytes(), np.int8), ""
-
-
-def _inputs(graph, seed: int) -> list[np.ndarray]:
-    t = graph.tensors[graph.inputs[0]]
-    rng = np.random.default_rng(seed)
-    dtype = np.uint8 if t.dtype == "uint8" else np.int8
-    info = np.iinfo(dtype)
-    return [rng.integers(info.min, info.max + 1, t.shape).astype(dtype),
-            rng.choice(np.array([info.min, info.max], dtype), t.shape)]
-
-
-@dataclass
-class FuzzRun:
-    """Outcome counts and every failure, for one batch of mutants."""
-
-    counts: Counter
-    failures: list[str]
-    notes: list[str]     # mutants we compile and TFLM refuses or crashes on
-
-
-def check_mutants(samples: list[tuple[str, bytes]], work: Path,
-                  referee: TflmReferee, builder: SanitizedBuilder) -> FuzzRun:
-    from mbgen import compiler
-    counts: Counter = Counter()
-    failures: list[str] = []
-    notes: list[str] = []
-    path = work / "mutant.tflite"
-    for index, (what, data) in enumerate(samples):
-        label = f"mutant {index} ({what})"
-        path.write_bytes(data)
-        out = work / f"out{index}"
-        try:
-            prepared = compiler.prepare(str(path), compiler.CompileOptions())
-            compiler.emit(prepared, compiler.CompileOptions(target="host", out_dir=out))
-        except UserError as exc:
-            if "\n" in str(exc) or not str(exc):
-                failures.append(f"{label}: message not one line: {exc!r}")
-            counts["refused"] += 1
-            continue
-        except Exception as exc:  # noqa: BLE001 - exactly what the fuzz hunts for
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            failures.append(f"{label}: {type(exc).__name__}: {str(exc)[:200]} at "
-                            f"{Path(where.filename).name}:{where.lineno}")
-            counts["crashed"] += 1
-            continue
-        exe, error = builder.build(out)
-        if exe is None:
-            failures.append(f"{label}: sanitizer build failed: {error}")
-            counts["build failed"] += 1
-            shutil.rmtree(out)
-            continue
-        inputs = _inputs(prepared.graph, seed=index)
-        ours = []
-        for x in inputs:
-            got, error = _run_exe(exe, x, work)
-            if got is None:
-                failures.append(f"{label}: the C fails under the sanitizers: {error}")
-                break
-            ours.append(got)
-        shutil.rmtree(out)
-        if len(ours) < len(inputs):
-            counts["sanitizer report"] += 1
-            continue
-        theirs = referee.run(data, inputs)
-        if theirs is None:
-            counts["compiled, TFLM crashed"] += 1
-            notes.append(f"{label}: TFLM crashed or hung")
-        elif isinstance(theirs, str):
-            counts["compiled, TFLM refused"] += 1
-            notes.append(f"{label}: TFLM refused: {theirs[:200]}")
-        elif all(np.array_equal(a.view(np.uint8), b.view(np.uint8).reshape(-1))
-                 for a, b in zip(ours, theirs)):
-            counts["compiled, equal to TFLM"] += 1
-        else:
-            counts["compiled, differs from TFLM"] += 1
-            failures.append(f"{label}: differs from TFLM: ours {ours[0][:8]} "
-                            f"TFLM {theirs[0][:8]}")
-    return FuzzRun(counts, failures, notes)
 
 
 @pytest.fixture(scope="module")
@@ -505,11 +105,27 @@ def test_block_mutants_are_refused_or_exact(tmp_path, referee, builder):
     _fuzz(_block_model(), 120, SEED, tmp_path, referee, builder, "a small block graph")
 
 
+def test_block_option_sweep_is_refused_or_exact(tmp_path, referee, builder):
+    samples = option_sweep(_block_model())
+    result = check_mutants(samples, tmp_path, referee, builder)
+    print(f"\n{len(samples)} option edits of a small block graph: {dict(result.counts)}")
+    assert not result.failures, "\n".join(result.failures[:12])
+    assert len(samples) >= 60 and result.counts["compiled, equal to TFLM"] >= 20
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2])
 def test_more_mutants(seed, tmp_path, referee, builder):
-    _fuzz(_person(), 400, seed, tmp_path, referee, builder)
-    _fuzz(_block_model(), 400, seed, tmp_path, referee, builder, "a small block graph")
+    _fuzz(_person(), 250, seed, tmp_path, referee, builder)
+    _fuzz(_block_model(), 250, seed, tmp_path, referee, builder, "a small block graph")
+
+
+@pytest.mark.slow
+def test_person_detect_option_sweep(tmp_path, referee, builder):
+    samples = option_sweep(_person())
+    result = check_mutants(samples, tmp_path, referee, builder)
+    print(f"\n{len(samples)} option edits of person_detect: {dict(result.counts)}")
+    assert not result.failures, "\n".join(result.failures[:12])
 
 
 # ----------------------------------------------------------------------------- regressions
