@@ -267,3 +267,17 @@ def test_scale_that_flushes_the_multiplier_to_zero_matches_tflm(tmp_path, refere
     result = check_mutants([("weight scale 1e-30", data)], tmp_path, referee, builder)
     assert not result.failures, result.failures
     assert result.counts == Counter({"compiled, equal to TFLM": 1})
+
+
+def test_depthwise_without_bias_equals_the_reference_where_tflm_crashes(tmp_path, referee,
+                                                                        builder):
+    """Found by the fuzz: a DEPTHWISE_CONV_2D whose optional bias is absent (-1) is legal
+    TFLite, but the TFLM wheel dies on it; the numpy reference referees our C instead."""
+    def drop_bias(m):
+        op = m.subgraphs[0].operators[7]
+        op.inputs = np.array(op.inputs, np.int32)
+        op.inputs[2] = -1
+    result = check_mutants([("no bias", _edited(drop_bias))], tmp_path, referee, builder)
+    assert not result.failures, result.failures
+    (outcome,) = result.counts
+    assert outcome.endswith("equal to reference") or outcome == "compiled, equal to TFLM"
