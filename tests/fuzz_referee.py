@@ -4,7 +4,8 @@
 ``compiler.emit`` for the host). A refusal must be a one-line ``UserError``; anything else
 compiled is built with ASan and UBSan (``-fno-sanitize-recover``, objects cached by content),
 run on two inputs, and compared with TFLM, which runs in a child process so that a mutant
-crashing TFLM cannot take pytest with it.
+crashing TFLM cannot take pytest with it. Where TFLM crashes on or refuses a mutant we compile,
+the numpy reference (``mbgen.reference``, written from the spec) referees instead.
 """
 
 from __future__ import annotations
