@@ -32,6 +32,8 @@ RUN_ENV = {**os.environ, "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0",
 
 def _tflm_outputs(data: bytes, inputs: list[np.ndarray]):
     """In the child: TFLM's output for each input, or the reason it refused the model."""
+    import faulthandler
+    faulthandler.disable()  # a mutant that kills TFLM is counted, not dumped on stderr
     from mbgen.errors import RunFailure
     from mbgen.tflm import run_tflm
     try:
