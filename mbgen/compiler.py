@@ -160,6 +160,7 @@ def prepare(spec: str, options: CompileOptions) -> PreparedModel:
     """Load `spec` and bring it to the int8 graph (calibrating float models)."""
     from mbgen import passes
     from mbgen.passes.strip_float_io import strip_float_io
+    from mbgen.validate import check_int8_graph
     source = resolve_model(spec)
     if options.weights is not None:
         from mbgen.weights_tflite import zoo_graph_with_weights
@@ -168,9 +169,12 @@ def prepare(spec: str, options: CompileOptions) -> PreparedModel:
         graph = strip_float_io(load_graph(source))
     preprocessing = preprocessing_of(graph, options)
     if graph.is_quantized:
-        return PreparedModel(source, None, passes.optimize(graph), preprocessing)
-    return PreparedModel(source, graph, to_int8_graph(graph, options, preprocessing),
-                         preprocessing)
+        prepared = PreparedModel(source, None, passes.optimize(graph), preprocessing)
+    else:
+        prepared = PreparedModel(source, graph, to_int8_graph(graph, options, preprocessing),
+                                 preprocessing)
+    check_int8_graph(prepared.graph)  # what no kernel set can compute is refused here, once
+    return prepared
 
 
 # ----------------------------------------------------------------------------- compile

@@ -20,8 +20,8 @@ Choices worth knowing:
 * FULLY_CONNECTED takes a flat ``(1, I)`` input in the IR; when the file feeds it a tensor of
   another shape (TFLite flattens implicitly) we insert an explicit ``ir.Reshape`` before it,
   and one after it when ``keep_num_dims`` gives a non-flat output.
-* DEPTHWISE_CONV_2D's multiplier is derived from the shapes (as TFLite does); the option
-  field is unreliable in old files.
+* DEPTHWISE_CONV_2D's multiplier must equal output / input channels: TFLM computes with the
+  option field whatever the shapes say, so a file where they disagree is refused.
 * 1-D per-channel tensors (biases) get axis 0 whatever ``quantized_dimension`` says:
   person_detect's depthwise biases carry 3, which TFLM ignores too.
 * A DEQUANTIZE of a constant float16 tensor (float16-compressed float models) is folded into a
@@ -107,6 +107,7 @@ class _RawOptions:
     num_splits: int = 0            # SPLIT, SPLIT_V
     slice_masks: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)  # STRIDED_SLICE: begin,
     slice_offset: bool = False     # end, ellipsis, new-axis and shrink-axis masks; offset
+    depth_multiplier: int = 1      # DEPTHWISE_CONV_2D
 
 
 @dataclass(frozen=True)
@@ -286,7 +287,8 @@ def _read_options(tflite, op) -> _RawOptions:
     if kind == kinds.DepthwiseConv2DOptions:
         o = view(tflite.DepthwiseConv2DOptions)
         return _RawOptions(kind, o.Padding(), o.StrideH(), o.StrideW(), o.DilationHFactor(),
-                           o.DilationWFactor(), activation=o.FusedActivationFunction())
+                           o.DilationWFactor(), activation=o.FusedActivationFunction(),
+                           depth_multiplier=o.DepthMultiplier())
     if kind == kinds.Pool2DOptions:
         o = view(tflite.Pool2DOptions)
         return _RawOptions(kind, o.Padding(), o.StrideH(), o.StrideW(),
@@ -520,6 +522,9 @@ class _GraphBuilder:
                             "inference_output_type=tf.int8")
         if stray:
             raise UserError(self.legacy_message())
+        for t in model.tensors:  # TFLM's allocator reads every tensor's buffer, used or not
+            self.expect(0 <= t.buffer < len(model.buffers), f"tensor {self.tname(t.index)!r} "
+                        f"uses buffer {t.buffer} of {len(model.buffers)}")
         self.expect(len(model.inputs) > 0, "the model has no inputs")
         self.expect(len(model.outputs) > 0, "the model has no outputs")
         inputs = [self.tensor(i, const=False) for i in model.inputs]
@@ -589,6 +594,9 @@ class _GraphBuilder:
                     f"builtin options of type {op.options.kind} do not belong to this operator")
         if op.builtin not in tflite_graph_ops.MULTI_OUTPUT:
             self.expect(len(op.outputs) == 1, f"expected 1 output, found {len(op.outputs)}")
+        for index in op.inputs + op.outputs:  # also operands a handler ignores (-1: absent)
+            if index != -1 or index in op.outputs:
+                self.raw(index)
         handler()
 
     def inputs(self, minimum: int, maximum: int) -> list[int]:
@@ -688,6 +696,10 @@ class _GraphBuilder:
         _, k_h, k_w, out_c = w_shape
         self.expect(in_c > 0 and out_c % in_c == 0 and out_c > 0,
                     f"depthwise weights {w!r} have {out_c} channels for {in_c} input channels")
+        multiplier = self.require_options().depth_multiplier
+        self.expect(multiplier == out_c // in_c,
+                    f"depth_multiplier {multiplier} contradicts {in_c} input and {out_c} output "
+                    "channels (TFLM computes with the option, not the shapes)")
         self.image(out)
         stride, dilation, pad = self.windowed(x, k_h, k_w, out, out_c)
         self.check_weights(w, 3)

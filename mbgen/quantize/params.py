@@ -32,7 +32,12 @@ def activation_range(activation: ir.Activation, out: ir.QuantParams) -> tuple[in
     zp = out.scalar_zero_point
 
     def quantize(real: float) -> int:  # float32 division, as TFLite does it
-        return zp + round_half_away(float(np.float32(real) / scale))
+        steps = float(np.float32(real) / scale)
+        # TFLM's Prepare refuses a bound that overflows int32 (no_integer_overflow_from_...).
+        if not -2.0**31 <= round_half_away(steps) <= 2.0**31 - 1:
+            raise ValueError(f"{activation.value} bound {real} is {steps:g} steps of the output "
+                             f"scale {float(scale):g}: beyond int32 (TFLM refuses it)")
+        return zp + round_half_away(steps)
 
     if activation is ir.Activation.NONE:
         return INT8_MIN, INT8_MAX
@@ -124,6 +129,7 @@ def conv_quant(graph: ir.Graph, node: ir.Node) -> ConvQuant:
                          f"{channels} output channels")
     if isinstance(node.op, ir.FullyConnected) and weight_scales.size == 1:
         reals = [float(input_scale * weight_scales[0]) / output_scale]
+        _check_bias_scale(graph, node, float(input_scale * weight_scales[0]), output_scale)
     else:
         if weight_scales.size == 1:
             weight_scales = np.repeat(weight_scales, channels)
@@ -138,6 +144,19 @@ def conv_quant(graph: ir.Graph, node: ir.Node) -> ConvQuant:
         act_min=act_min,
         act_max=act_max,
     )
+
+
+def _check_bias_scale(graph: ir.Graph, node: ir.Node, product_scale: float,
+                      output_scale: float) -> None:
+    """TFLM's GetQuantizedConvolutionMultipler (per-tensor FULLY_CONNECTED) refuses a bias
+    scale further than 2% of the output scale from input_scale * weight_scale (TFLM reads a
+    tensor's first scale as its scale, so per-channel biases are checked on channel 0)."""
+    if len(node.inputs) < 3 or not node.inputs[2]:
+        return
+    bias = _qp(graph, node.inputs[2])
+    if abs(product_scale - float(np.float32(bias.scale[0]))) / output_scale > 0.02:
+        raise ValueError(f"{node.name}: bias scale {float(bias.scale[0]):g} is not input scale "
+                         f"x weight scale {product_scale:g} (TFLM refuses it)")
 
 
 def add_quant(graph: ir.Graph, node: ir.Node) -> AddQuant:
