@@ -100,6 +100,10 @@ def _checked_prepare(graph: ir.Graph, node: ir.Node):
         _check_window(graph, node)
     if isinstance(node.op, ir.Softmax) and not (np.isfinite(node.op.beta) and node.op.beta > 0):
         raise ValueError(f"softmax beta {node.op.beta} must be positive and finite")
+    if ir.uses_onnxruntime_arithmetic(node.op):
+        # Float32 requantisation (int8 ONNX): no TFLM Prepare constants to derive; its scales
+        # were checked when the file was read (frontends/onnx_quantized*.py).
+        return None
     prepare = _PREPARE.get(type(node.op))
     return prepare(graph, node) if prepare is not None else None
 
