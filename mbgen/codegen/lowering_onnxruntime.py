@@ -197,12 +197,7 @@ def _constants(ctx: LoweringContext, index: int, node: ir.Node, out_c: int,
     if q.scales.size not in (1, out_c):
         raise ir.GraphError(f"{node.name}: {q.scales.size} scales for {out_c} channels")
     w = ctx.const_tensor(node.inputs[1], index, "weights", "int8_t", weights)
-    bias = np.zeros(out_c, dtype=np.int64)
-    if len(node.inputs) > 2 and node.inputs[2]:
-        b = ctx.tensor(node.inputs[2])
-        if b.dtype != "int32" or b.size != out_c:
-            raise ir.GraphError(f"{node.name}: bias must be {out_c} int32 values")
-        bias = b.data.astype(np.int64).reshape(out_c)
+    bias = ctx.bias_values(node, out_c)
     bias_array = ctx.const_values(index, "bias", "int32_t", bias, f"{node.name}: int32 bias")
     scales = ctx.const_values(index, "scales", "uint32_t", q.scales.view(np.uint32),
                               f"{node.name}: float32 scales x*w/y (IEEE bit patterns)")
