@@ -310,11 +310,10 @@ class PadCall:
 
 
 @dataclass(frozen=True)
-class RequantizeCall:
-    """out = clamp(MBQM(x - in_zp) + out_zp): int8 QUANTIZE and standalone ReLU/ReLU6."""
+class ElementwiseRequant:
+    """The fields of out = MBQM(x - in_zp) + out_zp over ``size`` elements, which the int8
+    and the uint8-boundary requantisations share."""
 
-    template: ClassVar[str] = "kernels/requantize.c.j2"
-    function: ClassVar[str] = "requantize_s8"
     input: BufferRef
     output: BufferRef
     size: int
@@ -322,6 +321,14 @@ class RequantizeCall:
     output_zero_point: int
     multiplier: int
     shift: int
+
+
+@dataclass(frozen=True)
+class RequantizeCall(ElementwiseRequant):
+    """out = clamp(MBQM(x - in_zp) + out_zp): int8 QUANTIZE and standalone ReLU/ReLU6."""
+
+    template: ClassVar[str] = "kernels/requantize.c.j2"
+    function: ClassVar[str] = "requantize_s8"
     act_min: int
     act_max: int
 
