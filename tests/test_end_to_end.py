@@ -11,26 +11,16 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
-from conftest import image_paths
 from helpers_c import build_folder, run
 from mbgen import zoo
 from mbgen.compiler import CompileOptions, emit
-from mbgen.images import load_image, quantize_input
+from mbgen.images import quantize_input
 from mbgen.quantize.calibration import synthetic_inputs
 from mbgen.reference import run_int8
-from mbgen.verify import cosine, dequantize
+from zoo_checks import assert_tracks_pytorch, float_inputs
 
 MODELS = ["mbv1_0.25_128", "mbv2_0.35_96"]
-MIN_COSINE = 0.98
-
-
-def _float_inputs(shape_nhwc) -> list[tuple[str, np.ndarray]]:
-    """Every shared photo plus synthetic inputs (seed unlike calibration's): at least 5."""
-    inputs = [(p.name, load_image(p, shape_nhwc, "minus1_1")) for p in image_paths()]
-    synthetic = synthetic_inputs(shape_nhwc, count=max(2, 5 - len(inputs)), seed=77)
-    return inputs + [(f"synthetic{i}", x) for i, x in enumerate(synthetic)]
 
 
 @pytest.fixture(scope="module", params=MODELS)
@@ -47,7 +37,7 @@ def test_generated_c_matches_numpy_reference_and_pytorch(host_build):
     qp = graph.tensors[graph.inputs[0]].quant
     module = zoo.get(name)
     shape = graph.tensors[graph.inputs[0]].shape
-    inputs = _float_inputs(shape)
+    inputs = float_inputs(shape, 5)  # every shared photo, at least 5
     assert len(inputs) >= 5
     agree = 0
     for label, x in inputs:
@@ -55,14 +45,7 @@ def test_generated_c_matches_numpy_reference_and_pytorch(host_build):
         want = run_int8(graph, q)[graph.outputs[0]].ravel()
         got = np.frombuffer(run(exe, q.tobytes()), dtype=np.int8)
         np.testing.assert_array_equal(got, want, err_msg=f"{name} on {label}: C != numpy")
-        with torch.no_grad():
-            reference = module(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy().ravel()
-        dequantized = dequantize(graph, got)
-        cos = cosine(dequantized, reference)
-        same = int(np.argmax(dequantized)) == int(np.argmax(reference))
-        agree += same
-        print(f"{name} {label}: cosine {cos:.4f}, top-1 {'same' if same else 'differs'}")
-        assert cos >= MIN_COSINE, f"{name} on {label}: cosine {cos:.4f} < {MIN_COSINE}"
+        agree += assert_tracks_pytorch(name, label, graph, module, x, got)
     print(f"{name}: top-1 agrees on {agree}/{len(inputs)} inputs")
     assert agree > len(inputs) // 2
 

@@ -10,21 +10,16 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from torch import nn
 
-from conftest import image_paths
 from helpers_c import build_folder, run
-from mbgen import targets, zoo
+from mbgen import zoo
 from mbgen.compiler import CompileOptions, emit
-from mbgen.images import load_image, quantize_input
-from mbgen.quantize.calibration import synthetic_inputs
-from mbgen.reference import run_int8
-from mbgen.verify import cosine, dequantize
 from mbgen.zoo_v3 import MobileNetV3, SqueezeExcitation
 from test_zoo import count_macs_and_params
+from zoo_checks import check_c_equals_numpy_and_tflm_and_tracks_pytorch, \
+    check_qemu_cortex_m7_equals_numpy
 
-MIN_COSINE = 0.98
 INPUTS = 7   # the shared photos, topped up with synthetic images (at least 2)
 
 
@@ -55,47 +50,10 @@ def test_v3_blocks_follow_the_tables() -> None:
     assert zoo.get("mbv3s_0.5_96").classifier[0].out_features == 1024  # kept for alpha < 1
 
 
-def _inputs(shape_nhwc) -> list[tuple[str, np.ndarray]]:
-    inputs = [(p.name, load_image(p, shape_nhwc, "minus1_1")) for p in image_paths()]
-    synthetic = synthetic_inputs(shape_nhwc, count=max(2, INPUTS - len(inputs)), seed=77)
-    return inputs + [(f"synthetic{i}", x) for i, x in enumerate(synthetic)]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["mbv3s_0.75_128", "mbv3l_0.5_160", "mbv3s_1.0_224"])
 def test_v3_c_equals_numpy_and_tflm_and_tracks_pytorch(name, prepared, tmp_path):
-    pytest.importorskip("tflite_micro.python.tflite_micro.runtime",
-                        reason="the TFLM reference needs the tflite-micro package")
-    from mbgen.tflm import run_tflm
-
-    model = prepared(name)
-    tflite = tmp_path / "model_int8.tflite"
-    emit(model, CompileOptions(target="host", out_dir=tmp_path / "c", emit_tflite=tflite))
-    exe = build_folder(tmp_path / "c")
-    graph = model.graph
-    qp = graph.tensors[graph.inputs[0]].quant
-    module = zoo.get(name)
-    inputs = _inputs(graph.tensors[graph.inputs[0]].shape)
-    assert len(inputs) >= INPUTS
-    agree = 0
-    for label, x in inputs:
-        q = quantize_input(x, qp.scalar_scale, qp.scalar_zero_point)
-        got = np.frombuffer(run(exe, q.tobytes()), dtype=np.int8)
-        want = run_int8(graph, q)[graph.outputs[0]].ravel()
-        np.testing.assert_array_equal(got, want, err_msg=f"{name} on {label}: C != numpy")
-        np.testing.assert_array_equal(got, run_tflm(tflite, q).ravel(),
-                                      err_msg=f"{name} on {label}: C != TFLM")
-        with torch.no_grad():
-            reference = module(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy().ravel()
-        dequantized = dequantize(graph, got)
-        cos = cosine(dequantized, reference)
-        same = int(np.argmax(dequantized)) == int(np.argmax(reference))
-        agree += same
-        print(f"{name} {label}: cosine {cos:.4f}, top-1 {'same' if same else 'differs'}")
-        assert cos >= MIN_COSINE, f"{name} on {label}: cosine {cos:.4f} < {MIN_COSINE}"
-    print(f"{name}: C == numpy == TFLM on {len(inputs)} inputs; top-1 agrees on "
-          f"{agree}/{len(inputs)}")
-    assert agree > len(inputs) // 2
+    check_c_equals_numpy_and_tflm_and_tracks_pytorch(name, prepared, tmp_path, INPUTS)
 
 
 @pytest.mark.slow
@@ -103,22 +61,8 @@ def test_v3_c_equals_numpy_and_tflm_and_tracks_pytorch(name, prepared, tmp_path)
 @pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None, reason="no arm-none-eabi-gcc")
 @pytest.mark.skipif(shutil.which("qemu-system-arm") is None, reason="no qemu-system-arm")
 def test_v3_in_qemu_cortex_m7_equals_numpy(prepared, tmp_path):
-    from mbgen.runner import run_qemu
-
-    name, target = "mbv3s_0.75_128", targets.get("cortex-m7")
-    model = prepared(name)
     # 2 MB of weights: more than the STM32F746's 1 MB flash, within QEMU's board
-    emit(model, CompileOptions(target=target.name, out_dir=tmp_path / "m7",
-                               flash_bytes=4 * 1024 * 1024))
-    graph = model.graph
-    qp = graph.tensors[graph.inputs[0]].quant
-    for label, x in _inputs(graph.tensors[graph.inputs[0]].shape)[:2]:
-        q = quantize_input(x, qp.scalar_scale, qp.scalar_zero_point)
-        on_qemu = run_qemu(tmp_path / "m7", target, q.tobytes())
-        np.testing.assert_array_equal(on_qemu.output_int8().ravel(),
-                                      run_int8(graph, q)[graph.outputs[0]].ravel(),
-                                      err_msg=f"QEMU cortex-m7 != numpy on {label}")
-        print(f"{name} on cortex-m7, {label}: {on_qemu.total_instructions:,} instructions")
+    check_qemu_cortex_m7_equals_numpy("mbv3s_0.75_128", prepared, tmp_path)
 
 
 @pytest.mark.slow

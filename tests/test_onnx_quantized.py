@@ -34,6 +34,8 @@ from mbgen.reference import run_int8  # noqa: E402
 
 
 ZOO_MODEL = "mbv2_0.35_96"
+# The (format, activation type) variants the pool and squeeze-excite tests quantise to.
+QOP_BOTH_QDQ_UINT8 = [("QOperator", "QInt8"), ("QOperator", "QUInt8"), ("QDQ", "QUInt8")]
 
 
 # ----------------------------------------------------------------------------- zoo model
@@ -144,15 +146,57 @@ def test_mbv2_in_qemu_cortex_m7_is_bit_exact(variant, zoo_files, tmp_path):
 # ----------------------------------------------------------------------------- small models
 
 
+def _initializer(rng: np.random.Generator, scale: float):
+    """init(name, *shape[, scale]): a float32 initializer of rng's normal values times scale."""
+    def init(name, *shape, scale=scale):
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale)
+                                       .astype(np.float32), name)
+    return init
+
+
+def _save_float_model(path: Path, name: str, nodes, inits, input_shape: list[int],
+                      output_shape: list[int]) -> Path:
+    """A float opset-13 model from "input" to "logits"."""
+    graph = helper.make_graph(
+        nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT, input_shape)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, output_shape)], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+def _assert_bit_exact_with_onnxruntime(float_path: Path, tmp_path: Path, variants, calib,
+                                       tests, check_graph, per_channel: bool = True,
+                                       label: str = "") -> None:
+    """Each (format, activation type) of the float model, quantised by quantize_static on
+    ``calib``: check_graph(graph) holds, and on every NCHW input of ``tests`` the host C
+    equals the numpy reference and onnxruntime's output."""
+    for fmt, activations in variants:
+        path = quantize(float_path, tmp_path / f"{fmt}{activations}.onnx", fmt, calib,
+                         activations, per_channel=per_channel)
+        compiled = compile_model(str(path), CompileOptions(
+            target="host", out_dir=tmp_path / f"c_{fmt}{activations}"))
+        graph = compiled.graph
+        check_graph(graph)
+        exe = build_folder(compiled.out_dir)
+        session = ort_session(path)
+        for i, x in enumerate(tests):
+            want = session.run(None, {"input": x})[0]
+            q = int8_input(graph, np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+            ours = np.frombuffer(run(exe, q.tobytes()), dtype=np.int8)
+            np.testing.assert_array_equal(
+                ours, run_int8(graph, q)[graph.outputs[0]].ravel(),
+                err_msg=f"{fmt} {activations}{label}: C != numpy ({i})")
+            np.testing.assert_array_equal(
+                as_ort_output(graph, ours).reshape(want.shape), want,
+                err_msg=f"{fmt} {activations}{label}: != onnxruntime ({i})")
+
+
 def _small_float_model(path: Path, seed: int, head: str) -> Path:
     """conv 3x3/s2 -> depthwise 3x3 (multiplier 1) -> 1x1 conv -> residual add -> global
     average pool -> flatten -> Gemm or MatMul: one node of each kind quantize_static maps."""
     rng = np.random.default_rng(seed)
     c_in, c, classes, size = 3, 8, 10, 12
-
-    def init(name, *shape, scale=0.5):
-        return numpy_helper.from_array((rng.standard_normal(shape) * scale)
-                                       .astype(np.float32), name)
+    init = _initializer(rng, 0.5)
     inits = [init("w1", c, c_in, 3, 3), init("b1", c), init("w2", c, 1, 3, 3), init("b2", c),
              init("w3", c, c, 1, 1, scale=0.3), init("b3", c)]
     nodes = [
@@ -171,12 +215,7 @@ def _small_float_model(path: Path, seed: int, head: str) -> Path:
     else:
         inits.append(init("wf", c, classes))
         nodes.append(helper.make_node("MatMul", ["flat", "wf"], ["logits"]))
-    graph = helper.make_graph(
-        nodes, "small",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, c_in, size, size])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, classes])], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
-    return path
+    return _save_float_model(path, "small", nodes, inits, [1, c_in, size, size], [1, classes])
 
 
 @pytest.mark.parametrize("seed,head", [(0, "Gemm"), (1, "MatMul"), (2, "Gemm")])
@@ -185,36 +224,21 @@ def test_small_models_every_op_bit_exact_with_onnxruntime(seed, head, tmp_path):
     rng = np.random.default_rng(100 + seed)
     calib = [rng.uniform(-1, 1, (1, 3, 12, 12)).astype(np.float32) for _ in range(4)]
     tests = [rng.uniform(-1.2, 1.2, (1, 3, 12, 12)).astype(np.float32) for _ in range(6)]
-    for fmt, activations in [("QOperator", "QInt8"), ("QDQ", "QInt8"), ("QOperator", "QUInt8"),
-                             ("QDQ", "QUInt8")]:
-        path = quantize(float_path, tmp_path / f"{fmt}{activations}.onnx", fmt, calib,
-                         activations, per_channel=seed != 2)
-        compiled = compile_model(str(path), CompileOptions(
-            target="host", out_dir=tmp_path / f"c_{fmt}{activations}"))
-        graph = compiled.graph
+
+    def check_graph(graph):
         kinds = {type(n.op) for n in graph.nodes}
         assert {ir.Conv2D, ir.DepthwiseConv2D, ir.Add, ir.Mean, ir.FullyConnected} <= kinds
-        exe = build_folder(compiled.out_dir)
-        session = ort_session(path)
-        for i, x in enumerate(tests):
-            want = session.run(None, {"input": x})[0]
-            q = int8_input(graph, np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
-            ours = np.frombuffer(run(exe, q.tobytes()), dtype=np.int8)
-            np.testing.assert_array_equal(ours, run_int8(graph, q)[graph.outputs[0]].ravel(),
-                                          err_msg=f"{fmt} {activations} {seed}: C != numpy ({i})")
-            np.testing.assert_array_equal(
-                as_ort_output(graph, ours).reshape(want.shape), want,
-                err_msg=f"{fmt} {activations} {seed}: != onnxruntime ({i})")
+    variants = [("QOperator", "QInt8"), ("QDQ", "QInt8"), ("QOperator", "QUInt8"),
+                ("QDQ", "QUInt8")]
+    _assert_bit_exact_with_onnxruntime(float_path, tmp_path, variants, calib, tests,
+                                       check_graph, per_channel=seed != 2, label=f" {seed}")
 
 
 def test_depthwise_multiplier_dilation_and_asymmetric_padding(tmp_path):
     """Depthwise with multiplier 2 (group = channels, 2 filters each), dilation 2, strides
     (1, 2) and uneven pads, then a dilated 3x3 conv: both formats, both activation types."""
     rng = np.random.default_rng(21)
-
-    def init(name, *shape):
-        return numpy_helper.from_array((rng.standard_normal(shape) * 0.4).astype(np.float32),
-                                       name)
+    init = _initializer(rng, 0.4)
     nodes = [
         helper.make_node("Conv", ["input", "w1", "b1"], ["d1"], group=4, dilations=[2, 2],
                          strides=[1, 2], pads=[2, 1, 2, 3]),
@@ -223,42 +247,26 @@ def test_depthwise_multiplier_dilation_and_asymmetric_padding(tmp_path):
         helper.make_node("Flatten", ["pooled"], ["flat"]),
         helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], transB=1),
     ]
-    graph = helper.make_graph(
-        nodes, "dw2", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4, 10, 10])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5])],
+    float_path = _save_float_model(
+        tmp_path / "float.onnx", "dw2", nodes,
         [init("w1", 8, 1, 3, 3), init("b1", 8), init("w2", 6, 8, 3, 3), init("b2", 6),
-         init("wf", 5, 6), init("bf", 5)])
-    float_path = tmp_path / "float.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]),
-              str(float_path))
+         init("wf", 5, 6), init("bf", 5)], [1, 4, 10, 10], [1, 5])
     calib = [rng.uniform(-1, 1, (1, 4, 10, 10)).astype(np.float32) for _ in range(3)]
     tests = [rng.uniform(-1.2, 1.2, (1, 4, 10, 10)).astype(np.float32) for _ in range(4)]
-    for fmt, activations in [("QOperator", "QInt8"), ("QDQ", "QUInt8")]:
-        path = quantize(float_path, tmp_path / f"{fmt}.onnx", fmt, calib, activations)
-        compiled = compile_model(str(path), CompileOptions(target="host",
-                                                           out_dir=tmp_path / f"c_{fmt}"))
-        ops = [n.op for n in compiled.graph.nodes]
-        assert any(isinstance(op, ir.DepthwiseConv2D) and op.depth_multiplier == 2
-                   for op in ops)
-        exe = build_folder(compiled.out_dir)
-        session = ort_session(path)
-        for i, x in enumerate(tests):
-            want = session.run(None, {"input": x})[0]
-            q = int8_input(compiled.graph, np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
-            ours = np.frombuffer(run(exe, q.tobytes()), dtype=np.int8)
-            np.testing.assert_array_equal(as_ort_output(compiled.graph, ours)
-                                          .reshape(want.shape), want,
-                                          err_msg=f"{fmt} {activations} input {i}")
+
+    def check_graph(graph):
+        assert any(isinstance(n.op, ir.DepthwiseConv2D) and n.op.depth_multiplier == 2
+                   for n in graph.nodes)
+    _assert_bit_exact_with_onnxruntime(float_path, tmp_path, [("QOperator", "QInt8"),
+                                                              ("QDQ", "QUInt8")],
+                                       calib, tests, check_graph)
 
 
 def test_average_pools_bit_exact_with_onnxruntime(tmp_path):
     """QLinearAveragePool with a 3x3/s2 padded window (float32 window sums, as onnxruntime)
     and with a whole-image window (which onnxruntime runs as its global average pool)."""
     rng = np.random.default_rng(30)
-
-    def init(name, *shape):
-        return numpy_helper.from_array((rng.standard_normal(shape) * 0.4).astype(np.float32),
-                                       name)
+    init = _initializer(rng, 0.4)
     nodes = [
         helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
         helper.make_node("AveragePool", ["c1"], ["p1"], kernel_shape=[3, 3], strides=[2, 2],
@@ -268,45 +276,25 @@ def test_average_pools_bit_exact_with_onnxruntime(tmp_path):
         helper.make_node("Flatten", ["p2"], ["flat"]),
         helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], transB=1),
     ]
-    graph = helper.make_graph(
-        nodes, "pools",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 10, 10])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5])],
+    float_path = _save_float_model(
+        tmp_path / "float.onnx", "pools", nodes,
         [init("w1", 6, 3, 3, 3), init("b1", 6), init("w2", 6, 6, 1, 1), init("b2", 6),
-         init("wf", 5, 6), init("bf", 5)])
-    float_path = tmp_path / "float.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]),
-              str(float_path))
+         init("wf", 5, 6), init("bf", 5)], [1, 3, 10, 10], [1, 5])
     calib = [rng.uniform(-1, 1, (1, 3, 10, 10)).astype(np.float32) for _ in range(3)]
     tests = [rng.uniform(-1.2, 1.2, (1, 3, 10, 10)).astype(np.float32) for _ in range(8)]
-    for fmt, activations in [("QOperator", "QInt8"), ("QOperator", "QUInt8"), ("QDQ", "QUInt8")]:
-        path = quantize(float_path, tmp_path / f"{fmt}{activations}.onnx", fmt, calib,
-                         activations)
-        compiled = compile_model(str(path), CompileOptions(
-            target="host", out_dir=tmp_path / f"c_{fmt}{activations}"))
-        kinds = [type(n.op) for n in compiled.graph.nodes]
+
+    def check_graph(graph):
+        kinds = [type(n.op) for n in graph.nodes]
         assert ir.AveragePool2D in kinds and ir.Mean in kinds
-        exe = build_folder(compiled.out_dir)
-        session = ort_session(path)
-        for i, x in enumerate(tests):
-            want = session.run(None, {"input": x})[0]
-            q = int8_input(compiled.graph, np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
-            ours = np.frombuffer(run(exe, q.tobytes()), dtype=np.int8)
-            np.testing.assert_array_equal(
-                ours, run_int8(compiled.graph, q)[compiled.graph.outputs[0]].ravel())
-            np.testing.assert_array_equal(
-                as_ort_output(compiled.graph, ours).reshape(want.shape), want,
-                err_msg=f"{fmt} {activations} input {i}")
+    _assert_bit_exact_with_onnxruntime(float_path, tmp_path, QOP_BOTH_QDQ_UINT8, calib, tests,
+                                       check_graph)
 
 
 def test_squeeze_excite_mul_bit_exact_with_onnxruntime(tmp_path):
     """x * s with s (1, C, 1, 1) from a global pool and a 1x1 conv (squeeze-excite): the
     broadcast QLinearMul, both formats, int8 and uint8."""
     rng = np.random.default_rng(40)
-
-    def init(name, *shape):
-        return numpy_helper.from_array((rng.standard_normal(shape) * 0.4).astype(np.float32),
-                                       name)
+    init = _initializer(rng, 0.4)
     nodes = [
         helper.make_node("Conv", ["input", "w1", "b1"], ["x"], pads=[1, 1, 1, 1]),
         helper.make_node("GlobalAveragePool", ["x"], ["squeezed"]),
@@ -316,34 +304,18 @@ def test_squeeze_excite_mul_bit_exact_with_onnxruntime(tmp_path):
         helper.make_node("Flatten", ["pooled"], ["flat"]),
         helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], transB=1),
     ]
-    graph = helper.make_graph(
-        nodes, "se", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5])],
+    float_path = _save_float_model(
+        tmp_path / "float.onnx", "se", nodes,
         [init("w1", 6, 3, 3, 3), init("b1", 6), init("w2", 6, 6, 1, 1), init("b2", 6),
-         init("wf", 5, 6), init("bf", 5)])
-    float_path = tmp_path / "float.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]),
-              str(float_path))
+         init("wf", 5, 6), init("bf", 5)], [1, 3, 8, 8], [1, 5])
     calib = [rng.uniform(-1, 1, (1, 3, 8, 8)).astype(np.float32) for _ in range(3)]
     tests = [rng.uniform(-1.2, 1.2, (1, 3, 8, 8)).astype(np.float32) for _ in range(8)]
-    for fmt, activations in [("QOperator", "QInt8"), ("QOperator", "QUInt8"), ("QDQ", "QUInt8")]:
-        path = quantize(float_path, tmp_path / f"{fmt}{activations}.onnx", fmt, calib,
-                         activations)
-        compiled = compile_model(str(path), CompileOptions(
-            target="host", out_dir=tmp_path / f"c_{fmt}{activations}"))
-        muls = [n for n in compiled.graph.nodes if isinstance(n.op, ir.Mul)]
-        assert muls and compiled.graph.tensors[muls[0].inputs[1]].shape == (1, 1, 1, 6)
-        exe = build_folder(compiled.out_dir)
-        session = ort_session(path)
-        for i, x in enumerate(tests):
-            want = session.run(None, {"input": x})[0]
-            q = int8_input(compiled.graph, np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
-            ours = np.frombuffer(run(exe, q.tobytes()), dtype=np.int8)
-            np.testing.assert_array_equal(
-                ours, run_int8(compiled.graph, q)[compiled.graph.outputs[0]].ravel())
-            np.testing.assert_array_equal(
-                as_ort_output(compiled.graph, ours).reshape(want.shape), want,
-                err_msg=f"{fmt} {activations} input {i}")
+
+    def check_graph(graph):
+        muls = [n for n in graph.nodes if isinstance(n.op, ir.Mul)]
+        assert muls and graph.tensors[muls[0].inputs[1]].shape == (1, 1, 1, 6)
+    _assert_bit_exact_with_onnxruntime(float_path, tmp_path, QOP_BOTH_QDQ_UINT8, calib, tests,
+                                       check_graph)
 
 
 def test_uint8_weights_and_unsupported_ops_are_refused_in_one_line(tmp_path):

@@ -88,12 +88,7 @@ def _conv_constants(ctx: LoweringContext, index: int, node: ir.Node, out_c: int,
     if w.dtype != "int8":
         raise ir.GraphError(f"{node.name}: weights are {w.dtype}, expected int8")
     w_array = ctx.const_tensor(node.inputs[1], index, "weights", "int8_t")
-    bias = np.zeros(out_c, dtype=np.int64)
-    if len(node.inputs) > 2 and node.inputs[2]:
-        b = ctx.tensor(node.inputs[2])
-        if b.dtype != "int32" or b.size != out_c:
-            raise ir.GraphError(f"{node.name}: bias must be {out_c} int32 values")
-        bias = b.data.astype(np.int64).reshape(out_c)
+    bias = ctx.bias_values(node, out_c)
     folded = ctx.const_values(index, "bias", "int32_t",
                               bias + q.input_offset * weight_sums.astype(np.int64),
                               f"{node.name}: bias + input_offset * sum(weights)")

@@ -83,6 +83,16 @@ class LoweringContext:
             self._tensor_arrays[tensor_name] = array
         return array
 
+    def bias_values(self, node: ir.Node, out_c: int) -> np.ndarray:
+        """A conv/depthwise/FC node's optional int32 bias (third input) as ``out_c`` int64
+        values; zeros when the node has none."""
+        if len(node.inputs) <= 2 or not node.inputs[2]:
+            return np.zeros(out_c, dtype=np.int64)
+        b = self.tensor(node.inputs[2])
+        if b.dtype != "int32" or b.size != out_c:
+            raise ir.GraphError(f"{node.name}: bias must be {out_c} int32 values")
+        return b.data.astype(np.int64).reshape(out_c)
+
     def const_values(self, layer_index: int, role: str, ctype: str, values: np.ndarray,
                      comment: str) -> ConstArray:
         """A flash array computed by codegen (multipliers, shifts, ...)."""

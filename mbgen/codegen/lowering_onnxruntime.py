@@ -15,7 +15,8 @@ import numpy as np
 
 from mbgen import ir
 from mbgen.codegen.lowering import LoweringContext, nhwc
-from mbgen.codegen.records import BufferRef, ConstArray
+from mbgen.codegen.records import (BufferRef, ConstArray, ConvWindow, DepthwiseWindow,
+                                   PoolWindow)
 from mbgen.quantize import onnxruntime_params as ort
 
 TEMPLATE = "kernels/onnxruntime.c.j2"
@@ -27,27 +28,11 @@ def float_bits(value: float | np.floating) -> int:
 
 
 @dataclass(frozen=True)
-class OrtConvCall:
+class OrtConvCall(ConvWindow):
     """Conv2D, and FullyConnected as a 1x1 convolution on a 1x1 image (weights (O, 1, 1, I))."""
 
     template: ClassVar[str] = TEMPLATE
     function: ClassVar[str] = "ort_conv_s8"
-    input: BufferRef
-    output: BufferRef
-    in_h: int
-    in_w: int
-    in_c: int
-    out_h: int
-    out_w: int
-    out_c: int
-    k_h: int
-    k_w: int
-    stride_h: int
-    stride_w: int
-    dilation_h: int
-    dilation_w: int
-    pad_top: int
-    pad_left: int
     input_zero_point: int
     output_zero_point: int
     per_channel: bool
@@ -58,26 +43,9 @@ class OrtConvCall:
 
 
 @dataclass(frozen=True)
-class OrtDepthwiseCall:
+class OrtDepthwiseCall(DepthwiseWindow):
     template: ClassVar[str] = TEMPLATE
     function: ClassVar[str] = "ort_depthwise_s8"
-    input: BufferRef
-    output: BufferRef
-    in_h: int
-    in_w: int
-    in_c: int
-    out_h: int
-    out_w: int
-    out_c: int
-    depth_multiplier: int
-    k_h: int
-    k_w: int
-    stride_h: int
-    stride_w: int
-    dilation_h: int
-    dilation_w: int
-    pad_top: int
-    pad_left: int
     input_zero_point: int
     output_zero_point: int
     per_channel: bool
@@ -137,24 +105,11 @@ class OrtMeanCall:
 
 
 @dataclass(frozen=True)
-class OrtAveragePoolCall:
+class OrtAveragePoolCall(PoolWindow):
     """QLinearAveragePool: float32 sums of table-dequantised inputs, in row order."""
 
     template: ClassVar[str] = TEMPLATE
     function: ClassVar[str] = "ort_avgpool_s8"
-    input: BufferRef
-    output: BufferRef
-    in_h: int
-    in_w: int
-    channels: int
-    out_h: int
-    out_w: int
-    k_h: int
-    k_w: int
-    stride_h: int
-    stride_w: int
-    pad_top: int
-    pad_left: int
     table: ConstArray          # 256 float32 bit patterns: x_scale * (q - x_zp), q = index - 128
     y_scale_bits: int
     stored_zero_point: int
@@ -197,12 +152,7 @@ def _constants(ctx: LoweringContext, index: int, node: ir.Node, out_c: int,
     if q.scales.size not in (1, out_c):
         raise ir.GraphError(f"{node.name}: {q.scales.size} scales for {out_c} channels")
     w = ctx.const_tensor(node.inputs[1], index, "weights", "int8_t", weights)
-    bias = np.zeros(out_c, dtype=np.int64)
-    if len(node.inputs) > 2 and node.inputs[2]:
-        b = ctx.tensor(node.inputs[2])
-        if b.dtype != "int32" or b.size != out_c:
-            raise ir.GraphError(f"{node.name}: bias must be {out_c} int32 values")
-        bias = b.data.astype(np.int64).reshape(out_c)
+    bias = ctx.bias_values(node, out_c)
     bias_array = ctx.const_values(index, "bias", "int32_t", bias, f"{node.name}: int32 bias")
     scales = ctx.const_values(index, "scales", "uint32_t", q.scales.view(np.uint32),
                               f"{node.name}: float32 scales x*w/y (IEEE bit patterns)")

@@ -60,10 +60,14 @@ class ConstArray:
 # convention (> 0 shifts left).
 
 
+# The window geometry several kernel sets' records start with (the same fields in the same
+# order, so records stay positional): a record subclasses one and adds its own arithmetic.
+
+
 @dataclass(frozen=True)
-class ConvCall:
-    template: ClassVar[str] = "kernels/conv.c.j2"
-    function: ClassVar[str] = "conv_s8"
+class ConvWindow:
+    """A convolution's input/output buffers, shapes, kernel, strides, dilations and pads."""
+
     input: BufferRef
     output: BufferRef
     in_h: int
@@ -80,21 +84,12 @@ class ConvCall:
     dilation_w: int
     pad_top: int
     pad_left: int
-    input_offset: int
-    output_offset: int
-    act_min: int
-    act_max: int
-    per_channel: bool          # False: one multiplier/shift for every output channel
-    weights: ConstArray        # (out_c, k_h, k_w, in_c)
-    bias: ConstArray           # (out_c,) bias + input_offset * sum(weights of the channel)
-    multipliers: ConstArray
-    shifts: ConstArray
 
 
 @dataclass(frozen=True)
-class DepthwiseCall:
-    template: ClassVar[str] = "kernels/depthwise.c.j2"
-    function: ClassVar[str] = "depthwise_s8"
+class DepthwiseWindow:
+    """A depthwise convolution's geometry: ConvWindow's with the depth multiplier."""
+
     input: BufferRef
     output: BufferRef
     in_h: int
@@ -112,6 +107,46 @@ class DepthwiseCall:
     dilation_w: int
     pad_top: int
     pad_left: int
+
+
+@dataclass(frozen=True)
+class PoolWindow:
+    """A 2-D pooling window over channels kept apart: shapes, kernel, strides, pads."""
+
+    input: BufferRef
+    output: BufferRef
+    in_h: int
+    in_w: int
+    channels: int
+    out_h: int
+    out_w: int
+    k_h: int
+    k_w: int
+    stride_h: int
+    stride_w: int
+    pad_top: int
+    pad_left: int
+
+
+@dataclass(frozen=True)
+class ConvCall(ConvWindow):
+    template: ClassVar[str] = "kernels/conv.c.j2"
+    function: ClassVar[str] = "conv_s8"
+    input_offset: int
+    output_offset: int
+    act_min: int
+    act_max: int
+    per_channel: bool          # False: one multiplier/shift for every output channel
+    weights: ConstArray        # (out_c, k_h, k_w, in_c)
+    bias: ConstArray           # (out_c,) bias + input_offset * sum(weights of the channel)
+    multipliers: ConstArray
+    shifts: ConstArray
+
+
+@dataclass(frozen=True)
+class DepthwiseCall(DepthwiseWindow):
+    template: ClassVar[str] = "kernels/depthwise.c.j2"
+    function: ClassVar[str] = "depthwise_s8"
     input_offset: int
     output_offset: int
     act_min: int
@@ -221,22 +256,9 @@ class LogisticCall:
 
 
 @dataclass(frozen=True)
-class AveragePoolCall:
+class AveragePoolCall(PoolWindow):
     template: ClassVar[str] = "kernels/pool.c.j2"
     function: ClassVar[str] = "avgpool_s8"
-    input: BufferRef
-    output: BufferRef
-    in_h: int
-    in_w: int
-    channels: int
-    out_h: int
-    out_w: int
-    k_h: int
-    k_w: int
-    stride_h: int
-    stride_w: int
-    pad_top: int
-    pad_left: int
     act_min: int
     act_max: int
 
@@ -288,11 +310,10 @@ class PadCall:
 
 
 @dataclass(frozen=True)
-class RequantizeCall:
-    """out = clamp(MBQM(x - in_zp) + out_zp): int8 QUANTIZE and standalone ReLU/ReLU6."""
+class ElementwiseRequant:
+    """The fields of out = MBQM(x - in_zp) + out_zp over ``size`` elements, which the int8
+    and the uint8-boundary requantisations share."""
 
-    template: ClassVar[str] = "kernels/requantize.c.j2"
-    function: ClassVar[str] = "requantize_s8"
     input: BufferRef
     output: BufferRef
     size: int
@@ -300,6 +321,14 @@ class RequantizeCall:
     output_zero_point: int
     multiplier: int
     shift: int
+
+
+@dataclass(frozen=True)
+class RequantizeCall(ElementwiseRequant):
+    """out = clamp(MBQM(x - in_zp) + out_zp): int8 QUANTIZE and standalone ReLU/ReLU6."""
+
+    template: ClassVar[str] = "kernels/requantize.c.j2"
+    function: ClassVar[str] = "requantize_s8"
     act_min: int
     act_max: int
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from mbgen.codegen.records import BufferRef
+from mbgen.codegen.records import BufferRef, PoolWindow
 
 COPY_RANK = 4  # every block is described in four dimensions (leading ones are 1)
 
@@ -48,23 +48,10 @@ class StridedCopyCall:
 
 
 @dataclass(frozen=True)
-class MaxPoolCall:
+class MaxPoolCall(PoolWindow):
     """MAX_POOL_2D: max over the window clipped to the image, then the activation clamp."""
 
     template: ClassVar[str] = "kernels/maxpool.c.j2"
     function: ClassVar[str] = "maxpool_s8"
-    input: BufferRef
-    output: BufferRef
-    in_h: int
-    in_w: int
-    channels: int
-    out_h: int
-    out_w: int
-    k_h: int
-    k_w: int
-    stride_h: int
-    stride_w: int
-    pad_top: int
-    pad_left: int
     act_min: int
     act_max: int

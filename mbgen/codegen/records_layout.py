@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from mbgen.codegen.records import BufferRef
+from mbgen.codegen.records import BufferRef, ElementwiseRequant
 
 
 @dataclass(frozen=True)
@@ -58,15 +58,8 @@ class MeanAxesCall:
 
 
 @dataclass(frozen=True)
-class BoundaryRequantizeCall:
+class BoundaryRequantizeCall(ElementwiseRequant):
     """QUANTIZE uint8 -> int8 (first op) or int8 -> uint8 (last op), TFLM's Requantize."""
 
     template: ClassVar[str] = "kernels/requantize_u8.c.j2"
     function: str        # "requantize_u8_s8" | "requantize_s8_u8"
-    input: BufferRef
-    output: BufferRef
-    size: int
-    input_zero_point: int
-    output_zero_point: int
-    multiplier: int
-    shift: int

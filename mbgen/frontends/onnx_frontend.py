@@ -617,7 +617,8 @@ class _Converter:
 
     # ------------------------------------------------------------------ driver
 
-    def convert(self) -> ir.Graph:
+    def _declare_graph_input(self) -> str:
+        """The model's float input becomes the graph's "input" tensor; returns its ONNX name."""
         graph_input = _graph_inputs(self.model.graph)[0]
         shape = self.shapes.get(graph_input.name)
         if shape is None or len(shape) not in (2, 4):
@@ -626,6 +627,10 @@ class _Converter:
         self.tensors["input"] = ir.Tensor("input", _layout_for(shape).ir_shape, "float32")
         self.ir_names[graph_input.name] = "input"
         self.layouts[graph_input.name] = _layout_for(shape)
+        return graph_input.name
+
+    def convert(self) -> ir.Graph:
+        self._declare_graph_input()
 
         for node in self.onnx_nodes:
             if node.label in self.absorbed:
@@ -684,19 +689,28 @@ class _Converter:
         top, left, bottom, right = pads  # ONNX order: all begins, then all ends
         return ir.Padding(top, bottom, left, right)
 
-    def _conv(self, node: _OnnxNode) -> None:
-        x, layout = self._spatial_input(node)
-        weight = self._constant(node, 1, "weight")
-        bias = self._optional_constant(node, 2, "bias")
+    def _conv_geometry(self, node: _OnnxNode, layout: _Layout, weight: np.ndarray) -> tuple[
+            int, int, int, int, int, int, tuple[int, int], tuple[int, int], ir.Padding]:
+        """A 2-D Conv's (out_ch, in_per_group, kh, kw, in_ch, group, stride, dilation,
+        padding) from its OIHW weight, NCHW input and attributes (float and int8 alike)."""
         attrs = node.attrs
         if weight.ndim != 4:
-            raise UserError(f"ONNX Conv {node.where()} is not 2-D (weight shape {weight.shape})")
+            raise UserError(f"ONNX {node.op_type} {node.where()} is not 2-D (weight shape "
+                            f"{weight.shape})")
         out_ch, in_per_group, kh, kw = weight.shape
         in_ch = layout.onnx_shape[1]
         group = int(attrs.get("group", 1))
         stride = _pair(attrs.get("strides", (1, 1)), node)
         dilation = _pair(attrs.get("dilations", (1, 1)), node)
         padding = self._window_padding(node, layout.onnx_shape[2:], (kh, kw), stride, dilation)
+        return out_ch, in_per_group, kh, kw, in_ch, group, stride, dilation, padding
+
+    def _conv(self, node: _OnnxNode) -> None:
+        x, layout = self._spatial_input(node)
+        weight = self._constant(node, 1, "weight")
+        bias = self._optional_constant(node, 2, "bias")
+        out_ch, in_per_group, kh, kw, in_ch, group, stride, dilation, padding = \
+            self._conv_geometry(node, layout, weight)
         inputs = [x]
         if group == 1:
             op: ir.OpAttrs = ir.Conv2D(stride, padding, dilation)

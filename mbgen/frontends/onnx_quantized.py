@@ -27,7 +27,7 @@ import numpy as np
 
 from mbgen import ir
 from mbgen.errors import UserError
-from mbgen.frontends.onnx_frontend import (_Converter, _graph_inputs, _layout_for, _Layout,
+from mbgen.frontends.onnx_frontend import (_Converter, _layout_for, _Layout,
                                            _OnnxNode, _reshape_target)
 from mbgen.frontends.onnx_quantized_layers import ORT, QuantizedLayers
 QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul",
@@ -176,15 +176,7 @@ class _QuantizedConverter(QuantizedLayers, _Converter):
     # ------------------------------------------------------------------ driver
 
     def convert(self) -> ir.Graph:
-        graph_input = _graph_inputs(self.model.graph)[0]
-        shape = self.shapes.get(graph_input.name)
-        if shape is None or len(shape) not in (2, 4):
-            raise UserError(f"ONNX model input {graph_input.name!r} must be NCHW (rank 4) or "
-                            f"(1, N), got shape {shape}")
-        self.tensors["input"] = ir.Tensor("input", _layout_for(shape).ir_shape, "float32")
-        self.ir_names[graph_input.name] = "input"
-        self.layouts[graph_input.name] = _layout_for(shape)
-        self.float_tensors.add(graph_input.name)
+        self.float_tensors.add(self._declare_graph_input())
         for node in self.onnx_nodes:
             if node.label not in self.absorbed:
                 self._convert_node(node)

@@ -26,15 +26,8 @@ class QuantizedLayers:
     def _emit_conv(self, node: _OnnxNode, x: str, layout: _Layout, weight: np.ndarray,
                    w_scale: np.ndarray, w_zp: np.ndarray, bias: np.ndarray | None,
                    x_scale: float, out_name: str, out_scale: float, out_zp: int) -> None:
-        attrs = node.attrs
-        if weight.ndim != 4:
-            raise UserError(f"ONNX {node.op_type} {node.where()} is not 2-D")
-        out_ch, in_per_group, kh, kw = weight.shape
-        in_ch = layout.onnx_shape[1]
-        group = int(attrs.get("group", 1))
-        stride = _pair(attrs.get("strides", (1, 1)), node)
-        dilation = _pair(attrs.get("dilations", (1, 1)), node)
-        padding = self._window_padding(node, layout.onnx_shape[2:], (kh, kw), stride, dilation)
+        out_ch, in_per_group, kh, kw, in_ch, group, stride, dilation, padding = \
+            self._conv_geometry(node, layout, weight)
         if group == 1 and in_per_group == in_ch:
             quant = self._weight(node, weight, w_scale, w_zp, out_ch, 0, "weight")
             op: ir.OpAttrs = ir.Conv2D(stride, padding, dilation, requantization=ORT)
