@@ -52,6 +52,7 @@ def port_files(board: Board) -> dict[str, Path]:
         "mbgen_board.h": BOARDS_DIR / "mbgen_board.h",
         "mbgen_board.c": BOARDS_DIR / "board_common.c",
         f"mbgen_{board.family}.c": BOARDS_DIR / f"{board.family}.c",
+        "mbgen_stm32_gpio.c": BOARDS_DIR / "stm32_gpio.c",  # every family is an STM32F4/F7
         "mbgen_board_config.h": board.directory / "mbgen_board_config.h",
         "common.ld": FIRMWARE_DIR / "ld" / "common.ld",
         linker_script_name(board): board.directory / "memory.ld",

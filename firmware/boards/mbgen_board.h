@@ -33,9 +33,14 @@ mbgen_board_clocks mbgen_board_clock_init(void);
 /* Caches and other core features the family wants on before the model runs. */
 void mbgen_board_core_init(void);
 
-void mbgen_board_uart_init(uint32_t bus_hz);
+void mbgen_board_uart_init(uint32_t bus_hz);  /* calls mbgen_board_uart_pins */
 void mbgen_board_uart_putc(char c);
 void mbgen_board_uart_flush(void);
+
+/* ---- STM32F4/F7 GPIO (mbgen_stm32_gpio.c) ------------------------------------------------ */
+
+/* The console UART's TX/RX pins in their alternate function, RX pulled up. */
+void mbgen_board_uart_pins(void);
 
 /* ---- common (mbgen_board.c) ----------------------------------------------------------- */
 

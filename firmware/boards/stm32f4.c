@@ -13,7 +13,6 @@
 #define RCC_CR REG(RCC_BASE + 0x00u)
 #define RCC_PLLCFGR REG(RCC_BASE + 0x04u)
 #define RCC_CFGR REG(RCC_BASE + 0x08u)
-#define RCC_AHB1ENR REG(RCC_BASE + 0x30u)
 #define RCC_APB1ENR REG(RCC_BASE + 0x40u)
 #define RCC_CR_HSIRDY (1u << 1)
 #define RCC_CR_PLLON (1u << 24)
@@ -36,13 +35,6 @@
 #define FLASH_ACR_PRFTEN (1u << 8)
 #define FLASH_ACR_ICEN (1u << 9)
 #define FLASH_ACR_DCEN (1u << 10)
-
-/* GPIO (RM0090 §8.4): ports A.. at 0x40020000 + 0x400 * port */
-#define GPIO_BASE(port) (0x40020000u + 0x400u * (port))
-#define GPIO_MODER(port) REG(GPIO_BASE(port) + 0x00u)
-#define GPIO_OSPEEDR(port) REG(GPIO_BASE(port) + 0x08u)
-#define GPIO_PUPDR(port) REG(GPIO_BASE(port) + 0x0Cu)
-#define GPIO_AFR(port, pin) REG(GPIO_BASE(port) + 0x20u + 4u * ((pin) / 8u))
 
 /* USART (RM0090 §30.6) */
 #define USART_SR REG(MBGEN_UART_BASE + 0x00u)
@@ -108,21 +100,9 @@ void mbgen_board_core_init(void)
 
 void mbgen_board_uart_init(uint32_t bus_hz)
 {
-    RCC_AHB1ENR |= 1u << MBGEN_UART_GPIO_PORT;
+    mbgen_board_uart_pins();
     MBGEN_UART_RCC_ENR |= MBGEN_UART_RCC_BIT;
     (void)MBGEN_UART_RCC_ENR;
-    const uint32_t port = MBGEN_UART_GPIO_PORT;
-    const uint32_t pins[2] = {MBGEN_UART_TX_PIN, MBGEN_UART_RX_PIN};
-    for (int i = 0; i < 2; i++) {
-        uint32_t pin = pins[i];
-        GPIO_MODER(port) = (GPIO_MODER(port) & ~(3u << (2u * pin))) | (2u << (2u * pin));
-        GPIO_OSPEEDR(port) = (GPIO_OSPEEDR(port) & ~(3u << (2u * pin))) | (1u << (2u * pin));
-        GPIO_AFR(port, pin) = (GPIO_AFR(port, pin) & ~(0xFu << (4u * (pin % 8u))))
-                              | ((uint32_t)MBGEN_UART_AF << (4u * (pin % 8u)));
-    }
-    /* Pull-up on RX, so an unconnected line reads idle. */
-    GPIO_PUPDR(port) = (GPIO_PUPDR(port) & ~(3u << (2u * MBGEN_UART_RX_PIN)))
-                       | (1u << (2u * MBGEN_UART_RX_PIN));
     USART_CR1 = 0;
     /* 16x oversampling: BRR = bus clock / baud (mantissa and 4-bit fraction), rounded. */
     USART_BRR = (bus_hz + MBGEN_BOARD_BAUD / 2u) / MBGEN_BOARD_BAUD;
