@@ -255,10 +255,23 @@ class PadND:
     value: int
 
 
+@dataclass(frozen=True)
+class DequantizedActivation:
+    """inputs: x. int8 ONNX only: an activation onnxruntime computes in float32 between a
+    DequantizeLinear and a QuantizeLinear. ``function`` "HardSigmoid" is
+    max(0, min(1, alpha * x + beta)); "HardSwish" is x * HardSigmoid(x) (alpha 1/6, beta 0.5).
+    The kernels look the int8 result up in a 256-entry table (quantize/onnxruntime_params)."""
+
+    function: str
+    alpha: float = 1.0 / 6.0
+    beta: float = 0.5
+    requantization: Requantization = Requantization.ONNXRUNTIME
+
+
 OpAttrs = Union[Conv2D, DepthwiseConv2D, FullyConnected, Add, Mul, AveragePool2D, Mean,
                 Reshape, Pad, Softmax, ActivationOp, HardSwish, Logistic, BatchNorm,
                 Identity, Quantize, Dequantize, Concatenation, MaxPool2D,
-                StridedSlice, Transpose, PadND]
+                StridedSlice, Transpose, PadND, DequantizedActivation]
 
 OP_TYPES: tuple[type, ...] = OpAttrs.__args__  # type: ignore[attr-defined]
 

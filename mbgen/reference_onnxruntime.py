@@ -28,9 +28,7 @@ def requantize(acc: np.ndarray, scales: np.ndarray, zero_point: int) -> np.ndarr
 
 def quantize_linear(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     """QuantizeLinear to int8: float32 division, clamp, round half to even, zero point."""
-    value = np.asarray(x, dtype=np.float32) / _F32(scale)
-    value = np.clip(value, _F32(INT8_MIN - zero_point), _F32(INT8_MAX - zero_point))
-    return (np.rint(np.nan_to_num(value)).astype(np.int64) + zero_point).astype(np.int8)
+    return ort.quantize_linear_int8(x, _F32(scale), zero_point)
 
 
 def dequantize_linear(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
@@ -148,6 +146,12 @@ def _average_pool2d(graph: ir.Graph, node: ir.Node, args: list[np.ndarray]) -> n
     return out
 
 
+def _dequantized_activation(graph: ir.Graph, node: ir.Node,
+                            args: list[np.ndarray]) -> np.ndarray:
+    """DequantizeLinear -> HardSigmoid / HardSwish -> QuantizeLinear, code by code."""
+    return ort.activation_table(graph, node)[args[0].astype(np.int64) + 128]
+
+
 def _quantize(graph: ir.Graph, node: ir.Node, args: list[np.ndarray]) -> np.ndarray:
     if graph.tensors[node.inputs[0]].dtype != "float32":
         raise ValueError(f"{node.name}: onnxruntime QuantizeLinear here takes float input")
@@ -164,4 +168,5 @@ KERNELS: dict[type, Kernel] = {
     ir.Mean: _mean,
     ir.AveragePool2D: _average_pool2d,
     ir.Quantize: _quantize,
+    ir.DequantizedActivation: _dequantized_activation,
 }

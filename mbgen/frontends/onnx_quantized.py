@@ -11,6 +11,9 @@ taken as stored:
   onnxruntime fuses such groups into the QOperator kernels above, so they become the same
   IR ops; Flatten/Reshape between a DequantizeLinear and a QuantizeLinear with equal
   parameters is a reshape.
+* **Both**: DequantizeLinear -> HardSigmoid / HardSwish -> QuantizeLinear, which onnxruntime
+  computes in float32 (no QLinear kernel exists): ir.DequantizedActivation, a 256-entry
+  table of those float32 results.
 
 Every int8 op gets ``requantization=ONNXRUNTIME`` (float32 scales, round half to even; see
 ``mbgen/quantize/onnxruntime_params.py``). Activations may be int8 or uint8 (quantize_static's
@@ -329,7 +332,8 @@ def _check_constants(graph: ir.Graph) -> None:
     checks = {ir.Conv2D: ort.conv_quant, ir.DepthwiseConv2D: ort.conv_quant,
               ir.FullyConnected: ort.conv_quant, ir.Add: ort.add_quant, ir.Mul: ort.mul_quant,
               ir.Mean: ort.mean_quant, ir.Quantize: ort.quantize_params,
-              ir.AveragePool2D: ort.average_pool_quant}
+              ir.AveragePool2D: ort.average_pool_quant,
+              ir.DequantizedActivation: ort.activation_table}
     for node in graph.nodes:
         check = checks.get(type(node.op))
         if check is None:
@@ -362,4 +366,6 @@ _HANDLERS = {
     "Squeeze": _QuantizedConverter._reshape,
     "Unsqueeze": _QuantizedConverter._reshape,
     "Identity": _QuantizedConverter._reshape,
+    "HardSigmoid": _QuantizedConverter._qdq_activation,
+    "HardSwish": _QuantizedConverter._qdq_activation,
 }

@@ -251,6 +251,25 @@ class QuantizedLayers:
         out, y_scale, y_zp = self._qdq_output(node)
         self._emit_average_pool(node, x.tensor, out, y_scale, y_zp)
 
+    # ------------------------------------------------------------------ float activations
+
+    def _qdq_activation(self, node: _OnnxNode) -> None:
+        """DequantizeLinear -> HardSigmoid / HardSwish -> QuantizeLinear (both formats: no
+        QLinear op exists, onnxruntime runs the chain in float32)."""
+        x = self._dq_input(node, 0)
+        if x.tensor is None:
+            raise UserError(f"ONNX {node.op_type} {node.where()} of a constant is not "
+                            "supported")
+        out, y_scale, y_zp = self._qdq_output(node)
+        if node.op_type == "HardSigmoid":
+            alpha = float(np.float32(node.attrs.get("alpha", 0.2)))
+            beta = float(np.float32(node.attrs.get("beta", 0.5)))
+            op = ir.DequantizedActivation("HardSigmoid", alpha, beta)
+        else:
+            op = ir.DequantizedActivation("HardSwish")
+        name = self._int8_activation(out, self.layouts[node.inputs[0]], y_scale, y_zp)
+        self.nodes.append(ir.Node(self._unique_node_name(node.label), op, [x.tensor], [name]))
+
 
 def _is_channel_vector(small: _Layout, big: _Layout) -> bool:
     """True when ``small`` is (1, C, 1, 1) and ``big`` is (1, C, H, W)."""

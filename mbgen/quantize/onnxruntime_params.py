@@ -16,6 +16,9 @@ the same operations in the same order (each step rounded to float32):
 * QLinearAveragePool (a window smaller than the image; a whole-image window without pads
   runs the global average pool above): float32 sums of dequantised inputs, see
   ``OrtAveragePoolQuant``.
+* DequantizeLinear -> HardSigmoid / HardSwish -> QuantizeLinear, which onnxruntime runs in
+  float32 (no QLinear kernel exists): ``activation_table`` evaluates the chain for the 256
+  codes (checked against onnxruntime for every code in tests/test_onnx_quantized_v3.py).
 
 Both the numpy reference (``mbgen/reference_onnxruntime.py``) and the C lowering
 (``mbgen/codegen/lowering_onnxruntime.py``) take their constants from here.
@@ -214,3 +217,34 @@ def average_pool_quant(graph: ir.Graph, node: ir.Node) -> OrtAveragePoolQuant:
 def quantize_params(graph: ir.Graph, node: ir.Node) -> tuple[np.float32, int]:
     """QuantizeLinear (float -> int8): the output's scale and zero point."""
     return _per_tensor(graph, node.outputs[0], node)
+
+
+DEQUANTIZED_FUNCTIONS = ("HardSigmoid", "HardSwish")
+
+
+def activation_table(graph: ir.Graph, node: ir.Node) -> np.ndarray:
+    """ir.DequantizedActivation as onnxruntime computes it, for the 256 int8 codes (index =
+    code + 128): DequantizeLinear ``float32(q - x_zp) * x_scale``; HardSigmoid (Eigen, no
+    fused multiply-add) ``max(min(alpha * x + beta, 1), 0)``, HardSwish ``x * that`` with
+    alpha 1/6 and beta 0.5 (its ONNX function body); then QuantizeLinear. uint8 storage
+    changes nothing: every step sees ``q - zero_point``, and the output clamp is shifted
+    with the zero point."""
+    op: ir.DequantizedActivation = node.op
+    if op.function not in DEQUANTIZED_FUNCTIONS:
+        raise ValueError(f"{node.name}: no onnxruntime arithmetic for {op.function!r}")
+    x_scale, x_zp = _per_tensor(graph, node.inputs[0], node)
+    y_scale, y_zp = _per_tensor(graph, node.outputs[0], node)
+    codes = np.arange(INT8_MIN, INT8_MAX + 1, dtype=np.int32)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        x = (codes - np.int32(x_zp)).astype(np.float32) * x_scale
+        hard = np.maximum(np.minimum(_F32(op.alpha) * x + _F32(op.beta), _F32(1)), _F32(0))
+        y = x * hard if op.function == "HardSwish" else hard
+        return quantize_linear_int8(y, y_scale, y_zp)
+
+
+def quantize_linear_int8(x: np.ndarray, scale: np.float32, zero_point: int) -> np.ndarray:
+    """QuantizeLinear (MLAS): float32 division, clamp to the range less the zero point,
+    round half to even, add the zero point."""
+    value = np.asarray(x, dtype=np.float32) / _F32(scale)
+    value = np.clip(value, _F32(INT8_MIN - zero_point), _F32(INT8_MAX - zero_point))
+    return (np.rint(np.nan_to_num(value)).astype(np.int64) + zero_point).astype(np.int8)
