@@ -259,7 +259,8 @@ class PadND:
 class DequantizedActivation:
     """inputs: x. int8 ONNX only: an activation onnxruntime computes in float32 between a
     DequantizeLinear and a QuantizeLinear. ``function`` "HardSigmoid" is
-    max(0, min(1, alpha * x + beta)); "HardSwish" is x * HardSigmoid(x) (alpha 1/6, beta 0.5).
+    max(0, min(1, alpha * x + beta)); "HardSwish" is x * HardSigmoid(x) (alpha 1/6, beta 0.5);
+    "Identity" is x (a requantisation to the output's parameters).
     The kernels look the int8 result up in a 256-entry table (quantize/onnxruntime_params)."""
 
     function: str
@@ -268,10 +269,20 @@ class DequantizedActivation:
     requantization: Requantization = Requantization.ONNXRUNTIME
 
 
+@dataclass(frozen=True)
+class DequantizedMean:
+    """inputs: x (1,H,W,C). int8 ONNX only: a ReduceMean over H and W that onnxruntime
+    computes in float32 between a DequantizeLinear and a QuantizeLinear (each channel's
+    NCHW row summed in Eigen's order, divided by H*W, quantised)."""
+
+    keep_dims: bool = True
+    requantization: Requantization = Requantization.ONNXRUNTIME
+
+
 OpAttrs = Union[Conv2D, DepthwiseConv2D, FullyConnected, Add, Mul, AveragePool2D, Mean,
                 Reshape, Pad, Softmax, ActivationOp, HardSwish, Logistic, BatchNorm,
                 Identity, Quantize, Dequantize, Concatenation, MaxPool2D,
-                StridedSlice, Transpose, PadND, DequantizedActivation]
+                StridedSlice, Transpose, PadND, DequantizedActivation, DequantizedMean]
 
 OP_TYPES: tuple[type, ...] = OpAttrs.__args__  # type: ignore[attr-defined]
 

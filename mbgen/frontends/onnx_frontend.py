@@ -151,6 +151,8 @@ def _with_batch_one(model: "onnx.ModelProto") -> "onnx.ModelProto":
 
 
 def _infer(model: "onnx.ModelProto") -> "onnx.ModelProto":
+    from mbgen.frontends import onnx_quantized_shapes  # com.microsoft ops, for shapes only
+    model = onnx_quantized_shapes.for_inference(model)
     try:
         return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True,
                                                  data_prop=True)

@@ -270,6 +270,28 @@ class QuantizedLayers:
         name = self._int8_activation(out, self.layouts[node.inputs[0]], y_scale, y_zp)
         self.nodes.append(ir.Node(self._unique_node_name(node.label), op, [x.tensor], [name]))
 
+    def _qdq_reduce_mean(self, node: _OnnxNode) -> None:
+        """DequantizeLinear -> ReduceMean over H and W -> QuantizeLinear (float32 in
+        onnxruntime, both formats)."""
+        x = self._dq_input(node, 0)
+        layout = self.layouts[node.inputs[0]]
+        if x.tensor is None or layout.order is not _Order.NHWC:
+            raise UserError(f"ONNX ReduceMean {node.where()} needs an NCHW activation")
+        if len(node.inputs) > 1 and node.inputs[1]:
+            axes = self._constant(node, 1, "axes").reshape(-1).tolist()
+        else:
+            axes = list(node.attrs.get("axes", ()))
+        if sorted(int(a) % 4 for a in axes) != [2, 3]:
+            raise UserError(f"ONNX ReduceMean {node.where()} over axes {axes}; in int8 models "
+                            "mbgen takes the mean over H and W (axes 2, 3)")
+        keep = bool(int(node.attrs.get("keepdims", 1)))
+        out, y_scale, y_zp = self._qdq_output(node)
+        n, c, _, _ = layout.onnx_shape
+        name = self._int8_activation(out, _layout_for((n, c, 1, 1) if keep else (n, c)),
+                                     y_scale, y_zp)
+        self.nodes.append(ir.Node(self._unique_node_name(node.label),
+                                  ir.DequantizedMean(keep), [x.tensor], [name]))
+
 
 def _is_channel_vector(small: _Layout, big: _Layout) -> bool:
     """True when ``small`` is (1, C, 1, 1) and ``big`` is (1, C, H, W)."""
