@@ -109,7 +109,8 @@ class FullyConnected:
 
 @dataclass(frozen=True)
 class Add:
-    """inputs: a, b of the same shape (residual connection)."""
+    """inputs: a, b of the same shape (residual connection), or broadcast against each other
+    as numpy and TFLite do (rank <= 4; a constant such as hard sigmoid's 3 from .tflite)."""
 
     activation: Activation = Activation.NONE
     requantization: Requantization = Requantization.TFLITE

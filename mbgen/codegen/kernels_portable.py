@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from mbgen import ir
-from mbgen.codegen import kernels_layout, lower_graph_ops, lowering_onnxruntime
+from mbgen.codegen import (kernels_layout, lower_broadcast, lower_graph_ops,
+                           lowering_onnxruntime)
 from mbgen.codegen import records as r
 from mbgen.codegen.lowering import LoweringContext, nhwc
 from mbgen.quantize import params
@@ -37,7 +38,7 @@ class PortableKernels:
         if isinstance(op, ir.FullyConnected):
             return _fully_connected(ctx, index, node)
         if isinstance(op, ir.Add):
-            return _add(ctx, node)
+            return _add(ctx, node) or lower_broadcast.add(ctx, index, node)
         if isinstance(op, ir.Mul):
             return _mul(ctx, index, node)
         if isinstance(op, ir.HardSwish):

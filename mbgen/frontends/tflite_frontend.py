@@ -739,13 +739,15 @@ class _GraphBuilder:
         return self.tensor(ia), self.tensor(ib), self.output()
 
     def add(self) -> None:
-        a, b, out = self.operands()
-        self.expect(self.shape(a) == self.shape(b) == self.shape(out),
-                    f"shapes {self.shape(a)} + {self.shape(b)} -> {self.shape(out)}: "
-                    "only same-shape ADD is supported")
+        """ADD, also with broadcasting (Keras' hard sigmoid adds a constant 3)."""
+        a, b, out = self.broadcast_operands("+", "ADD")
         self.add_node(ir.Add(activation=self.activation()), [a, b], [out])
 
     def mul(self) -> None:
+        a, b, out = self.broadcast_operands("*", "MUL")
+        self.add_node(ir.Mul(activation=self.activation()), [a, b], [out])
+
+    def broadcast_operands(self, sign: str, name: str) -> tuple[str, str, str]:
         a, b, out = self.operands()
         sa, sb, so = self.shape(a), self.shape(b), self.shape(out)
         try:
@@ -753,9 +755,11 @@ class _GraphBuilder:
         except ValueError:
             broadcast = None
         self.expect(broadcast == tuple(so) and len(so) <= 4,
-                    f"shapes {sa} * {sb} -> {so}: MUL operands must broadcast to the "
-                    "output (rank 4 or less)")
-        self.add_node(ir.Mul(activation=self.activation()), [a, b], [out])
+                    f"shapes {sa} {sign} {sb} -> {so}: {name} operands must broadcast to "
+                    "the output (rank 4 or less)")
+        self.expect(not (self.tensors[a].is_const and self.tensors[b].is_const),
+                    f"{name} of two constants")
+        return a, b, out
 
     def average_pool(self) -> None:
         (ix,) = self.inputs(1, 1)
