@@ -33,8 +33,9 @@ import numpy as np
 
 from mbgen import ir
 from mbgen.errors import UserError
-from mbgen.frontends.onnx_frontend import (_Converter, _layout_for, _Layout,
-                                           _OnnxNode, _reshape_target)
+from mbgen.frontends.onnx_frontend import _Converter
+from mbgen.frontends.onnx_layout import _Layout, _layout_for, _OnnxNode
+from mbgen.frontends.onnx_model import _reshape_target
 from mbgen.frontends.onnx_quantized_graph_ops import QuantizedGraphOps
 from mbgen.frontends.onnx_quantized_layers import ORT, QuantizedLayers
 

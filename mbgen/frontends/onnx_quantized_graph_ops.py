@@ -21,7 +21,7 @@ import numpy as np
 from mbgen import ir
 from mbgen.errors import UserError
 from mbgen.frontends import onnx_graph_ops
-from mbgen.frontends.onnx_frontend import _Layout, _layout_for, _OnnxNode
+from mbgen.frontends.onnx_layout import _Layout, _layout_for, _OnnxNode
 
 
 _MOVERS = frozenset({"MaxPool", "Split", "Slice", "Reshape", "Transpose"})

@@ -13,7 +13,7 @@ import numpy as np
 
 from mbgen import ir
 from mbgen.errors import UserError
-from mbgen.frontends.onnx_frontend import _layout_for, _Layout, _OnnxNode, _Order, _pair
+from mbgen.frontends.onnx_layout import _layout_for, _Layout, _OnnxNode, _Order, _pair
 
 ORT = ir.Requantization.ONNXRUNTIME
 
