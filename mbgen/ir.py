@@ -33,12 +33,17 @@ class Requantization(enum.Enum):
     ONNXRUNTIME_UINT8: the same on uint8 storage. The IR keeps such tensors as int8 (value
     and zero point minus 128), which changes nothing for ops that work on ``q - zero_point``;
     an op whose float arithmetic sees the stored values (QLinearAdd) adds 128 back.
-    Every kernel set that only knows TFLite's arithmetic must decline both.
+    TFLITE_UINT8: TFLite's legacy uint8 kernels (LiteRT's reference kernels; TFLM has none),
+    uint8 held as int8 the same way: weights keep their zero point (``w - weight_zp``), one
+    per-tensor multiplier from the float32 product of the scales, and an average pool that
+    rounds its uint8 sums half up.
+    Every kernel set that only knows TFLite's int8 arithmetic must decline all three.
     """
 
     TFLITE = "tflite"
     ONNXRUNTIME = "onnxruntime"
     ONNXRUNTIME_UINT8 = "onnxruntime-uint8"
+    TFLITE_UINT8 = "tflite-uint8"
 
 
 class Activation(enum.Enum):
@@ -297,6 +302,12 @@ def uses_onnxruntime_arithmetic(op: OpAttrs) -> bool:
     """True for ops that requantise as onnxruntime does (float32 scales)."""
     return requantization_of(op) in (Requantization.ONNXRUNTIME,
                                      Requantization.ONNXRUNTIME_UINT8)
+
+
+def uses_tflite_int8_arithmetic(op: OpAttrs) -> bool:
+    """True for ops computed as TFLite's (and TFLM's) int8 kernels compute them: the only
+    ones the fixed-point kernel sets (mbgen, cmsis-nn, mve) may take."""
+    return requantization_of(op) is Requantization.TFLITE
 
 
 def op_name(op: OpAttrs) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 
 from mbgen import ir
 from mbgen.codegen import (kernels_layout, lower_broadcast, lower_graph_ops,
-                           lowering_onnxruntime)
+                           lowering_onnxruntime, lowering_uint8)
 from mbgen.codegen import records as r
 from mbgen.codegen.lowering import LoweringContext, nhwc
 from mbgen.quantize import params
@@ -31,6 +31,8 @@ class PortableKernels:
         op = node.op
         if ir.uses_onnxruntime_arithmetic(op):
             return lowering_onnxruntime.lower(ctx, index, node)
+        if ir.requantization_of(op) is ir.Requantization.TFLITE_UINT8:
+            return lowering_uint8.lower(ctx, index, node)
         if isinstance(op, ir.Conv2D):
             return _conv(ctx, index, node, op)
         if isinstance(op, ir.DepthwiseConv2D):

@@ -43,11 +43,12 @@ from mbgen import ir
 from mbgen.errors import UserError
 from mbgen.frontends import tflite_graph_ops
 from mbgen.frontends import tflite_layout_ops as layout_ops
+from mbgen.frontends import tflite_legacy_uint8 as legacy
 from mbgen.frontends.tflite_layers import TfliteLayers
 from mbgen.frontends.tflite_parse import (_FUSED_ACTIVATION_NAMES, _FUSED_ACTIVATIONS, _INT8,
                                          _INT16, _IR_DTYPES, _MAX_TENSOR_ELEMENTS,
                                          _NUMPY_DTYPES, _SAME, _UINT8, _VALID,
-                                         LEGACY_UINT8_HINT, _parse, _RawModel, _RawOperator,
+                                         _parse, _RawModel, _RawOperator,
                                          _RawOptions, _RawTensor, _type_name)
 
 
@@ -88,6 +89,7 @@ class _GraphBuilder(TfliteLayers):
         self.folded_data: dict[int, np.ndarray] = {}  # float16 DEQUANTIZE outputs, as float32
         self.op: _RawOperator | None = None  # the operator being converted (for messages)
         self.uint8_io = layout_ops.uint8_interface(model)  # uint8 input/output QUANTIZEs
+        self.legacy_uint8 = legacy.is_legacy(model.tensors, self.uint8_io)
 
     # ---- errors
 
@@ -203,10 +205,10 @@ class _GraphBuilder(TfliteLayers):
             raise self.fail(f"tensor {name!r} must not be a constant")
         if name in self.tensors:
             return name
-        if t.type == _UINT8 and t.index not in self.uint8_io:
-            raise self.fail(self.legacy_message())
         if t.index in self.folded_data:
             dtype = "float32"
+        elif t.type == _UINT8 and self.legacy_uint8:
+            dtype = "int8"  # held as uint8 - 128 (tflite_legacy_uint8)
         elif t.type == _UINT8:
             dtype = "uint8"
         elif t.type in _IR_DTYPES:
@@ -223,14 +225,12 @@ class _GraphBuilder(TfliteLayers):
         quant = self.quant_params(t) if dtype != "float32" else None
         if dtype in ("int8", "uint8") and data is None and quant.scale.size != 1:
             raise self.fail(f"int8 activation {name!r} must be quantised per tensor")
+        if t.type == _UINT8 and self.legacy_uint8:
+            data, quant = legacy.as_int8(data, quant)
         if data is not None:
             data = np.array(data, dtype=dtype)  # own, writable copy
         self.tensors[name] = ir.Tensor(name, tuple(t.shape), dtype, data, quant)
         return name
-
-    def legacy_message(self) -> str:
-        return (f"{self.label} is a uint8 (legacy) TFLite model; TFLM and mbgen support int8 "
-                f"models only: {LEGACY_UINT8_HINT}")
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self.tensors[name].shape
@@ -264,8 +264,6 @@ class _GraphBuilder(TfliteLayers):
                             "reading the input and a QUANTIZE int8->uint8 writing the output; "
                             "re-convert with inference_input_type=tf.int8 and "
                             "inference_output_type=tf.int8")
-        if stray:
-            raise UserError(self.legacy_message())
         for t in model.tensors:  # TFLM's allocator reads every tensor's buffer, used or not
             self.expect(0 <= t.buffer < len(model.buffers), f"tensor {self.tname(t.index)!r} "
                         f"uses buffer {t.buffer} of {len(model.buffers)}")
@@ -286,6 +284,9 @@ class _GraphBuilder(TfliteLayers):
             outputs=outputs,
             metadata={"source_format": "tflite", "description": model.description},
         )
+        if self.legacy_uint8:
+            graph.nodes = legacy.legacy_nodes(graph, self.label)
+            graph.metadata["legacy_uint8"] = "input and output are int8 = uint8 - 128"
         try:
             ir.verify(graph)
         except ir.GraphError as exc:
@@ -407,7 +408,7 @@ class _GraphBuilder(TfliteLayers):
     def check_weights(self, w: str, axis: int) -> None:
         """int8 weights: symmetric, per tensor or per channel along ``axis``."""
         t = self.tensors[w]
-        if t.dtype != "int8":
+        if t.dtype != "int8" or self.legacy_uint8:  # legacy uint8 weights keep a zero point
             return
         q = t.quant
         self.expect(bool(np.all(q.zero_point == 0)), f"int8 weights {w!r} must have zero point 0")

@@ -30,10 +30,6 @@ _SAME, _VALID = 0, 1
 _FUSED_ACTIVATIONS = {0: ir.Activation.NONE, 1: ir.Activation.RELU, 3: ir.Activation.RELU6}
 _FUSED_ACTIVATION_NAMES = {2: "RELU_N1_TO_1", 4: "TANH", 5: "SIGN_BIT"}
 
-LEGACY_UINT8_HINT = ("re-convert it with full-integer int8 quantisation "
-                     "(TFLiteConverter with optimizations=[tf.lite.Optimize.DEFAULT], "
-                     "a representative dataset and inference_input_type=tf.int8)")
-
 
 class _Corrupt(Exception):
     """Raised inside ``_parse`` when our own bounds checks find inconsistent bytes."""
