@@ -8,6 +8,8 @@ prints how far it lies from ours. The C takes and returns int8 = uint8 - 128.
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -107,3 +109,20 @@ def test_verify_with_litert_reference(shared_dir, tmp_path):
                            count=2, echo=lines.append)
     assert outcome.ok, "\n".join(lines)
     assert sum("host C vs LiteRT" in c.what and c.exact for c in outcome.comparisons) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+@pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None or
+                    shutil.which("qemu-system-arm") is None, reason="no Arm toolchain or QEMU")
+def test_legacy_uint8_in_qemu_cortex_m7_with_litert_reference(shared_dir):
+    from mbgen.verify import verify_model
+    path = shared_dir / "models" / "mobilenet_v1_0.25_128_quant.tflite"
+    if not path.is_file():
+        pytest.skip(f"{path} missing")
+    lines: list[str] = []
+    outcome = verify_model(str(path), CompileOptions(target="cortex-m7"), reference="litert",
+                           count=1, echo=lines.append)
+    assert outcome.ok, "\n".join(lines)
+    assert any("QEMU cortex-m7" in c.what and c.exact for c in outcome.comparisons)
+    print("\n".join(lines))
