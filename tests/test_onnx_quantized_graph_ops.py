@@ -9,6 +9,7 @@ DequantizeLinear and a QuantizeLinear. The referee is the onnxruntime wheel.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +20,11 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from helpers_c import build_folder, run  # noqa: E402
-from helpers_onnxruntime import (as_ort_output, int8_input, lsb_diff, nchw,  # noqa: E402
-                                 ort_session, quantized_zoo_files, zoo_inputs)
+from helpers_onnxruntime import (as_ort_output, assert_same_as_ort, int8_input,  # noqa: E402
+                                 lsb_diff, nchw, ort_session, quantized_zoo_files,
+                                 zoo_inputs)
 from mbgen import ir  # noqa: E402
-from mbgen.compiler import CompileOptions, compile_model, prepare  # noqa: E402
+from mbgen.compiler import CompileOptions, compile_model, emit, prepare  # noqa: E402
 from mbgen.reference import run_int8  # noqa: E402
 from mbgen.reference_onnxruntime import eigen_sum  # noqa: E402
 
@@ -159,3 +161,23 @@ def test_light_models_qdq_int8_bounded(model, zoo_files):
         equal, total = equal + int((diff == 0).sum()), total + diff.size
     print(f"{model} QDQ int8 vs onnxruntime: {equal}/{total} outputs equal, worst {worst} LSB")
     assert worst <= 6 and equal >= 0.5 * total
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+@pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None or
+                    shutil.which("qemu-system-arm") is None, reason="no Arm toolchain or QEMU")
+def test_shufflenet_in_qemu_cortex_m7_is_bit_exact(zoo_files, tmp_path):
+    """The float32 ReduceMean and the concat tables on the M7's single-precision FPU."""
+    from mbgen import targets
+    from mbgen.runner import run_qemu
+    path = zoo_files["shufflenetv2_0.5_96"]["QOperator"]
+    prepared = prepare(str(path), CompileOptions())
+    emit(prepared, CompileOptions(target="cortex-m7", out_dir=tmp_path / "fw",
+                                  flash_bytes=4 * 1024 * 1024))
+    graph = prepared.graph
+    label, x = zoo_inputs(graph)[0]
+    result = run_qemu(tmp_path / "fw", targets.get("cortex-m7"), int8_input(graph, x).tobytes())
+    want = ort_session(path).run(None, {"input": nchw(x)})[0]
+    assert_same_as_ort(graph, result.output_int8(), want, f"Cortex-M7 != onnxruntime on {label}")
+    print(f"shufflenetv2_0.5_96 QOperator on cortex-m7 ({label}): bit-exact with onnxruntime")
