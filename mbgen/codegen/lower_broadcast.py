@@ -1,5 +1,6 @@
 """Broadcasting int8 ADD (TFLite's BroadcastAdd4DSlow): an operand of another shape, such as
-the constant 3 of hard sigmoid ``relu6(x + 3) / 6`` in Keras-converted MobileNetV3 files.
+the constant 3 of hard sigmoid ``relu6(x + 3) / 6`` in Keras-converted MobileNetV3 files;
+and ``broadcast_strides``, which the broadcasting MUL (kernels_portable) shares.
 
 Same arithmetic as the elementwise ``add_s8`` (``params.add_quant``); each operand walks the
 4-D output with its own element strides, 0 along the dimensions it broadcasts, as ``mul_s8``.
@@ -29,9 +30,26 @@ class BroadcastAddCall:
     quant: params.AddQuant
 
 
+def broadcast_strides(shape: tuple[int, ...],
+                      dims: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
+    """Element strides that read a row-major ``shape`` across the 4-D output ``dims``
+    (numpy/TFLite broadcasting: 0 along every dimension where ``shape`` has 1), or None
+    when ``shape`` does not broadcast to ``dims``."""
+    if len(shape) > 4:
+        return None
+    padded = (1,) * (4 - len(shape)) + tuple(int(d) for d in shape)
+    strides, step = [0, 0, 0, 0], 1
+    for axis in (3, 2, 1, 0):
+        if padded[axis] == dims[axis]:
+            strides[axis] = step if dims[axis] > 1 else 0
+        elif padded[axis] != 1:
+            return None
+        step *= padded[axis]
+    return strides[0], strides[1], strides[2], strides[3]
+
+
 def add(ctx: LoweringContext, index: int, node: ir.Node) -> BroadcastAddCall | None:
     """An int8 Add whose operands broadcast to the output (rank 4 or less)."""
-    from mbgen.codegen.kernels_portable import broadcast_strides
     out = ctx.tensor(node.outputs[0])
     if out.dtype != "int8" or len(out.shape) > 4:
         return None
