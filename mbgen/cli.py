@@ -413,9 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "mbgen verify model.tflite --target cortex-m4 --reference tflm "
                                    "--images photos/"))
     _add_compile_args(p, "output folder (default: a temporary folder)")
-    p.add_argument("--reference", choices=["numpy", "tflm", "onnxruntime"], default="numpy",
+    p.add_argument("--reference", choices=["numpy", "tflm", "onnxruntime", "litert"],
+                   default="numpy",
                    help="independent int8 reference to compare with (default: numpy; "
-                        "onnxruntime for int8 .onnx files)")
+                        "onnxruntime for int8 .onnx files; litert, its reference kernels, "
+                        "for .tflite files incl. legacy uint8 ones)")
     p.add_argument("--images", metavar="DIR", help="photos to use as inputs (and synthetic ones)")
     p.add_argument("--count", type=int, default=3, help="synthetic inputs (default: 3)")
     p.add_argument("--json", action="store_true", help="print the comparisons as one JSON object")

@@ -33,12 +33,17 @@ class Requantization(enum.Enum):
     ONNXRUNTIME_UINT8: the same on uint8 storage. The IR keeps such tensors as int8 (value
     and zero point minus 128), which changes nothing for ops that work on ``q - zero_point``;
     an op whose float arithmetic sees the stored values (QLinearAdd) adds 128 back.
-    Every kernel set that only knows TFLite's arithmetic must decline both.
+    TFLITE_UINT8: TFLite's legacy uint8 kernels (LiteRT's reference kernels; TFLM has none),
+    uint8 held as int8 the same way: weights keep their zero point (``w - weight_zp``), one
+    per-tensor multiplier from the float32 product of the scales, and an average pool that
+    rounds its uint8 sums half up.
+    Every kernel set that only knows TFLite's int8 arithmetic must decline all three.
     """
 
     TFLITE = "tflite"
     ONNXRUNTIME = "onnxruntime"
     ONNXRUNTIME_UINT8 = "onnxruntime-uint8"
+    TFLITE_UINT8 = "tflite-uint8"
 
 
 class Activation(enum.Enum):
@@ -109,7 +114,8 @@ class FullyConnected:
 
 @dataclass(frozen=True)
 class Add:
-    """inputs: a, b of the same shape (residual connection)."""
+    """inputs: a, b of the same shape (residual connection), or broadcast against each other
+    as numpy and TFLite do (rank <= 4; a constant such as hard sigmoid's 3 from .tflite)."""
 
     activation: Activation = Activation.NONE
     requantization: Requantization = Requantization.TFLITE
@@ -255,10 +261,34 @@ class PadND:
     value: int
 
 
+@dataclass(frozen=True)
+class DequantizedActivation:
+    """inputs: x. int8 ONNX only: an activation onnxruntime computes in float32 between a
+    DequantizeLinear and a QuantizeLinear. ``function`` "HardSigmoid" is
+    max(0, min(1, alpha * x + beta)); "HardSwish" is x * HardSigmoid(x) (alpha 1/6, beta 0.5);
+    "Identity" is x (a requantisation to the output's parameters).
+    The kernels look the int8 result up in a 256-entry table (quantize/onnxruntime_params)."""
+
+    function: str
+    alpha: float = 1.0 / 6.0
+    beta: float = 0.5
+    requantization: Requantization = Requantization.ONNXRUNTIME
+
+
+@dataclass(frozen=True)
+class DequantizedMean:
+    """inputs: x (1,H,W,C). int8 ONNX only: a ReduceMean over H and W that onnxruntime
+    computes in float32 between a DequantizeLinear and a QuantizeLinear (each channel's
+    NCHW row summed in Eigen's order, divided by H*W, quantised)."""
+
+    keep_dims: bool = True
+    requantization: Requantization = Requantization.ONNXRUNTIME
+
+
 OpAttrs = Union[Conv2D, DepthwiseConv2D, FullyConnected, Add, Mul, AveragePool2D, Mean,
                 Reshape, Pad, Softmax, ActivationOp, HardSwish, Logistic, BatchNorm,
                 Identity, Quantize, Dequantize, Concatenation, MaxPool2D,
-                StridedSlice, Transpose, PadND]
+                StridedSlice, Transpose, PadND, DequantizedActivation, DequantizedMean]
 
 OP_TYPES: tuple[type, ...] = OpAttrs.__args__  # type: ignore[attr-defined]
 
@@ -272,6 +302,12 @@ def uses_onnxruntime_arithmetic(op: OpAttrs) -> bool:
     """True for ops that requantise as onnxruntime does (float32 scales)."""
     return requantization_of(op) in (Requantization.ONNXRUNTIME,
                                      Requantization.ONNXRUNTIME_UINT8)
+
+
+def uses_tflite_int8_arithmetic(op: OpAttrs) -> bool:
+    """True for ops computed as TFLite's (and TFLM's) int8 kernels compute them: the only
+    ones the fixed-point kernel sets (mbgen, cmsis-nn, mve) may take."""
+    return requantization_of(op) is Requantization.TFLITE
 
 
 def op_name(op: OpAttrs) -> str:

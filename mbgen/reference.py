@@ -489,6 +489,9 @@ def _kernel_for(node: ir.Node) -> Kernel | None:
     if ir.uses_onnxruntime_arithmetic(node.op):
         from mbgen import reference_onnxruntime  # it imports this module's helpers
         return reference_onnxruntime.KERNELS.get(type(node.op))
+    if ir.requantization_of(node.op) is ir.Requantization.TFLITE_UINT8:
+        from mbgen import reference_uint8  # it imports this module's helpers
+        return reference_uint8.KERNELS.get(type(node.op))
     return _KERNELS.get(type(node.op))
 
 # ----------------------------------------------------------------------------- graph runner

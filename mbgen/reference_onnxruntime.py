@@ -28,9 +28,7 @@ def requantize(acc: np.ndarray, scales: np.ndarray, zero_point: int) -> np.ndarr
 
 def quantize_linear(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     """QuantizeLinear to int8: float32 division, clamp, round half to even, zero point."""
-    value = np.asarray(x, dtype=np.float32) / _F32(scale)
-    value = np.clip(value, _F32(INT8_MIN - zero_point), _F32(INT8_MAX - zero_point))
-    return (np.rint(np.nan_to_num(value)).astype(np.int64) + zero_point).astype(np.int8)
+    return ort.quantize_linear_int8(x, _F32(scale), zero_point)
 
 
 def dequantize_linear(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
@@ -148,6 +146,49 @@ def _average_pool2d(graph: ir.Graph, node: ir.Node, args: list[np.ndarray]) -> n
     return out
 
 
+def _dequantized_activation(graph: ir.Graph, node: ir.Node,
+                            args: list[np.ndarray]) -> np.ndarray:
+    """DequantizeLinear -> HardSigmoid / HardSwish -> QuantizeLinear, code by code."""
+    return ort.activation_table(graph, node)[args[0].astype(np.int64) + 128]
+
+
+def eigen_sum(row: np.ndarray, misalignment: int) -> np.float32:
+    """A float32 row summed in Eigen's order (see ort.EigenSumOrder)."""
+    order = ort.eigen_sum_order(row.size, misalignment)
+    if order.packets == 0:
+        total = row[0]
+        for value in row[1:]:
+            total = _F32(total + value)
+        return total
+    p, head = ort.EIGEN_PACKET, order.head
+    packets = row[head:head + order.packets * p].reshape(order.packets, p)
+    r0 = packets[0].copy()
+    if order.packets > 1:
+        r1 = packets[1].copy()
+        pairs = order.packets // 2
+        for k in range(1, pairs):
+            r0 = (r0 + packets[2 * k]).astype(np.float32)
+            r1 = (r1 + packets[2 * k + 1]).astype(np.float32)
+        r0 = (r0 + r1).astype(np.float32)
+        if order.packets % 2:
+            r0 = (r0 + packets[-1]).astype(np.float32)
+    total = _F32(_F32(r0[0] + r0[2]) + _F32(r0[1] + r0[3]))
+    for value in np.concatenate([row[:head], row[head + order.packets * p:]]):
+        total = _F32(total + value)
+    return total
+
+
+def _dequantized_mean(graph: ir.Graph, node: ir.Node, args: list[np.ndarray]) -> np.ndarray:
+    """DequantizeLinear -> ReduceMean (H, W) -> QuantizeLinear in onnxruntime's float32."""
+    q = ort.dequantized_mean_quant(graph, node)
+    real = q.table[args[0].astype(np.int64) + 128]               # (1, H, W, C) float32
+    rows = real.reshape(q.count, -1).T                             # NCHW rows
+    means = np.array([eigen_sum(row, c * q.count) / _F32(q.count)
+                      for c, row in enumerate(rows)], dtype=np.float32)
+    out = quantize_linear(means, q.y_scale, q.output_zero_point)
+    return out.reshape(graph.tensors[node.outputs[0]].shape)
+
+
 def _quantize(graph: ir.Graph, node: ir.Node, args: list[np.ndarray]) -> np.ndarray:
     if graph.tensors[node.inputs[0]].dtype != "float32":
         raise ValueError(f"{node.name}: onnxruntime QuantizeLinear here takes float input")
@@ -164,4 +205,6 @@ KERNELS: dict[type, Kernel] = {
     ir.Mean: _mean,
     ir.AveragePool2D: _average_pool2d,
     ir.Quantize: _quantize,
+    ir.DequantizedActivation: _dequantized_activation,
+    ir.DequantizedMean: _dequantized_mean,
 }

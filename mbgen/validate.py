@@ -100,9 +100,10 @@ def _checked_prepare(graph: ir.Graph, node: ir.Node):
         _check_window(graph, node)
     if isinstance(node.op, ir.Softmax) and not (np.isfinite(node.op.beta) and node.op.beta > 0):
         raise ValueError(f"softmax beta {node.op.beta} must be positive and finite")
-    if ir.uses_onnxruntime_arithmetic(node.op):
-        # Float32 requantisation (int8 ONNX): no TFLM Prepare constants to derive; its scales
-        # were checked when the file was read (frontends/onnx_quantized*.py).
+    if not ir.uses_tflite_int8_arithmetic(node.op):
+        # Float32 requantisation (int8 ONNX) or legacy uint8 TFLite: no TFLM Prepare constants
+        # to derive; their scales were checked when the file was read
+        # (frontends/onnx_quantized*.py, quantize/uint8_params.py).
         return None
     prepare = _PREPARE.get(type(node.op))
     return prepare(graph, node) if prepare is not None else None
@@ -154,7 +155,9 @@ def _check_conv_like(graph: ir.Graph, node: ir.Node) -> None:
                          f"int8, not {x.dtype}, {w.dtype} and {out.dtype}")
     if not w.is_const:
         raise ValueError(f"weights {w.name!r} must be a constant")
-    if w.quant is None or np.any(w.quant.zero_point != 0):
+    # legacy uint8 TFLite weights (held as uint8 - 128) keep their zero point
+    legacy = ir.requantization_of(node.op) is ir.Requantization.TFLITE_UINT8
+    if w.quant is None or (np.any(w.quant.zero_point != 0) and not legacy):
         raise ValueError(f"int8 weights {w.name!r} must have zero point 0")
     channels = w.shape[3] if isinstance(node.op, ir.DepthwiseConv2D) else w.shape[0]
     if isinstance(node.op, ir.DepthwiseConv2D):
@@ -174,14 +177,16 @@ def _check_conv_like(graph: ir.Graph, node: ir.Node) -> None:
             raise ValueError(f"bias {b.name!r} must be {channels} int32 constants, not "
                              f"{b.dtype} {b.shape}")
         bias = b.data.astype(np.int64)
-    _check_accumulator(w, bias, channels, isinstance(node.op, ir.DepthwiseConv2D))
+    _check_accumulator(w, bias, channels, isinstance(node.op, ir.DepthwiseConv2D),
+                       int(w.quant.zero_point[0]) if legacy else 0)
 
 
-def _check_accumulator(w: ir.Tensor, bias: np.ndarray, channels: int, depthwise: bool) -> None:
+def _check_accumulator(w: ir.Tensor, bias: np.ndarray, channels: int, depthwise: bool,
+                       weight_zero_point: int = 0) -> None:
     """The int32 accumulator cannot overflow in any summation order: the kernels start from
     bias + input_offset * sum(w) and add x * w, TFLM from bias adding (x + offset) * w; with
     |x| <= 128 and |offset| <= 128 both stay within |bias| + 256 * sum(|w|) of zero."""
-    magnitudes = np.abs(w.data.astype(np.int64))
+    magnitudes = np.abs(w.data.astype(np.int64) - weight_zero_point)
     per_channel = (magnitudes.reshape(-1, channels).sum(axis=0) if depthwise
                    else magnitudes.reshape(channels, -1).sum(axis=1))
     bound = np.abs(bias) + 256 * per_channel

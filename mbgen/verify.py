@@ -144,6 +144,12 @@ def _onnxruntime(compiled: CompiledModel):
     return OnnxRuntimeReference(compiled.source.path, compiled.graph)
 
 
+def _litert(compiled: CompiledModel):
+    """LiteRT's reference kernels on the user's own .tflite (legacy uint8 files included)."""
+    from mbgen.litert_runner import LiteRtReference
+    return LiteRtReference(compiled.source.path)
+
+
 def verify_model(spec: str, options: CompileOptions, reference: str = "numpy",
                  images: Path | None = None, count: int = 3,
                  echo: Callable[[str], None] = print) -> VerifyOutcome:
@@ -153,6 +159,8 @@ def verify_model(spec: str, options: CompileOptions, reference: str = "numpy",
     target = targets.get(options.target)
     if reference == "onnxruntime" and resolve_model(spec).kind != "onnx":
         raise UserError("--reference onnxruntime needs an .onnx model file")
+    if reference == "litert" and resolve_model(spec).kind != "tflite":
+        raise UserError("--reference litert needs a .tflite model file")
     with tempfile.TemporaryDirectory(prefix="mbgen-verify-") as tmp:
         work = Path(tmp)
         out_dir = options.out_dir or work / "target"
@@ -166,6 +174,7 @@ def verify_model(spec: str, options: CompileOptions, reference: str = "numpy",
         run_float_model = float_model(compiled.source, compiled.float_graph, options.weights)
         tflm_path = _tflm_model(compiled, work) if reference == "tflm" else None
         onnxruntime = _onnxruntime(compiled) if reference == "onnxruntime" else None
+        litert = _litert(compiled) if reference == "litert" else None
         echo(f"verify {compiled.report['model']} on {target.name} "
              f"({len(inputs)} inputs, kernels {compiled.report['kernels']})")
         if tflm_path is not None:
@@ -207,6 +216,11 @@ def verify_model(spec: str, options: CompileOptions, reference: str = "numpy",
                 record(_exact(item.label, "host C vs onnxruntime", _output(on_host.output),
                               by_ort))
                 record(_exact(item.label, "numpy vs onnxruntime", want, by_ort))
+            if litert is not None:
+                by_litert = litert.run_int8(item.int8_nhwc)
+                record(_exact(item.label, "host C vs LiteRT (ref)", _output(on_host.output),
+                              by_litert))
+                record(_exact(item.label, "numpy vs LiteRT (ref)", want, by_litert))
             if run_float_model is not None and item.float_nhwc is not None:
                 reference_float = run_float_model(item.float_nhwc)
                 got = dequantize(compiled.graph, want)

@@ -11,7 +11,6 @@ test_onnx_quantized_arithmetic.py.
 from __future__ import annotations
 
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,23 +18,21 @@ import pytest
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import helper  # noqa: E402
 
-from conftest import image_paths  # noqa: E402
 from helpers_c import build_folder, run  # noqa: E402
 from helpers_onnxruntime import (as_ort_output, assert_same_as_ort, int8_input,  # noqa: E402
-                                 lsb_diff, nchw, ort_session, quantize)
+                                 lsb_diff, nchw, ort_session, quantize,
+                                 quantized_zoo_files, zoo_inputs, float_initializer,
+                                 QOP_BOTH_QDQ_UINT8,
+                                 save_float_model, assert_bit_exact_with_onnxruntime)
 from mbgen import ir  # noqa: E402
 from mbgen.compiler import CompileOptions, compile_model, emit, prepare  # noqa: E402
 from mbgen.errors import UserError  # noqa: E402
-from mbgen.images import load_image  # noqa: E402
-from mbgen.quantize.calibration import synthetic_inputs  # noqa: E402
 from mbgen.reference import run_int8  # noqa: E402
 
 
 ZOO_MODEL = "mbv2_0.35_96"
-# The (format, activation type) variants the pool and squeeze-excite tests quantise to.
-QOP_BOTH_QDQ_UINT8 = [("QOperator", "QInt8"), ("QOperator", "QUInt8"), ("QDQ", "QUInt8")]
 
 
 # ----------------------------------------------------------------------------- zoo model
@@ -43,35 +40,11 @@ QOP_BOTH_QDQ_UINT8 = [("QOperator", "QInt8"), ("QOperator", "QUInt8"), ("QDQ", "
 
 @pytest.fixture(scope="module")
 def zoo_files(tmp_path_factory) -> dict[str, Path]:
-    """mbv2_0.35_96 exported by torch.onnx and quantised in both formats (per channel)."""
-    import torch
-    from mbgen import zoo
-    folder = tmp_path_factory.mktemp("ort_int8")
-    float_path = folder / "float.onnx"
-    shape = zoo.input_shape(ZOO_MODEL)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(zoo.get(ZOO_MODEL), (torch.zeros(shape),), str(float_path),
-                          input_names=["input"], dynamo=False, opset_version=13)
-    nhwc = (1, shape[2], shape[3], shape[1])
-    calib = [nchw(x) for x in synthetic_inputs(nhwc, count=4, seed=5)]
-    calib += [nchw(load_image(p, nhwc)) for p in image_paths()[:2]]
-    files = {fmt: quantize(float_path, folder / f"{fmt}.onnx", fmt, calib)
-             for fmt in ("QOperator", "QDQ")}
-    # uint8 activations (quantize_static's default); per-tensor weights for QOperator.
-    files["QDQ-uint8"] = quantize(float_path, folder / "qdq_u8.onnx", "QDQ", calib, "QUInt8")
-    files["QOperator-uint8-per-tensor"] = quantize(
-        float_path, folder / "qop_u8.onnx", "QOperator", calib, "QUInt8", per_channel=False)
-    return files
-
-
-def _zoo_inputs(graph: ir.Graph) -> list[tuple[str, np.ndarray]]:
-    """The shared photos (5) and 2 synthetic images, float NHWC."""
-    shape = graph.tensors[graph.inputs[0]].shape
-    inputs = [(p.name, load_image(p, shape)) for p in image_paths()[:5]]
-    inputs += [(f"synthetic{i}", x) for i, x in
-               enumerate(synthetic_inputs(shape, count=2, seed=77))]
-    return inputs
+    """mbv2_0.35_96 quantised in both formats (per channel); uint8 activations
+    (quantize_static's default) in both, and per-tensor weights for QOperator."""
+    return quantized_zoo_files(ZOO_MODEL, tmp_path_factory.mktemp("ort_int8"),
+                               ["QOperator", "QDQ", "QDQ-uint8",
+                                "QOperator-uint8-per-tensor"])
 
 
 @pytest.mark.slow
@@ -86,7 +59,7 @@ def test_mbv2_host_c_is_bit_exact_with_onnxruntime(variant, zoo_files, tmp_path)
                                     ir.Add, ir.Mean)))
     exe = build_folder(compiled.out_dir)
     session = ort_session(path)
-    inputs = _zoo_inputs(graph)
+    inputs = zoo_inputs(graph)
     assert len(inputs) >= 2
     for label, x in inputs:
         want = session.run(None, {"input": nchw(x)})[0]
@@ -110,7 +83,7 @@ def test_mbv2_qdq_matches_qoperator_and_bounds_onnxruntime(zoo_files):
     qop = prepare(str(zoo_files["QOperator"]), CompileOptions()).graph
     session = ort_session(zoo_files["QDQ"])
     worst, equal, total = 0, 0, 0
-    for label, x in _zoo_inputs(qdq):
+    for label, x in zoo_inputs(qdq):
         ours = run_int8(qdq, int8_input(qdq, x))[qdq.outputs[0]]
         np.testing.assert_array_equal(ours, run_int8(qop, int8_input(qop, x))[qop.outputs[0]],
                                       err_msg=f"QDQ and QOperator graphs differ on {label}")
@@ -135,7 +108,7 @@ def test_mbv2_in_qemu_cortex_m7_is_bit_exact(variant, zoo_files, tmp_path):
     emit(prepared, CompileOptions(target="cortex-m7", out_dir=tmp_path / "fw",
                                   flash_bytes=4 * 1024 * 1024))
     graph = prepared.graph
-    label, x = _zoo_inputs(graph)[0]
+    label, x = zoo_inputs(graph)[0]
     result = run_qemu(tmp_path / "fw", targets.get("cortex-m7"), int8_input(graph, x).tobytes())
     want = ort_session(path).run(None, {"input": nchw(x)})[0]
     assert_same_as_ort(graph, result.output_int8(), want, f"Cortex-M7 != onnxruntime on {label}")
@@ -146,57 +119,12 @@ def test_mbv2_in_qemu_cortex_m7_is_bit_exact(variant, zoo_files, tmp_path):
 # ----------------------------------------------------------------------------- small models
 
 
-def _initializer(rng: np.random.Generator, scale: float):
-    """init(name, *shape[, scale]): a float32 initializer of rng's normal values times scale."""
-    def init(name, *shape, scale=scale):
-        return numpy_helper.from_array((rng.standard_normal(shape) * scale)
-                                       .astype(np.float32), name)
-    return init
-
-
-def _save_float_model(path: Path, name: str, nodes, inits, input_shape: list[int],
-                      output_shape: list[int]) -> Path:
-    """A float opset-13 model from "input" to "logits"."""
-    graph = helper.make_graph(
-        nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT, input_shape)],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, output_shape)], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
-    return path
-
-
-def _assert_bit_exact_with_onnxruntime(float_path: Path, tmp_path: Path, variants, calib,
-                                       tests, check_graph, per_channel: bool = True,
-                                       label: str = "") -> None:
-    """Each (format, activation type) of the float model, quantised by quantize_static on
-    ``calib``: check_graph(graph) holds, and on every NCHW input of ``tests`` the host C
-    equals the numpy reference and onnxruntime's output."""
-    for fmt, activations in variants:
-        path = quantize(float_path, tmp_path / f"{fmt}{activations}.onnx", fmt, calib,
-                         activations, per_channel=per_channel)
-        compiled = compile_model(str(path), CompileOptions(
-            target="host", out_dir=tmp_path / f"c_{fmt}{activations}"))
-        graph = compiled.graph
-        check_graph(graph)
-        exe = build_folder(compiled.out_dir)
-        session = ort_session(path)
-        for i, x in enumerate(tests):
-            want = session.run(None, {"input": x})[0]
-            q = int8_input(graph, np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
-            ours = np.frombuffer(run(exe, q.tobytes()), dtype=np.int8)
-            np.testing.assert_array_equal(
-                ours, run_int8(graph, q)[graph.outputs[0]].ravel(),
-                err_msg=f"{fmt} {activations}{label}: C != numpy ({i})")
-            np.testing.assert_array_equal(
-                as_ort_output(graph, ours).reshape(want.shape), want,
-                err_msg=f"{fmt} {activations}{label}: != onnxruntime ({i})")
-
-
 def _small_float_model(path: Path, seed: int, head: str) -> Path:
     """conv 3x3/s2 -> depthwise 3x3 (multiplier 1) -> 1x1 conv -> residual add -> global
     average pool -> flatten -> Gemm or MatMul: one node of each kind quantize_static maps."""
     rng = np.random.default_rng(seed)
     c_in, c, classes, size = 3, 8, 10, 12
-    init = _initializer(rng, 0.5)
+    init = float_initializer(rng, 0.5)
     inits = [init("w1", c, c_in, 3, 3), init("b1", c), init("w2", c, 1, 3, 3), init("b2", c),
              init("w3", c, c, 1, 1, scale=0.3), init("b3", c)]
     nodes = [
@@ -215,7 +143,7 @@ def _small_float_model(path: Path, seed: int, head: str) -> Path:
     else:
         inits.append(init("wf", c, classes))
         nodes.append(helper.make_node("MatMul", ["flat", "wf"], ["logits"]))
-    return _save_float_model(path, "small", nodes, inits, [1, c_in, size, size], [1, classes])
+    return save_float_model(path, "small", nodes, inits, [1, c_in, size, size], [1, classes])
 
 
 @pytest.mark.parametrize("seed,head", [(0, "Gemm"), (1, "MatMul"), (2, "Gemm")])
@@ -230,7 +158,7 @@ def test_small_models_every_op_bit_exact_with_onnxruntime(seed, head, tmp_path):
         assert {ir.Conv2D, ir.DepthwiseConv2D, ir.Add, ir.Mean, ir.FullyConnected} <= kinds
     variants = [("QOperator", "QInt8"), ("QDQ", "QInt8"), ("QOperator", "QUInt8"),
                 ("QDQ", "QUInt8")]
-    _assert_bit_exact_with_onnxruntime(float_path, tmp_path, variants, calib, tests,
+    assert_bit_exact_with_onnxruntime(float_path, tmp_path, variants, calib, tests,
                                        check_graph, per_channel=seed != 2, label=f" {seed}")
 
 
@@ -238,7 +166,7 @@ def test_depthwise_multiplier_dilation_and_asymmetric_padding(tmp_path):
     """Depthwise with multiplier 2 (group = channels, 2 filters each), dilation 2, strides
     (1, 2) and uneven pads, then a dilated 3x3 conv: both formats, both activation types."""
     rng = np.random.default_rng(21)
-    init = _initializer(rng, 0.4)
+    init = float_initializer(rng, 0.4)
     nodes = [
         helper.make_node("Conv", ["input", "w1", "b1"], ["d1"], group=4, dilations=[2, 2],
                          strides=[1, 2], pads=[2, 1, 2, 3]),
@@ -247,7 +175,7 @@ def test_depthwise_multiplier_dilation_and_asymmetric_padding(tmp_path):
         helper.make_node("Flatten", ["pooled"], ["flat"]),
         helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], transB=1),
     ]
-    float_path = _save_float_model(
+    float_path = save_float_model(
         tmp_path / "float.onnx", "dw2", nodes,
         [init("w1", 8, 1, 3, 3), init("b1", 8), init("w2", 6, 8, 3, 3), init("b2", 6),
          init("wf", 5, 6), init("bf", 5)], [1, 4, 10, 10], [1, 5])
@@ -257,7 +185,7 @@ def test_depthwise_multiplier_dilation_and_asymmetric_padding(tmp_path):
     def check_graph(graph):
         assert any(isinstance(n.op, ir.DepthwiseConv2D) and n.op.depth_multiplier == 2
                    for n in graph.nodes)
-    _assert_bit_exact_with_onnxruntime(float_path, tmp_path, [("QOperator", "QInt8"),
+    assert_bit_exact_with_onnxruntime(float_path, tmp_path, [("QOperator", "QInt8"),
                                                               ("QDQ", "QUInt8")],
                                        calib, tests, check_graph)
 
@@ -266,7 +194,7 @@ def test_average_pools_bit_exact_with_onnxruntime(tmp_path):
     """QLinearAveragePool with a 3x3/s2 padded window (float32 window sums, as onnxruntime)
     and with a whole-image window (which onnxruntime runs as its global average pool)."""
     rng = np.random.default_rng(30)
-    init = _initializer(rng, 0.4)
+    init = float_initializer(rng, 0.4)
     nodes = [
         helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
         helper.make_node("AveragePool", ["c1"], ["p1"], kernel_shape=[3, 3], strides=[2, 2],
@@ -276,7 +204,7 @@ def test_average_pools_bit_exact_with_onnxruntime(tmp_path):
         helper.make_node("Flatten", ["p2"], ["flat"]),
         helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], transB=1),
     ]
-    float_path = _save_float_model(
+    float_path = save_float_model(
         tmp_path / "float.onnx", "pools", nodes,
         [init("w1", 6, 3, 3, 3), init("b1", 6), init("w2", 6, 6, 1, 1), init("b2", 6),
          init("wf", 5, 6), init("bf", 5)], [1, 3, 10, 10], [1, 5])
@@ -286,7 +214,7 @@ def test_average_pools_bit_exact_with_onnxruntime(tmp_path):
     def check_graph(graph):
         kinds = [type(n.op) for n in graph.nodes]
         assert ir.AveragePool2D in kinds and ir.Mean in kinds
-    _assert_bit_exact_with_onnxruntime(float_path, tmp_path, QOP_BOTH_QDQ_UINT8, calib, tests,
+    assert_bit_exact_with_onnxruntime(float_path, tmp_path, QOP_BOTH_QDQ_UINT8, calib, tests,
                                        check_graph)
 
 
@@ -294,7 +222,7 @@ def test_squeeze_excite_mul_bit_exact_with_onnxruntime(tmp_path):
     """x * s with s (1, C, 1, 1) from a global pool and a 1x1 conv (squeeze-excite): the
     broadcast QLinearMul, both formats, int8 and uint8."""
     rng = np.random.default_rng(40)
-    init = _initializer(rng, 0.4)
+    init = float_initializer(rng, 0.4)
     nodes = [
         helper.make_node("Conv", ["input", "w1", "b1"], ["x"], pads=[1, 1, 1, 1]),
         helper.make_node("GlobalAveragePool", ["x"], ["squeezed"]),
@@ -304,7 +232,7 @@ def test_squeeze_excite_mul_bit_exact_with_onnxruntime(tmp_path):
         helper.make_node("Flatten", ["pooled"], ["flat"]),
         helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], transB=1),
     ]
-    float_path = _save_float_model(
+    float_path = save_float_model(
         tmp_path / "float.onnx", "se", nodes,
         [init("w1", 6, 3, 3, 3), init("b1", 6), init("w2", 6, 6, 1, 1), init("b2", 6),
          init("wf", 5, 6), init("bf", 5)], [1, 3, 8, 8], [1, 5])
@@ -314,7 +242,7 @@ def test_squeeze_excite_mul_bit_exact_with_onnxruntime(tmp_path):
     def check_graph(graph):
         muls = [n for n in graph.nodes if isinstance(n.op, ir.Mul)]
         assert muls and graph.tensors[muls[0].inputs[1]].shape == (1, 1, 1, 6)
-    _assert_bit_exact_with_onnxruntime(float_path, tmp_path, QOP_BOTH_QDQ_UINT8, calib, tests,
+    assert_bit_exact_with_onnxruntime(float_path, tmp_path, QOP_BOTH_QDQ_UINT8, calib, tests,
                                        check_graph)
 
 

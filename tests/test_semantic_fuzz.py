@@ -12,7 +12,8 @@ buffer's length. Each mutant goes through the pipeline the CLI runs (``compiler.
   and gives TFLM's bytes on two inputs wherever TFLM (``tflite_micro``) runs the mutant.
 
 Seeds: the shared person_detect.tflite (200 mutants; mobilenet_v1_0.25_128_quant.tflite is a
-legacy uint8 file that mbgen and TFLM both refuse whole, see MODELS.md) and a small block graph
+legacy uint8 file that TFLM refuses whole, see MODELS.md; its LiteRT check is in
+test_tflite_legacy_uint8.py) and a small block graph
 written by our TFLite writer with the ops person_detect lacks (120 mutants). The counts are
 printed (``-s``); the slow variant runs 400 more of each for three other seeds.
 

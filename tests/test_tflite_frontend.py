@@ -7,8 +7,6 @@ tflite-micro, never from the frontend itself.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -156,22 +154,16 @@ def test_float_mobilenet_loads_as_float_graph_and_runs_like_tflm():
     assert float(probabilities.max()) == pytest.approx(0.3321, abs=5e-5)
 
 
-def test_uint8_legacy_model_is_a_user_error():
-    with pytest.raises(UserError, match=r"uint8 \(legacy\) TFLite model; TFLM and mbgen "
-                                        r"support int8 models only: re-convert"):
-        load_tflite(_needs(MOBILENET_UINT8))
-
-
-def test_cli_refuses_uint8_model_with_exit_2(tmp_path):
-    pytest.importorskip("mbgen.cli")
-    result = subprocess.run(
-        [sys.executable, "-m", "mbgen.cli", "compile", str(_needs(MOBILENET_UINT8)),
-         "--target", "host", "-o", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "uint8 (legacy)" in lines[0]
-    assert "Traceback" not in result.stderr
+def test_uint8_legacy_model_loads_with_tflite_uint8_arithmetic():
+    """uint8 tensors are held as int8 (minus 128); convolutions and the pool keep TFLite's
+    uint8 arithmetic (bit-exact with LiteRT in test_tflite_legacy_uint8.py)."""
+    g = load_tflite(_needs(MOBILENET_UINT8))
+    assert all(t.dtype in ("int8", "int32") for t in g.tensors.values())
+    uint8_layers = [n for n in g.nodes
+                    if ir.requantization_of(n.op) is ir.Requantization.TFLITE_UINT8]
+    assert len(uint8_layers) == 29
+    first = g.tensors[g.nodes[0].inputs[1]]
+    assert first.quant.zero_point[0] != 0  # uint8 weights keep their zero point
 
 
 def test_int8_model_with_uint8_interface_gets_its_own_message(tmp_path):

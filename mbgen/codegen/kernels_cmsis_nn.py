@@ -337,8 +337,8 @@ def refusal(graph: ir.Graph, node: ir.Node) -> str | None:
     if not isinstance(op, (ir.Conv2D, ir.DepthwiseConv2D, ir.FullyConnected, ir.AveragePool2D,
                            ir.Add, ir.Softmax)):
         return f"CMSIS-NN has no int8 {ir.op_name(op)} function"
-    if ir.uses_onnxruntime_arithmetic(op):
-        return "CMSIS-NN requantises in fixed point, not in onnxruntime's float32"
+    if not ir.uses_tflite_int8_arithmetic(op):
+        return "CMSIS-NN computes TFLite's int8 arithmetic, not this layer's"
     if not all(_int8_activation(graph, n) for n in (*node.inputs[:1], *node.outputs)):
         return "input and output must be int8 activations with per-tensor quantisation"
     if isinstance(op, (ir.Conv2D, ir.DepthwiseConv2D, ir.FullyConnected)):

@@ -464,7 +464,7 @@ class MbgenKernels:
     def scratch_bytes(self, graph: ir.Graph, node: ir.Node) -> int:
         """The most any of our kernels for ``node`` uses (the target is not known here)."""
         op = node.op
-        if ir.uses_onnxruntime_arithmetic(op):
+        if not ir.uses_tflite_int8_arithmetic(op):
             return 0  # TFLite fixed-point kernels only: portable takes onnxruntime layers
         if isinstance(op, (ir.Conv2D, ir.FullyConnected)):
             shape = _gemm_shape(graph, node)
@@ -481,7 +481,7 @@ class MbgenKernels:
         return 0
 
     def lower(self, ctx: LoweringContext, index: int, node: ir.Node) -> r.CallRecord | None:
-        if ir.uses_onnxruntime_arithmetic(node.op):
+        if not ir.uses_tflite_int8_arithmetic(node.op):
             return None  # TFLite fixed-point kernels only: portable takes onnxruntime layers
         choices = self._graph_choices(ctx)
         if not choices.dsp:

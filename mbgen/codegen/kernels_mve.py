@@ -178,8 +178,8 @@ def lower(ctx: LoweringContext, index: int, node: ir.Node) -> MveCall | None:
     """A Helium call for ``node`` (int8 in and out already checked), or None to let the
     DSP kernels take it."""
     op = node.op
-    if ir.uses_onnxruntime_arithmetic(op):
-        return None  # TFLite fixed-point requantisation only
+    if not ir.uses_tflite_int8_arithmetic(op):
+        return None  # TFLite's int8 arithmetic only
     if ctx.tensor(node.inputs[1]).dtype != "int8":
         return None
     if isinstance(op, ir.Conv2D):

@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from mbgen import ir
-from mbgen.codegen import kernels_layout, lower_graph_ops, lowering_onnxruntime
+from mbgen.codegen import (kernels_layout, lower_broadcast, lower_graph_ops,
+                           lowering_onnxruntime, lowering_uint8)
+from mbgen.codegen.lower_broadcast import broadcast_strides
 from mbgen.codegen import records as r
 from mbgen.codegen.lowering import LoweringContext, nhwc
 from mbgen.quantize import params
@@ -30,6 +32,8 @@ class PortableKernels:
         op = node.op
         if ir.uses_onnxruntime_arithmetic(op):
             return lowering_onnxruntime.lower(ctx, index, node)
+        if ir.requantization_of(op) is ir.Requantization.TFLITE_UINT8:
+            return lowering_uint8.lower(ctx, index, node)
         if isinstance(op, ir.Conv2D):
             return _conv(ctx, index, node, op)
         if isinstance(op, ir.DepthwiseConv2D):
@@ -37,7 +41,7 @@ class PortableKernels:
         if isinstance(op, ir.FullyConnected):
             return _fully_connected(ctx, index, node)
         if isinstance(op, ir.Add):
-            return _add(ctx, node)
+            return _add(ctx, node) or lower_broadcast.add(ctx, index, node)
         if isinstance(op, ir.Mul):
             return _mul(ctx, index, node)
         if isinstance(op, ir.HardSwish):
@@ -212,24 +216,6 @@ def _mul(ctx: LoweringContext, index: int, node: ir.Node) -> r.MulCall | None:
         input1_offset=q.input1_offset, input2_offset=q.input2_offset,
         output_offset=q.output_offset, output_multiplier=q.output_multiplier,
         output_shift=q.output_shift, act_min=q.act_min, act_max=q.act_max)
-
-
-def broadcast_strides(shape: tuple[int, ...],
-                      dims: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
-    """Element strides that read a row-major ``shape`` across the 4-D output ``dims``
-    (numpy/TFLite broadcasting: 0 along every dimension where ``shape`` has 1), or None
-    when ``shape`` does not broadcast to ``dims``."""
-    if len(shape) > 4:
-        return None
-    padded = (1,) * (4 - len(shape)) + tuple(int(d) for d in shape)
-    strides, step = [0, 0, 0, 0], 1
-    for axis in (3, 2, 1, 0):
-        if padded[axis] == dims[axis]:
-            strides[axis] = step if dims[axis] > 1 else 0
-        elif padded[axis] != 1:
-            return None
-        step *= padded[axis]
-    return strides[0], strides[1], strides[2], strides[3]
 
 
 def _hard_swish(ctx: LoweringContext, node: ir.Node) -> r.HardSwishCall:

@@ -116,8 +116,36 @@ class OrtAveragePoolCall(PoolWindow):
     offset: int
 
 
+@dataclass(frozen=True)
+class OrtTableCall:
+    """DequantizeLinear -> HardSigmoid / HardSwish -> QuantizeLinear: one lookup per byte."""
+
+    template: ClassVar[str] = "kernels/onnxruntime_table.c.j2"
+    function: ClassVar[str] = "ort_table_s8"
+    input: BufferRef
+    output: BufferRef
+    size: int
+    table: ConstArray          # 256 int8 results, indexed by the input code + 128
+
+
+@dataclass(frozen=True)
+class OrtDequantizedMeanCall:
+    """DequantizeLinear -> ReduceMean (H, W) -> QuantizeLinear: float32 row sums in Eigen's
+    order (kernels/onnxruntime_mean.c.j2, rendered within onnxruntime.c.j2)."""
+
+    template: ClassVar[str] = TEMPLATE
+    function: ClassVar[str] = "ort_dq_mean_s8"
+    input: BufferRef
+    output: BufferRef
+    pixels: int
+    channels: int
+    table: ConstArray          # 256 float32 bit patterns: float32(q - x_zp) * x_scale
+    y_scale_bits: int
+    output_zero_point: int
+
+
 OrtCall = Union[OrtConvCall, OrtDepthwiseCall, OrtAddCall, OrtMulCall, OrtMeanCall,
-                OrtAveragePoolCall]
+                OrtAveragePoolCall, OrtTableCall, OrtDequantizedMeanCall]
 
 
 def lower(ctx: LoweringContext, index: int, node: ir.Node) -> OrtCall | None:
@@ -140,6 +168,10 @@ def lower(ctx: LoweringContext, index: int, node: ir.Node) -> OrtCall | None:
             return _mean(ctx, node)
         if isinstance(op, ir.AveragePool2D):
             return _average_pool(ctx, index, node, op)
+        if isinstance(op, ir.DequantizedActivation):
+            return _table(ctx, index, node)
+        if isinstance(op, ir.DequantizedMean):
+            return _dequantized_mean(ctx, index, node)
     except ValueError as exc:  # constants onnxruntime itself would refuse
         raise ir.GraphError(str(exc)) from None
     return None
@@ -260,3 +292,26 @@ def _average_pool(ctx: LoweringContext, index: int, node: ir.Node,
         out_h, out_w, op.kernel[0], op.kernel[1], op.stride[0], op.stride[1],
         op.padding.top, op.padding.left, table, float_bits(q.y_scale), q.stored_zero_point,
         q.offset)
+
+
+def _table(ctx: LoweringContext, index: int, node: ir.Node) -> OrtTableCall | None:
+    size = ctx.tensor(node.inputs[0]).size
+    if ctx.tensor(node.outputs[0]).size != size:
+        return None
+    table = ctx.const_values(index, "table", "int8_t", ort.activation_table(ctx.graph, node),
+                             f"{node.name}: onnxruntime's {node.op.function} of each int8 "
+                             "code (index = code + 128)")
+    return OrtTableCall(ctx.buffer(node.inputs[0]), ctx.buffer(node.outputs[0]), size, table)
+
+
+def _dequantized_mean(ctx: LoweringContext, index: int,
+                      node: ir.Node) -> OrtDequantizedMeanCall | None:
+    in_h, in_w, channels = nhwc(ctx.tensor(node.inputs[0]).shape)
+    if ctx.tensor(node.outputs[0]).size != channels:
+        return None
+    q = ort.dequantized_mean_quant(ctx.graph, node)
+    table = ctx.const_values(index, "dequantize", "uint32_t", q.table.view(np.uint32),
+                             f"{node.name}: float32(q - x_zp) * x_scale, float32 bit patterns")
+    return OrtDequantizedMeanCall(ctx.buffer(node.inputs[0]), ctx.buffer(node.outputs[0]),
+                                  in_h * in_w, channels, table, float_bits(q.y_scale),
+                                  q.output_zero_point)

@@ -65,10 +65,10 @@ def tflite_bytes(graph: ir.Graph) -> bytes:
     """The .tflite flatbuffer of ``graph``."""
     ir.verify(graph)
     for node in graph.nodes:  # TFLite would run these with its fixed-point arithmetic
-        if ir.uses_onnxruntime_arithmetic(node.op):
+        if not ir.uses_tflite_int8_arithmetic(node.op):
             raise UserError(f"cannot write {graph.name!r} as .tflite: layer {node.name!r} "
-                            "requantises as onnxruntime does (float32 scales), which TFLite "
-                            "computes differently")
+                            "requantises as onnxruntime or legacy uint8 TFLite does, which "
+                            "TFLite's int8 kernels compute differently")
     return _ModelWriter(graph, _schema()).serialize()
 
 

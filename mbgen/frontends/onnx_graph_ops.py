@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 from mbgen import ir
 from mbgen.errors import UserError
-from mbgen.frontends.onnx_frontend import (_Converter, _ints, _Layout, _OnnxNode, _Order,
-                                           _pair)
+from mbgen.frontends.onnx_frontend import _Converter
+from mbgen.frontends.onnx_layout import _Layout, _OnnxNode, _Order, _pair
+from mbgen.frontends.onnx_model import _ints
 
 _NHWC_AXIS = {0: 0, 1: 3, 2: 1, 3: 2}
 

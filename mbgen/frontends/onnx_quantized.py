@@ -11,6 +11,12 @@ taken as stored:
   onnxruntime fuses such groups into the QOperator kernels above, so they become the same
   IR ops; Flatten/Reshape between a DequantizeLinear and a QuantizeLinear with equal
   parameters is a reshape.
+* **Both**: DequantizeLinear -> HardSigmoid / HardSwish -> QuantizeLinear, which onnxruntime
+  computes in float32 (no QLinear kernel exists): ir.DequantizedActivation, a 256-entry
+  table of those float32 results; DequantizeLinear -> QuantizeLinear with other parameters
+  likewise; DequantizeLinear -> ReduceMean (H, W) -> QuantizeLinear is ir.DequantizedMean.
+  QLinearConcat / Concat, MaxPool, Split, Slice and the channel shuffle:
+  ``onnx_quantized_graph_ops``.
 
 Every int8 op gets ``requantization=ONNXRUNTIME`` (float32 scales, round half to even; see
 ``mbgen/quantize/onnxruntime_params.py``). Activations may be int8 or uint8 (quantize_static's
@@ -27,12 +33,16 @@ import numpy as np
 
 from mbgen import ir
 from mbgen.errors import UserError
-from mbgen.frontends.onnx_frontend import (_Converter, _layout_for, _Layout,
-                                           _OnnxNode, _reshape_target)
+from mbgen.frontends.onnx_frontend import _Converter
+from mbgen.frontends.onnx_layout import _Layout, _layout_for, _OnnxNode
+from mbgen.frontends.onnx_model import _reshape_target
+from mbgen.frontends.onnx_quantized_graph_ops import QuantizedGraphOps
 from mbgen.frontends.onnx_quantized_layers import ORT, QuantizedLayers
+
 QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul",
                            "QGemm", "QLinearAdd", "QLinearGlobalAveragePool", "MatMulInteger",
-                           "QLinearMul", "QLinearAveragePool", "QLinearSigmoid"})
+                           "QLinearMul", "QLinearAveragePool", "QLinearSigmoid",
+                           "QLinearConcat"})
 _DOMAINS = ("", "ai.onnx", "com.microsoft")
 
 
@@ -56,9 +66,10 @@ def convert(model, constants: dict[str, np.ndarray], shapes: dict, name: str) ->
     return _QuantizedConverter(model, constants, shapes, name).convert()
 
 
-class _QuantizedConverter(QuantizedLayers, _Converter):
+class _QuantizedConverter(QuantizedGraphOps, QuantizedLayers, _Converter):
     """Walks the ONNX nodes in order; QDQ groups are converted at their float op (the layer
-    methods live in ``onnx_quantized_layers``)."""
+    methods live in ``onnx_quantized_layers``, Concat and the value-moving ops in
+    ``onnx_quantized_graph_ops``)."""
 
     def __init__(self, model, constants, shapes, name) -> None:
         super().__init__(model, constants, shapes, name)
@@ -76,6 +87,11 @@ class _QuantizedConverter(QuantizedLayers, _Converter):
         self.tensors[name] = ir.Tensor(name, layout.ir_shape, "int8",
                                        quant=ir.QuantParams.per_tensor(scale, zero_point))
         return name
+
+    def _dequantized_view(self, tensor: str, scale: float, zero_point: int) -> _Dequantized:
+        """The float view (DequantizeLinear output) of an int8 activation."""
+        return _Dequantized(tensor, None, np.array([scale], np.float32),
+                            np.array([zero_point], np.int32), 1)
 
     def _int_const(self, wanted: str, data: np.ndarray, dtype: str,
                    quant: ir.QuantParams) -> str:
@@ -196,6 +212,8 @@ class _QuantizedConverter(QuantizedLayers, _Converter):
 
     def _convert_node(self, node: _OnnxNode) -> None:
         domain = node.proto.domain
+        if self._graph_op(node):
+            return
         handler = _HANDLERS.get(node.op_type) if domain in _DOMAINS else None
         if handler is None:
             op = node.op_type if domain in ("", "ai.onnx") else f"{domain}.{node.op_type}"
@@ -208,13 +226,19 @@ class _QuantizedConverter(QuantizedLayers, _Converter):
     def _quantize_linear(self, node: _OnnxNode) -> None:
         scale, zp = self._scale_zp(node, 1, "output")
         source = node.inputs[0]
+        if source in self.held_back:  # a channel shuffle's 5-D view between QDQ pairs
+            view = self.held_back[source]
+            q = self.tensors[self.ir_names[view.source]].quant
+            if np.float32(q.scalar_scale) != np.float32(scale) or q.scalar_zero_point != zp:
+                raise UserError(f"ONNX QuantizeLinear {node.where()} requantises a channel "
+                                "shuffle, which mbgen does not support")
+            self.held_back[node.proto.output[0]] = view
+            return
         if source in self.dequantized and self.dequantized[source].tensor is not None:
-            dq = self.dequantized[source]  # DQ -> Q with the same parameters: nothing to do
-            if np.float32(dq.scale[0]) != np.float32(scale) or int(dq.zero_point[0]) != zp:
-                raise UserError(f"ONNX QuantizeLinear {node.where()} requantises "
-                                f"{source!r} (DequantizeLinear -> QuantizeLinear with other "
-                                "parameters), which mbgen does not support")
-            self.ir_names[node.proto.output[0]] = dq.tensor
+            # DQ -> Q: nothing to do with the same parameters, else onnxruntime's float
+            # round trip (a table)
+            x = self._requantized(node, self.dequantized[source].tensor, scale, zp)
+            self.ir_names[node.proto.output[0]] = x
             self.layouts[node.proto.output[0]] = self.layouts[source]
             return
         if source not in self.float_tensors:
@@ -228,6 +252,9 @@ class _QuantizedConverter(QuantizedLayers, _Converter):
     def _dequantize_linear(self, node: _OnnxNode) -> None:
         value = node.inputs[0]
         attrs = node.attrs
+        if value in self.held_back:  # a channel shuffle's 5-D view between QDQ pairs
+            self.held_back[node.proto.output[0]] = self.held_back[value]
+            return
         if value in self.constants:
             data = np.asarray(self.constants[value])
             scale = np.asarray(self._constant(node, 1, "scale"), dtype=np.float32).reshape(-1)
@@ -241,8 +268,7 @@ class _QuantizedConverter(QuantizedLayers, _Converter):
         scale, zp = self._scale_zp(node, 1, "input")
         x = self._int8_input(node, 0, scale, zp)
         out = node.proto.output[0]
-        self.dequantized[out] = _Dequantized(x, None, np.array([scale], np.float32),
-                                             np.array([zp], np.int32), 1)
+        self.dequantized[out] = self._dequantized_view(x, scale, zp)
         # A DequantizeLinear that ends the model (or feeds float ops) is a real op.
         self.ir_names[out] = x
         self.layouts[out] = self.layouts[value]
@@ -329,7 +355,9 @@ def _check_constants(graph: ir.Graph) -> None:
     checks = {ir.Conv2D: ort.conv_quant, ir.DepthwiseConv2D: ort.conv_quant,
               ir.FullyConnected: ort.conv_quant, ir.Add: ort.add_quant, ir.Mul: ort.mul_quant,
               ir.Mean: ort.mean_quant, ir.Quantize: ort.quantize_params,
-              ir.AveragePool2D: ort.average_pool_quant}
+              ir.AveragePool2D: ort.average_pool_quant,
+              ir.DequantizedActivation: ort.activation_table,
+              ir.DequantizedMean: ort.dequantized_mean_quant}
     for node in graph.nodes:
         check = checks.get(type(node.op))
         if check is None:
@@ -362,4 +390,9 @@ _HANDLERS = {
     "Squeeze": _QuantizedConverter._reshape,
     "Unsqueeze": _QuantizedConverter._reshape,
     "Identity": _QuantizedConverter._reshape,
+    "HardSigmoid": _QuantizedConverter._qdq_activation,
+    "HardSwish": _QuantizedConverter._qdq_activation,
+    "QLinearConcat": _QuantizedConverter._qlinear_concat,
+    "Concat": _QuantizedConverter._qdq_concat,
+    "ReduceMean": _QuantizedConverter._qdq_reduce_mean,
 }

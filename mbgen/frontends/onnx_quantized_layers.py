@@ -13,7 +13,7 @@ import numpy as np
 
 from mbgen import ir
 from mbgen.errors import UserError
-from mbgen.frontends.onnx_frontend import _layout_for, _Layout, _OnnxNode, _Order, _pair
+from mbgen.frontends.onnx_layout import _layout_for, _Layout, _OnnxNode, _Order, _pair
 
 ORT = ir.Requantization.ONNXRUNTIME
 
@@ -250,6 +250,47 @@ class QuantizedLayers:
         x = self._dq_input(node, 0)
         out, y_scale, y_zp = self._qdq_output(node)
         self._emit_average_pool(node, x.tensor, out, y_scale, y_zp)
+
+    # ------------------------------------------------------------------ float activations
+
+    def _qdq_activation(self, node: _OnnxNode) -> None:
+        """DequantizeLinear -> HardSigmoid / HardSwish -> QuantizeLinear (both formats: no
+        QLinear op exists, onnxruntime runs the chain in float32)."""
+        x = self._dq_input(node, 0)
+        if x.tensor is None:
+            raise UserError(f"ONNX {node.op_type} {node.where()} of a constant is not "
+                            "supported")
+        out, y_scale, y_zp = self._qdq_output(node)
+        if node.op_type == "HardSigmoid":
+            alpha = float(np.float32(node.attrs.get("alpha", 0.2)))
+            beta = float(np.float32(node.attrs.get("beta", 0.5)))
+            op = ir.DequantizedActivation("HardSigmoid", alpha, beta)
+        else:
+            op = ir.DequantizedActivation("HardSwish")
+        name = self._int8_activation(out, self.layouts[node.inputs[0]], y_scale, y_zp)
+        self.nodes.append(ir.Node(self._unique_node_name(node.label), op, [x.tensor], [name]))
+
+    def _qdq_reduce_mean(self, node: _OnnxNode) -> None:
+        """DequantizeLinear -> ReduceMean over H and W -> QuantizeLinear (float32 in
+        onnxruntime, both formats)."""
+        x = self._dq_input(node, 0)
+        layout = self.layouts[node.inputs[0]]
+        if x.tensor is None or layout.order is not _Order.NHWC:
+            raise UserError(f"ONNX ReduceMean {node.where()} needs an NCHW activation")
+        if len(node.inputs) > 1 and node.inputs[1]:
+            axes = self._constant(node, 1, "axes").reshape(-1).tolist()
+        else:
+            axes = list(node.attrs.get("axes", ()))
+        if sorted(int(a) % 4 for a in axes) != [2, 3]:
+            raise UserError(f"ONNX ReduceMean {node.where()} over axes {axes}; in int8 models "
+                            "mbgen takes the mean over H and W (axes 2, 3)")
+        keep = bool(int(node.attrs.get("keepdims", 1)))
+        out, y_scale, y_zp = self._qdq_output(node)
+        n, c, _, _ = layout.onnx_shape
+        name = self._int8_activation(out, _layout_for((n, c, 1, 1) if keep else (n, c)),
+                                     y_scale, y_zp)
+        self.nodes.append(ir.Node(self._unique_node_name(node.label),
+                                  ir.DequantizedMean(keep), [x.tensor], [name]))
 
 
 def _is_channel_vector(small: _Layout, big: _Layout) -> bool:

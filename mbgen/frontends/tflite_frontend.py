@@ -11,6 +11,10 @@ Three stages, so that untrusted bytes are only touched in one place:
    (float32 scales, zero points, per-channel axis); nothing is re-quantised.
 3. ``ir.verify`` checks the result; a breach is the file's fault, so it is a ``UserError`` too.
 
+Stage 1 lives in ``tflite_parse``; the per-operator handlers of stage 2 in ``tflite_layers``
+(graph-shaping and layout ops: ``tflite_graph_ops``, ``tflite_layout_ops``); here the
+builder's checks, tensors and dispatch.
+
 Choices worth knowing:
 
 * TF 'SAME' padding becomes the explicit (possibly asymmetric) ``ir.Padding.same``.
@@ -31,8 +35,6 @@ Choices worth knowing:
 from __future__ import annotations
 
 import math
-import struct
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,97 +43,16 @@ from mbgen import ir
 from mbgen.errors import UserError
 from mbgen.frontends import tflite_graph_ops
 from mbgen.frontends import tflite_layout_ops as layout_ops
-
-_TFLITE_IDENTIFIER = b"TFL3"
-_MAX_TENSOR_ELEMENTS = 1 << 31  # anything larger cannot be a microcontroller model
-
-# TensorType values of the TFLite schema.
-_FLOAT32, _FLOAT16, _INT32, _UINT8, _INT64, _INT16, _INT8 = 0, 1, 2, 3, 4, 7, 9
-_NUMPY_DTYPES = {_FLOAT32: np.float32, _FLOAT16: np.float16, _INT32: np.int32,
-                 _UINT8: np.uint8, _INT64: np.int64, _INT16: np.int16, _INT8: np.int8}
-_IR_DTYPES = {_FLOAT32: "float32", _INT8: "int8", _INT32: "int32"}
-
-# Padding and ActivationFunctionType values of the TFLite schema.
-_SAME, _VALID = 0, 1
-_FUSED_ACTIVATIONS = {0: ir.Activation.NONE, 1: ir.Activation.RELU, 3: ir.Activation.RELU6}
-_FUSED_ACTIVATION_NAMES = {2: "RELU_N1_TO_1", 4: "TANH", 5: "SIGN_BIT"}
-
-LEGACY_UINT8_HINT = ("re-convert it with full-integer int8 quantisation "
-                     "(TFLiteConverter with optimizations=[tf.lite.Optimize.DEFAULT], "
-                     "a representative dataset and inference_input_type=tf.int8)")
+from mbgen.frontends import tflite_legacy_uint8 as legacy
+from mbgen.frontends.tflite_layers import TfliteLayers
+from mbgen.frontends.tflite_parse import (_FUSED_ACTIVATION_NAMES, _FUSED_ACTIVATIONS, _INT8,
+                                         _INT16, _IR_DTYPES, _MAX_TENSOR_ELEMENTS,
+                                         _NUMPY_DTYPES, _SAME, _UINT8, _VALID,
+                                         _parse, _RawModel, _RawOperator,
+                                         _RawOptions, _RawTensor, _type_name)
 
 
-class _Corrupt(Exception):
-    """Raised inside ``_parse`` when our own bounds checks find inconsistent bytes."""
-
-
-# ----------------------------------------------------------------------------- raw records
-
-
-@dataclass(frozen=True)
-class _RawQuant:
-    scale: np.ndarray        # float32
-    zero_point: np.ndarray   # int64 as stored
-    quantized_dimension: int
-
-
-@dataclass(frozen=True)
-class _RawTensor:
-    index: int
-    name: str
-    type: int
-    shape: tuple[int, ...]
-    buffer: int
-    quant: _RawQuant | None
-    is_sparse: bool
-
-
-@dataclass(frozen=True)
-class _RawOptions:
-    """The builtin-option fields mbgen reads, with the schema's defaults."""
-
-    kind: int = 0  # the BuiltinOptions union type; 0: no options stored
-    padding: int = _SAME
-    stride_h: int = 1
-    stride_w: int = 1
-    dilation_h: int = 1
-    dilation_w: int = 1
-    filter_h: int = 1
-    filter_w: int = 1
-    activation: int = 0
-    beta: float = 0.0
-    keep_dims: bool = False
-    keep_num_dims: bool = False
-    weights_format: int = 0
-    axis: int = 0                  # CONCATENATION
-    num_splits: int = 0            # SPLIT, SPLIT_V
-    slice_masks: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)  # STRIDED_SLICE: begin,
-    slice_offset: bool = False     # end, ellipsis, new-axis and shrink-axis masks; offset
-    depth_multiplier: int = 1      # DEPTHWISE_CONV_2D
-
-
-@dataclass(frozen=True)
-class _RawOperator:
-    index: int
-    builtin: int
-    custom_code: str | None
-    inputs: tuple[int, ...]
-    outputs: tuple[int, ...]
-    options: _RawOptions
-
-
-@dataclass(frozen=True)
-class _RawModel:
-    description: str
-    tensors: tuple[_RawTensor, ...]
-    operators: tuple[_RawOperator, ...]
-    inputs: tuple[int, ...]
-    outputs: tuple[int, ...]
-    buffers: tuple[bytes, ...]
-    subgraph_count: int
-
-
-# ----------------------------------------------------------------------------- stage 1: parse
+# ----------------------------------------------------------------------------- stages
 
 
 def load_tflite(path: str | Path) -> ir.Graph:
@@ -148,182 +69,6 @@ def load_tflite(path: str | Path) -> ir.Graph:
     return _GraphBuilder(model, path).build()
 
 
-def _parse(data: bytes, label: str) -> _RawModel:
-    if len(data) < 8 or data[4:8] != _TFLITE_IDENTIFIER:
-        raise UserError(f"{label}: not a TFLite model (no 'TFL3' flatbuffer identifier)")
-    try:
-        import tflite
-    except ImportError:
-        raise UserError("reading .tflite files needs the 'tflite' package: "
-                        "pip install 'tflite>=2.10'") from None
-    try:
-        return _read_model(tflite, data)
-    except UserError:
-        raise
-    except _Corrupt as exc:
-        raise UserError(f"{label}: corrupt TFLite file ({exc})") from None
-    except Exception as exc:  # noqa: BLE001 - any failure of the bindings on bad bytes
-        # Covers IndexError, struct.error, UnicodeDecodeError, ValueError, TypeError,
-        # OverflowError, MemoryError and RecursionError raised by flatbuffers on bad offsets.
-        cause = ("an offset points outside the file"
-                 if isinstance(exc, (struct.error, IndexError)) else type(exc).__name__)
-        raise UserError(f"{label}: corrupt or truncated TFLite file ({cause})") from None
-
-
-def _bounded(count: int, element_bytes: int, data: bytes, what: str) -> int:
-    """A vector of ``count`` elements must fit in the file; else the length field is bad."""
-    if count < 0 or count * element_bytes > len(data):
-        raise _Corrupt(f"{what} claims {count} entries, more than the file can hold")
-    return count
-
-
-def _int_vector(get_numpy, is_none) -> tuple[int, ...]:
-    if is_none():
-        return ()
-    return tuple(int(v) for v in get_numpy())
-
-
-def _read_model(tflite, data: bytes) -> _RawModel:
-    model = tflite.Model.GetRootAsModel(data, 0)
-    subgraph_count = _bounded(model.SubgraphsLength(), 4, data, "subgraph list")
-    if subgraph_count == 0:
-        raise _Corrupt("the model has no subgraph")
-    subgraph = model.Subgraphs(0)
-    if subgraph is None:
-        raise _Corrupt("subgraph 0 is missing")
-
-    opcode_count = _bounded(model.OperatorCodesLength(), 4, data, "operator-code list")
-    opcodes: list[tuple[int, str | None]] = []
-    for j in range(opcode_count):
-        code = model.OperatorCodes(j)
-        builtin = max(int(code.BuiltinCode()), int(code.DeprecatedBuiltinCode()))
-        custom = code.CustomCode()
-        opcodes.append((builtin, custom.decode("utf-8", "replace") if custom is not None else None))
-
-    buffer_count = _bounded(model.BuffersLength(), 4, data, "buffer list")
-    buffers = tuple(_read_buffer(model.Buffers(j), data) for j in range(buffer_count))
-
-    tensor_count = _bounded(subgraph.TensorsLength(), 4, data, "tensor list")
-    tensors = tuple(_read_tensor(subgraph.Tensors(j), j, data) for j in range(tensor_count))
-
-    operator_count = _bounded(subgraph.OperatorsLength(), 4, data, "operator list")
-    operators = []
-    for j in range(operator_count):
-        op = subgraph.Operators(j)
-        index = int(op.OpcodeIndex())
-        if not 0 <= index < len(opcodes):
-            raise _Corrupt(f"operator {j} uses operator code {index} of {len(opcodes)}")
-        builtin, custom = opcodes[index]
-        operators.append(_RawOperator(
-            index=j, builtin=builtin, custom_code=custom,
-            inputs=_int_vector(op.InputsAsNumpy, op.InputsIsNone),
-            outputs=_int_vector(op.OutputsAsNumpy, op.OutputsIsNone),
-            options=_read_options(tflite, op)))
-
-    description = model.Description()
-    return _RawModel(
-        description=description.decode("utf-8", "replace") if description else "",
-        tensors=tensors,
-        operators=tuple(operators),
-        inputs=_int_vector(subgraph.InputsAsNumpy, subgraph.InputsIsNone),
-        outputs=_int_vector(subgraph.OutputsAsNumpy, subgraph.OutputsIsNone),
-        buffers=buffers,
-        subgraph_count=subgraph_count,
-    )
-
-
-def _read_buffer(buffer, data: bytes) -> bytes:
-    offset, size = int(buffer.Offset()), int(buffer.Size())
-    if offset > 1:  # large models keep buffers after the flatbuffer, addressed by offset
-        if size < 0 or offset + size > len(data):
-            raise _Corrupt(f"a buffer at offset {offset} (+{size}) lies outside the file")
-        return bytes(data[offset:offset + size])
-    if buffer.DataIsNone():
-        return b""
-    _bounded(buffer.DataLength(), 1, data, "buffer")
-    return buffer.DataAsNumpy().tobytes()
-
-
-def _read_tensor(tensor, index: int, data: bytes) -> _RawTensor:
-    shape = _int_vector(tensor.ShapeAsNumpy, tensor.ShapeIsNone)
-    name = tensor.Name()
-    quant = None
-    q = tensor.Quantization()
-    if q is not None and not q.ScaleIsNone():
-        _bounded(q.ScaleLength(), 4, data, "scale vector")
-        _bounded(q.ZeroPointLength(), 8, data, "zero-point vector")
-        zero_point = (np.zeros(0, np.int64) if q.ZeroPointIsNone()
-                      else np.array(q.ZeroPointAsNumpy(), dtype=np.int64))
-        quant = _RawQuant(scale=np.array(q.ScaleAsNumpy(), dtype=np.float32),
-                          zero_point=zero_point,
-                          quantized_dimension=int(q.QuantizedDimension()))
-    return _RawTensor(
-        index=index,
-        name=name.decode("utf-8", "replace") if name else "",
-        type=int(tensor.Type()),
-        shape=shape,
-        buffer=int(tensor.Buffer()),
-        quant=quant,
-        is_sparse=tensor.Sparsity() is not None,
-    )
-
-
-def _read_options(tflite, op) -> _RawOptions:
-    kind = int(op.BuiltinOptionsType())
-    table = op.BuiltinOptions()
-    if table is None or kind == 0:
-        return _RawOptions()
-    kinds = tflite.BuiltinOptions
-
-    def view(cls):
-        opts = cls()
-        opts.Init(table.Bytes, table.Pos)
-        return opts
-
-    if kind == kinds.Conv2DOptions:
-        o = view(tflite.Conv2DOptions)
-        return _RawOptions(kind, o.Padding(), o.StrideH(), o.StrideW(), o.DilationHFactor(),
-                           o.DilationWFactor(), activation=o.FusedActivationFunction())
-    if kind == kinds.DepthwiseConv2DOptions:
-        o = view(tflite.DepthwiseConv2DOptions)
-        return _RawOptions(kind, o.Padding(), o.StrideH(), o.StrideW(), o.DilationHFactor(),
-                           o.DilationWFactor(), activation=o.FusedActivationFunction(),
-                           depth_multiplier=o.DepthMultiplier())
-    if kind == kinds.Pool2DOptions:
-        o = view(tflite.Pool2DOptions)
-        return _RawOptions(kind, o.Padding(), o.StrideH(), o.StrideW(),
-                           filter_h=o.FilterHeight(), filter_w=o.FilterWidth(),
-                           activation=o.FusedActivationFunction())
-    if kind == kinds.FullyConnectedOptions:
-        o = view(tflite.FullyConnectedOptions)
-        return _RawOptions(kind, activation=o.FusedActivationFunction(),
-                           keep_num_dims=bool(o.KeepNumDims()),
-                           weights_format=o.WeightsFormat())
-    if kind == kinds.AddOptions:
-        return _RawOptions(kind, activation=view(tflite.AddOptions).FusedActivationFunction())
-    if kind == kinds.MulOptions:
-        return _RawOptions(kind, activation=view(tflite.MulOptions).FusedActivationFunction())
-    if kind == kinds.SoftmaxOptions:
-        return _RawOptions(kind, beta=float(view(tflite.SoftmaxOptions).Beta()))
-    if kind == kinds.ReducerOptions:
-        return _RawOptions(kind, keep_dims=bool(view(tflite.ReducerOptions).KeepDims()))
-    if kind == kinds.ConcatenationOptions:
-        o = view(tflite.ConcatenationOptions)
-        return _RawOptions(kind, axis=int(o.Axis()), activation=o.FusedActivationFunction())
-    if kind in (kinds.SplitOptions, kinds.SplitVOptions):
-        o = view(tflite.SplitOptions if kind == kinds.SplitOptions else tflite.SplitVOptions)
-        return _RawOptions(kind, num_splits=int(o.NumSplits()))
-    if kind == kinds.StridedSliceOptions:
-        o = view(tflite.StridedSliceOptions)
-        return _RawOptions(kind, slice_masks=(o.BeginMask(), o.EndMask(), o.EllipsisMask(),
-                                              o.NewAxisMask(), o.ShrinkAxisMask()),
-                           slice_offset=bool(o.Offset()))
-    return _RawOptions(kind)
-
-
-# ----------------------------------------------------------------------------- stage 2: build
-
-
 def _op_label(builtin: int, custom_code: str | None) -> str:
     if custom_code is not None and builtin == 32:  # CUSTOM
         return f"custom op {custom_code!r}"
@@ -331,7 +76,7 @@ def _op_label(builtin: int, custom_code: str | None) -> str:
     return BUILTIN_OPCODE2NAME.get(builtin, f"builtin op {builtin}")
 
 
-class _GraphBuilder:
+class _GraphBuilder(TfliteLayers):
     """Turns validated raw records into IR tensors and nodes, one operator at a time."""
 
     def __init__(self, model: _RawModel, path: Path):
@@ -344,6 +89,7 @@ class _GraphBuilder:
         self.folded_data: dict[int, np.ndarray] = {}  # float16 DEQUANTIZE outputs, as float32
         self.op: _RawOperator | None = None  # the operator being converted (for messages)
         self.uint8_io = layout_ops.uint8_interface(model)  # uint8 input/output QUANTIZEs
+        self.legacy_uint8 = legacy.is_legacy(model.tensors, self.uint8_io)
 
     # ---- errors
 
@@ -459,10 +205,10 @@ class _GraphBuilder:
             raise self.fail(f"tensor {name!r} must not be a constant")
         if name in self.tensors:
             return name
-        if t.type == _UINT8 and t.index not in self.uint8_io:
-            raise self.fail(self.legacy_message())
         if t.index in self.folded_data:
             dtype = "float32"
+        elif t.type == _UINT8 and self.legacy_uint8:
+            dtype = "int8"  # held as uint8 - 128 (tflite_legacy_uint8)
         elif t.type == _UINT8:
             dtype = "uint8"
         elif t.type in _IR_DTYPES:
@@ -479,14 +225,12 @@ class _GraphBuilder:
         quant = self.quant_params(t) if dtype != "float32" else None
         if dtype in ("int8", "uint8") and data is None and quant.scale.size != 1:
             raise self.fail(f"int8 activation {name!r} must be quantised per tensor")
+        if t.type == _UINT8 and self.legacy_uint8:
+            data, quant = legacy.as_int8(data, quant)
         if data is not None:
             data = np.array(data, dtype=dtype)  # own, writable copy
         self.tensors[name] = ir.Tensor(name, tuple(t.shape), dtype, data, quant)
         return name
-
-    def legacy_message(self) -> str:
-        return (f"{self.label} is a uint8 (legacy) TFLite model; TFLM and mbgen support int8 "
-                f"models only: {LEGACY_UINT8_HINT}")
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self.tensors[name].shape
@@ -520,8 +264,6 @@ class _GraphBuilder:
                             "reading the input and a QUANTIZE int8->uint8 writing the output; "
                             "re-convert with inference_input_type=tf.int8 and "
                             "inference_output_type=tf.int8")
-        if stray:
-            raise UserError(self.legacy_message())
         for t in model.tensors:  # TFLM's allocator reads every tensor's buffer, used or not
             self.expect(0 <= t.buffer < len(model.buffers), f"tensor {self.tname(t.index)!r} "
                         f"uses buffer {t.buffer} of {len(model.buffers)}")
@@ -542,6 +284,9 @@ class _GraphBuilder:
             outputs=outputs,
             metadata={"source_format": "tflite", "description": model.description},
         )
+        if self.legacy_uint8:
+            graph.nodes = legacy.legacy_nodes(graph, self.label)
+            graph.metadata["legacy_uint8"] = "input and output are int8 = uint8 - 128"
         try:
             ir.verify(graph)
         except ir.GraphError as exc:
@@ -663,178 +408,12 @@ class _GraphBuilder:
     def check_weights(self, w: str, axis: int) -> None:
         """int8 weights: symmetric, per tensor or per channel along ``axis``."""
         t = self.tensors[w]
-        if t.dtype != "int8":
+        if t.dtype != "int8" or self.legacy_uint8:  # legacy uint8 weights keep a zero point
             return
         q = t.quant
         self.expect(bool(np.all(q.zero_point == 0)), f"int8 weights {w!r} must have zero point 0")
         self.expect(q.axis is None or q.axis == axis,
                     f"weights {w!r} are quantised along axis {q.axis}, expected {axis}")
-
-    def conv2d(self) -> None:
-        ix, iw, ib = self.inputs(2, 3)
-        x, w, out = self.tensor(ix, const=False), self.tensor(iw, const=True), self.output()
-        _, _, _, in_c = self.image(x)
-        w_shape = self.shape(w)
-        self.expect(len(w_shape) == 4, f"weights {w!r} must be OHWI, not {w_shape}")
-        o, k_h, k_w, i = w_shape
-        self.expect(i == in_c, f"weights {w!r} expect {i} input channels, the input has {in_c} "
-                               "(grouped convolution is not supported)")
-        self.image(out)
-        stride, dilation, pad = self.windowed(x, k_h, k_w, out, o)
-        self.check_weights(w, 0)
-        self.add_node(ir.Conv2D(stride=stride, padding=pad, dilation=dilation,
-                                activation=self.activation()),
-                      [x, w] + self.bias(ib, o), [out])
-
-    def depthwise_conv2d(self) -> None:
-        ix, iw, ib = self.inputs(2, 3)
-        x, w, out = self.tensor(ix, const=False), self.tensor(iw, const=True), self.output()
-        _, _, _, in_c = self.image(x)
-        w_shape = self.shape(w)
-        self.expect(len(w_shape) == 4 and w_shape[0] == 1,
-                    f"depthwise weights {w!r} must be 1HWC, not {w_shape}")
-        _, k_h, k_w, out_c = w_shape
-        self.expect(in_c > 0 and out_c % in_c == 0 and out_c > 0,
-                    f"depthwise weights {w!r} have {out_c} channels for {in_c} input channels")
-        multiplier = self.require_options().depth_multiplier
-        self.expect(multiplier == out_c // in_c,
-                    f"depth_multiplier {multiplier} contradicts {in_c} input and {out_c} output "
-                    "channels (TFLM computes with the option, not the shapes)")
-        self.image(out)
-        stride, dilation, pad = self.windowed(x, k_h, k_w, out, out_c)
-        self.check_weights(w, 3)
-        self.add_node(ir.DepthwiseConv2D(stride=stride, padding=pad,
-                                         depth_multiplier=out_c // in_c, dilation=dilation,
-                                         activation=self.activation()),
-                      [x, w] + self.bias(ib, out_c), [out])
-
-    def fully_connected(self) -> None:
-        ix, iw, ib = self.inputs(2, 3)
-        x, w, out = self.tensor(ix, const=False), self.tensor(iw, const=True), self.output()
-        self.expect(self.op.options.weights_format == 0, "only the default weights format "
-                                                         "is supported (not shuffled)")
-        w_shape = self.shape(w)
-        self.expect(len(w_shape) == 2, f"weights {w!r} must be (O, I), not {w_shape}")
-        o, i = w_shape
-        self.expect(math.prod(self.shape(x)) == i and self.shape(x)[:1] == (1,),
-                    f"input {x!r} of shape {self.shape(x)} is not one row of {i} values")
-        self.expect(math.prod(self.shape(out)) == o,
-                    f"output shape {self.shape(out)} does not hold {o} values")
-        self.check_weights(w, 0)
-        activation = self.activation()
-        if self.shape(x) != (1, i):  # TFLite flattens implicitly; the IR wants it explicit
-            flat = self.derived_tensor(x, f"{x}/flatten", (1, i))
-            self.add_node(ir.Reshape((1, i)), [x], [flat])
-            x = flat
-        result = out
-        if self.shape(out) != (1, o):
-            result = self.derived_tensor(out, f"{out}/flat", (1, o))
-        self.add_node(ir.FullyConnected(activation=activation), [x, w] + self.bias(ib, o),
-                      [result])
-        if result != out:
-            self.add_node(ir.Reshape(self.shape(out)), [result], [out])
-
-    def operands(self) -> tuple[str, str, str]:
-        ia, ib = self.inputs(2, 2)
-        return self.tensor(ia), self.tensor(ib), self.output()
-
-    def add(self) -> None:
-        a, b, out = self.operands()
-        self.expect(self.shape(a) == self.shape(b) == self.shape(out),
-                    f"shapes {self.shape(a)} + {self.shape(b)} -> {self.shape(out)}: "
-                    "only same-shape ADD is supported")
-        self.add_node(ir.Add(activation=self.activation()), [a, b], [out])
-
-    def mul(self) -> None:
-        a, b, out = self.operands()
-        sa, sb, so = self.shape(a), self.shape(b), self.shape(out)
-        try:
-            broadcast = tuple(np.broadcast_shapes(sa, sb))
-        except ValueError:
-            broadcast = None
-        self.expect(broadcast == tuple(so) and len(so) <= 4,
-                    f"shapes {sa} * {sb} -> {so}: MUL operands must broadcast to the "
-                    "output (rank 4 or less)")
-        self.add_node(ir.Mul(activation=self.activation()), [a, b], [out])
-
-    def average_pool(self) -> None:
-        (ix,) = self.inputs(1, 1)
-        x, out = self.tensor(ix, const=False), self.output()
-        channels = self.image(x)[3]
-        opts = self.require_options()
-        stride, _, pad = self.windowed(x, opts.filter_h, opts.filter_w, out, channels)
-        self.expect(opts.dilation_h == 1 and opts.dilation_w == 1, "dilated pooling")
-        self.same_quant(x, out)
-        self.add_node(ir.AveragePool2D(kernel=(opts.filter_h, opts.filter_w), stride=stride,
-                                       padding=pad, activation=self.activation()), [x], [out])
-
-    def same_quant(self, x: str, out: str) -> None:
-        qx, qo = self.tensors[x].quant, self.tensors[out].quant
-        if qx is None and qo is None:
-            return
-        self.expect(qx is not None and qo is not None
-                    and np.array_equal(qx.scale, qo.scale)
-                    and np.array_equal(qx.zero_point, qo.zero_point),
-                    f"input {x!r} and output {out!r} must share scale and zero point")
-
-    def attribute(self, index: int, what: str) -> np.ndarray:
-        """An integer constant operand read as an attribute (never an IR tensor)."""
-        t = self.raw(index)
-        data = self.const_data(t)
-        self.expect(data is not None and t.type in (_INT32, _INT64),
-                    f"{what} tensor {self.tname(index)!r} must be an int32/int64 constant")
-        return np.asarray(data, dtype=np.int64)
-
-    def mean(self) -> None:
-        ix, iaxes = self.inputs(2, 2)
-        x, out = self.tensor(ix, const=False), self.output()
-        rank = len(self.shape(x))
-        axes = self.attribute(iaxes, "axes").reshape(-1)
-        self.expect(bool(np.all((axes >= -rank) & (axes < rank))),
-                    f"axes {axes.tolist()} out of range for rank {rank}")
-        axes_t = tuple(sorted({int(a) % rank for a in axes}))
-        keep = self.op.options.keep_dims
-        expected = tuple(1 if d in axes_t else n for d, n in enumerate(self.shape(x))
-                         if keep or d not in axes_t)
-        self.expect(self.shape(out) == expected,
-                    f"output shape {self.shape(out)} does not match the expected {expected}")
-        self.add_node(ir.Mean(axes=axes_t, keep_dims=keep), [x], [out])
-
-    def reshape(self) -> None:
-        ix = self.inputs(1, 2)[0]  # the output tensor's shape is the authority
-        x, out = self.tensor(ix, const=False), self.output()
-        self.expect(math.prod(self.shape(x)) == math.prod(self.shape(out)),
-                    f"cannot reshape {self.shape(x)} to {self.shape(out)}")
-        self.same_quant(x, out)
-        self.add_node(ir.Reshape(self.shape(out)), [x], [out])
-
-    def softmax(self) -> None:
-        (ix,) = self.inputs(1, 1)
-        x, out = self.tensor(ix, const=False), self.output()
-        beta = self.require_options().beta
-        self.expect(math.isfinite(beta) and beta > 0, f"invalid softmax beta {beta}")
-        self.expect(self.shape(x) == self.shape(out), "input and output shapes differ")
-        self.add_node(ir.Softmax(beta=beta), [x], [out])
-
-    def unary(self, op: ir.OpAttrs) -> None:
-        (ix,) = self.inputs(1, 1)
-        x, out = self.tensor(ix, const=False), self.output()
-        self.expect(self.shape(x) == self.shape(out),
-                    f"input shape {self.shape(x)} differs from output shape {self.shape(out)}")
-        self.add_node(op, [x], [out])
-
-    def dequantize(self) -> None:
-        (ix,) = self.inputs(1, 1)
-        src = self.raw(ix)
-        if src.type == _FLOAT16:  # float16-compressed weights: fold into a float32 constant
-            data = self.const_data(src)
-            self.expect(data is not None, "DEQUANTIZE of a float16 activation")
-            out = self.raw(self.op.outputs[0])
-            self.expect(out.type == _FLOAT32 and out.shape == src.shape,
-                        "float16 DEQUANTIZE must give a float32 tensor of the same shape")
-            self.folded_data[out.index] = data.astype(np.float32)
-            return
-        self.unary(ir.Dequantize())
 
 
 def _expected_options(builtin: int) -> int | None:
@@ -846,14 +425,3 @@ def _expected_options(builtin: int) -> int | None:
             B.MUL: O.MulOptions, B.AVERAGE_POOL_2D: O.Pool2DOptions,
             B.MEAN: O.ReducerOptions, B.SOFTMAX: O.SoftmaxOptions,
             **tflite_graph_ops.OPTIONS}.get(builtin)
-
-
-def _type_name(code: int) -> str:
-    try:
-        from tflite import TensorType
-        for name, value in vars(TensorType).items():
-            if value == code and not name.startswith("_"):
-                return name
-    except ImportError:
-        pass
-    return f"#{code}"

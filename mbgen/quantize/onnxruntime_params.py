@@ -16,6 +16,11 @@ the same operations in the same order (each step rounded to float32):
 * QLinearAveragePool (a window smaller than the image; a whole-image window without pads
   runs the global average pool above): float32 sums of dequantised inputs, see
   ``OrtAveragePoolQuant``.
+* DequantizeLinear -> HardSigmoid / HardSwish -> QuantizeLinear, which onnxruntime runs in
+  float32 (no QLinear kernel exists): ``activation_table`` evaluates the chain for the 256
+  codes (checked against onnxruntime for every code in tests/test_onnx_quantized_v3.py).
+* DequantizeLinear -> ReduceMean over H, W -> QuantizeLinear (float32 in onnxruntime):
+  ``OrtDequantizedMeanQuant``; the summation order is ``eigen_sum_order``'s.
 
 Both the numpy reference (``mbgen/reference_onnxruntime.py``) and the C lowering
 (``mbgen/codegen/lowering_onnxruntime.py``) take their constants from here.
@@ -214,3 +219,88 @@ def average_pool_quant(graph: ir.Graph, node: ir.Node) -> OrtAveragePoolQuant:
 def quantize_params(graph: ir.Graph, node: ir.Node) -> tuple[np.float32, int]:
     """QuantizeLinear (float -> int8): the output's scale and zero point."""
     return _per_tensor(graph, node.outputs[0], node)
+
+
+DEQUANTIZED_FUNCTIONS = ("HardSigmoid", "HardSwish", "Identity")
+
+
+def activation_table(graph: ir.Graph, node: ir.Node) -> np.ndarray:
+    """ir.DequantizedActivation as onnxruntime computes it, for the 256 int8 codes (index =
+    code + 128): DequantizeLinear ``float32(q - x_zp) * x_scale``; HardSigmoid (Eigen, no
+    fused multiply-add) ``max(min(alpha * x + beta, 1), 0)``, HardSwish ``x * that`` with
+    alpha 1/6 and beta 0.5 (its ONNX function body), Identity ``x`` (a requantisation: a
+    QLinearConcat input's table); then QuantizeLinear. uint8 storage
+    changes nothing: every step sees ``q - zero_point``, and the output clamp is shifted
+    with the zero point."""
+    op: ir.DequantizedActivation = node.op
+    if op.function not in DEQUANTIZED_FUNCTIONS:
+        raise ValueError(f"{node.name}: no onnxruntime arithmetic for {op.function!r}")
+    x_scale, x_zp = _per_tensor(graph, node.inputs[0], node)
+    y_scale, y_zp = _per_tensor(graph, node.outputs[0], node)
+    codes = np.arange(INT8_MIN, INT8_MAX + 1, dtype=np.int32)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        x = (codes - np.int32(x_zp)).astype(np.float32) * x_scale
+        hard = np.maximum(np.minimum(_F32(op.alpha) * x + _F32(op.beta), _F32(1)), _F32(0))
+        y = {"HardSigmoid": hard, "HardSwish": x * hard, "Identity": x}[op.function]
+        return quantize_linear_int8(y, y_scale, y_zp)
+
+
+def quantize_linear_int8(x: np.ndarray, scale: np.float32, zero_point: int) -> np.ndarray:
+    """QuantizeLinear (MLAS): float32 division, clamp to the range less the zero point,
+    round half to even, add the zero point."""
+    value = np.asarray(x, dtype=np.float32) / _F32(scale)
+    value = np.clip(value, _F32(INT8_MIN - zero_point), _F32(INT8_MAX - zero_point))
+    return (np.rint(np.nan_to_num(value)).astype(np.int64) + zero_point).astype(np.int8)
+
+
+# Eigen's vectorised sum of a float32 row as onnxruntime's CPU build runs it (SSE, 4 floats
+# a packet, packets aligned to 16 bytes; onnxruntime's buffers are 64-byte aligned, so the
+# row of channel c starts c * count floats past an aligned address).
+EIGEN_PACKET = 4
+
+
+@dataclass(frozen=True)
+class EigenSumOrder:
+    """How Eigen sums ``count`` floats starting ``misalignment`` floats past a packet
+    boundary: with no whole packet, left to right. Otherwise two packet accumulators r0 and
+    r1 (r1 only when there are two packets or more) add the aligned packets alternately,
+    then r0 += r1, then r0 += the odd last packet, then the packet is reduced as
+    (r0[0] + r0[2]) + (r0[1] + r0[3]), then the head and then the tail are added one by one."""
+
+    head: int                   # floats before the first aligned packet
+    packets: int                # whole aligned packets
+    count: int
+
+
+def eigen_sum_order(count: int, misalignment: int) -> EigenSumOrder:
+    head = min((EIGEN_PACKET - misalignment % EIGEN_PACKET) % EIGEN_PACKET, count)
+    return EigenSumOrder(head, (count - head) // EIGEN_PACKET, count)
+
+
+@dataclass(frozen=True)
+class OrtDequantizedMeanQuant:
+    """Each input dequantises through ``table`` (``float32(q - x_zp) * x_scale`` for the 256
+    codes, index = the IR's int8 value + 128); a channel's sum (Eigen's order) is divided by
+    the pixel count, then by ``y_scale``, clamped, rounded half to even, plus ``y_zp``."""
+
+    table: np.ndarray           # float32 (256,)
+    count: int
+    y_scale: np.float32
+    output_zero_point: int
+
+
+def dequantized_mean_quant(graph: ir.Graph, node: ir.Node) -> OrtDequantizedMeanQuant:
+    x = graph.tensors[node.inputs[0]]
+    if len(x.shape) != 4:
+        raise ValueError(f"{node.name}: the mean is over the H and W of an image")
+    x_scale, x_zp = _per_tensor(graph, node.inputs[0], node)
+    y_scale, y_zp = _per_tensor(graph, node.outputs[0], node)
+    codes = np.arange(INT8_MIN, INT8_MAX + 1, dtype=np.int32)
+    with np.errstate(over="ignore", under="ignore"):
+        table = (codes - np.int32(x_zp)).astype(np.float32) * x_scale
+    # Any quotient is clamped to the int8 range before it is rounded; only the dequantised
+    # values themselves must be finite.
+    if not np.all(np.isfinite(table)):
+        raise ValueError(f"{node.name}: x_scale * (q - x_zp) overflows float32")
+    return OrtDequantizedMeanQuant(table.astype(np.float32), int(x.shape[1] * x.shape[2]),
+                                   _F32(y_scale), y_zp)

@@ -1,0 +1,69 @@
+"""Broadcasting int8 ADD (TFLite's BroadcastAdd4DSlow): an operand of another shape, such as
+the constant 3 of hard sigmoid ``relu6(x + 3) / 6`` in Keras-converted MobileNetV3 files;
+and ``broadcast_strides``, which the broadcasting MUL (kernels_portable) shares.
+
+Same arithmetic as the elementwise ``add_s8`` (``params.add_quant``); each operand walks the
+4-D output with its own element strides, 0 along the dimensions it broadcasts, as ``mul_s8``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from mbgen import ir
+from mbgen.codegen.lowering import LoweringContext
+from mbgen.codegen.records import BufferRef, ConstArray
+from mbgen.quantize import params
+
+
+@dataclass(frozen=True)
+class BroadcastAddCall:
+    template: ClassVar[str] = "kernels/add_broadcast.c.j2"
+    function: ClassVar[str] = "add_broadcast_s8"
+    input1: BufferRef | ConstArray
+    input2: BufferRef | ConstArray
+    output: BufferRef
+    dims: tuple[int, int, int, int]
+    input1_strides: tuple[int, int, int, int]
+    input2_strides: tuple[int, int, int, int]
+    quant: params.AddQuant
+
+
+def broadcast_strides(shape: tuple[int, ...],
+                      dims: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
+    """Element strides that read a row-major ``shape`` across the 4-D output ``dims``
+    (numpy/TFLite broadcasting: 0 along every dimension where ``shape`` has 1), or None
+    when ``shape`` does not broadcast to ``dims``."""
+    if len(shape) > 4:
+        return None
+    padded = (1,) * (4 - len(shape)) + tuple(int(d) for d in shape)
+    strides, step = [0, 0, 0, 0], 1
+    for axis in (3, 2, 1, 0):
+        if padded[axis] == dims[axis]:
+            strides[axis] = step if dims[axis] > 1 else 0
+        elif padded[axis] != 1:
+            return None
+        step *= padded[axis]
+    return strides[0], strides[1], strides[2], strides[3]
+
+
+def add(ctx: LoweringContext, index: int, node: ir.Node) -> BroadcastAddCall | None:
+    """An int8 Add whose operands broadcast to the output (rank 4 or less)."""
+    out = ctx.tensor(node.outputs[0])
+    if out.dtype != "int8" or len(out.shape) > 4:
+        return None
+    dims = (1,) * (4 - len(out.shape)) + tuple(int(d) for d in out.shape)
+    operands, strides = [], []
+    for role, name in (("input1", node.inputs[0]), ("input2", node.inputs[1])):
+        t = ctx.tensor(name)
+        step = broadcast_strides(t.shape, dims)
+        if t.dtype != "int8" or step is None:
+            return None
+        strides.append(step)
+        operands.append(ctx.const_tensor(name, index, role, "int8_t") if t.is_const
+                        else ctx.buffer(name))
+    if all(t.is_const for t in (ctx.tensor(n) for n in node.inputs[:2])):
+        return None  # nothing computed at run time
+    return BroadcastAddCall(operands[0], operands[1], ctx.buffer(node.outputs[0]), dims,
+                            strides[0], strides[1], params.add_quant(ctx.graph, node))
