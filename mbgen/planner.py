@@ -8,7 +8,7 @@ about models (its API is re-exported here).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -57,6 +57,8 @@ class GraphPlan:
     ``buffers``: what was handed to ``plan``, so benchmarks can compare planners.
     ``overlays``: the in-place pairs used (buffer names: the root tensors), each output
     ``delta`` bytes from its input; ``in_place``: node -> the input tensor it overwrites.
+    ``io_roles``: "input"/"output" for the model's input and output tensors and their
+    views, in either ``io`` mode (with "arena" they are arena buffers all the same).
     """
 
     arena_size: int
@@ -72,6 +74,7 @@ class GraphPlan:
     overlays: tuple[Overlay, ...] = ()
     in_place: dict[str, str] | None = None
     io: str = "external"
+    io_roles: dict[str, str] | None = None   # the model's input/output and their views
 
 
 _ALIASING_OPS = (ir.Reshape, ir.Identity)
@@ -150,22 +153,25 @@ def plan_graph(graph: ir.Graph, needs: Mapping[str, NodeNeeds | int] | None = No
     for name in sorted(activations, key=lambda n: (first_use[n], n)):
         alias_sets.setdefault(root_of(name), []).append(name)
 
-    external: dict[str, str] = {}
+    io_roles: dict[str, str] = {}
     copies: list[tuple[str, str]] = []
     buffers: list[Buffer] = []
     members_of: dict[str, list[str]] = {}
     for root, members in alias_sets.items():
-        if io == "external" and graph_input in members and graph_output in members:
-            # The caller's input is read-only and distinct from its output: the view that
-            # would join them becomes a copy into the output.
+        if graph_input in members and graph_output in members:
+            # The input is distinct from the output: the view that would join them becomes
+            # a copy (external: the caller's input is read-only) or shares them (arena).
             for name in members:
-                external[name] = "output" if views_output(name) else "input"
-            copies.append((sources[graph_output], graph_output))
-        elif io == "external" and graph_input in members:
-            external.update({name: "input" for name in members})
-        elif io == "external" and graph_output in members:
-            # The producer writes straight into the caller's output buffer.
-            external.update({name: "output" for name in members})
+                io_roles[name] = "output" if views_output(name) else "input"
+            if io == "external":
+                copies.append((sources[graph_output], graph_output))
+        elif graph_input in members:
+            io_roles.update({name: "input" for name in members})
+        elif graph_output in members:
+            # The producer writes straight into the output buffer.
+            io_roles.update({name: "output" for name in members})
+        if io == "external" and root in io_roles:
+            continue
         else:
             buffers.append(Buffer(
                 name=root,
@@ -204,7 +210,7 @@ def plan_graph(graph: ir.Graph, needs: Mapping[str, NodeNeeds | int] | None = No
     return GraphPlan(
         arena_size=arena.arena_size,
         offsets=offsets,
-        external=external,
+        external=io_roles if io == "external" else {},
         scratch_offsets=scratch_offsets,
         lifetimes=lifetimes,
         peak_live_bytes=lower_bound(buffers, alignment),
@@ -215,6 +221,7 @@ def plan_graph(graph: ir.Graph, needs: Mapping[str, NodeNeeds | int] | None = No
         overlays=tuple(o for o, _ in used),
         in_place={node: tensor for _, (node, tensor) in used},
         io=io,
+        io_roles=io_roles,
     )
 
 

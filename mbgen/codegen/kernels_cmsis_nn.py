@@ -30,7 +30,7 @@ import numpy as np
 from mbgen import ir
 from mbgen.codegen import kernel_sets
 from mbgen.codegen.lowering import LoweringContext, nhwc
-from mbgen.codegen.records import BufferKind, BufferRef, ConstArray
+from mbgen.codegen.records import BufferRef, ConstArray
 from mbgen.errors import UserError
 from mbgen.quantize import params
 
@@ -495,16 +495,9 @@ def scratch_by_build(graph: ir.Graph, node: ir.Node) -> dict[str, int]:
 
 
 def _context(ctx: LoweringContext, node: ir.Node, needed: int) -> Context:
-    """The layer's planned scratch buffer; GraphError if the plan did not reserve enough."""
-    if needed == 0:
-        return Context(None, 0)
-    planned = {b.name: b.size for b in ctx.plan.buffers}.get("scratch:" + node.name, 0)
-    if node.name not in ctx.plan.scratch_offsets or planned < needed:
-        raise ir.GraphError(
-            f"{node.name}: CMSIS-NN needs {needed} scratch bytes but the memory plan has "
-            f"{planned}; plan with planner.plan_graph(graph, "
-            f"codegen.scratch_requirements(graph, {NAME!r}))")
-    return Context(BufferRef(BufferKind.ARENA, int(ctx.plan.scratch_offsets[node.name])), planned)
+    """The layer's scratch buffer, asked of the arena with the size the library's
+    ``*_get_buffer_size`` gives (``scratch_by_build``)."""
+    return Context(ctx.scratch(node.name, needed), needed)
 
 
 def _bias(ctx: LoweringContext, index: int, node: ir.Node, channels: int) -> ConstArray:
@@ -608,9 +601,6 @@ class CmsisNNKernels:
     """CMSIS-NN for every layer it can take (``refusal`` is None); None for the rest."""
 
     name = NAME
-
-    def scratch_bytes(self, graph: ir.Graph, node: ir.Node) -> int:
-        return max_scratch(graph, node)
 
     def lower(self, ctx: LoweringContext, index: int, node: ir.Node) -> CmsisCall | None:
         if refusal(ctx.graph, node) is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from mbgen import ir
-from mbgen.codegen import kernels_layout, lower_graph_ops, lowering_onnxruntime
+from mbgen.codegen import kernels_layout, lower_graph_ops, lowering_onnxruntime, walks
 from mbgen.codegen import records as r
 from mbgen.codegen.lowering import LoweringContext, nhwc
 from mbgen.quantize import params
@@ -23,8 +23,9 @@ class PortableKernels:
 
     name = NAME
 
-    def scratch_bytes(self, graph: ir.Graph, node: ir.Node) -> int:
-        return 0
+    def walks(self, call: r.CallRecord):
+        """In-place declarations: see ``mbgen.codegen.walks``."""
+        return walks.portable(call)
 
     def lower(self, ctx: LoweringContext, index: int, node: ir.Node) -> r.CallRecord | None:
         op = node.op
@@ -313,10 +314,9 @@ def _pad(ctx: LoweringContext, node: ir.Node, op: ir.Pad) -> r.PadCall:
         pad_value=ctx.tensor(node.outputs[0]).quant.scalar_zero_point)
 
 
-def _view(ctx: LoweringContext, node: ir.Node) -> r.AliasCall | r.CopyCall:
+def _view(ctx: LoweringContext, node: ir.Node) -> r.CopyCall:
+    """A copy; binding makes it an AliasCall where the plan gives both tensors one place."""
     src, dst = ctx.buffer(node.inputs[0]), ctx.buffer(node.outputs[0])
-    if src == dst:
-        return r.AliasCall(src, dst)
     size = ctx.tensor(node.outputs[0]).nbytes
     if ctx.tensor(node.inputs[0]).nbytes != size:
         raise ir.GraphError(f"{node.name}: reshape changes the byte size")
