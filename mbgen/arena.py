@@ -203,6 +203,11 @@ def _units(buffers: Sequence[Buffer], overlays: Sequence[Overlay],
             chain.append((by_name[name], rel))
         low = min(r for _, r in chain)
         units[buf.name] = tuple((b, r - low) for b, r in chain)
+        for i, (a, ra) in enumerate(chain):   # only neighbours may share bytes
+            for b, rb in chain[i + 2:]:
+                if a.overlaps_in_time(b) and ra < rb + b.size and rb < ra + a.size:
+                    raise ValueError(f"overlays put {a.name} and {b.name}, live together, "
+                                     "on the same bytes")
     if sum(len(u) for u in units.values()) != len(buffers):
         raise ValueError("overlays form a cycle")
     return units
@@ -288,6 +293,17 @@ def _units_lower_bound(units: dict[str, Unit], sizes: dict[str, int]) -> int:
                 live += max(e for _, e in spans) - min(s for s, _ in spans)
         peak = max(peak, live)
     return peak
+
+
+def overlay_floor(buffers: Sequence[Buffer], overlays: Sequence[Overlay],
+                  alignment: int = DEFAULT_ALIGNMENT) -> int:
+    """A lower bound of ``plan(buffers, alignment, overlays).arena_size``: the bytes live at
+    the busiest node, and the whole extent of every unit (a unit's members keep their
+    places for the whole run, so the arena holds all of them at once)."""
+    sizes = {b.name: align_up(b.size, alignment) for b in buffers}
+    units = _units(buffers, overlays, alignment)
+    hull = max((max(r + sizes[b.name] for b, r in unit) for unit in units.values()), default=0)
+    return max(hull, _units_lower_bound(units, sizes))
 
 
 def plan(buffers: Sequence[Buffer], alignment: int = DEFAULT_ALIGNMENT,

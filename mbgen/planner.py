@@ -15,7 +15,7 @@ from typing import NamedTuple
 from mbgen import ir
 from mbgen.arena import (  # noqa: F401  (the placement API, re-exported for callers)
     DEFAULT_ALIGNMENT, ArenaPlan, Buffer, Overlay, align_up, assert_valid_plan, lower_bound,
-    plan, tflm_greedy_arena, tflm_greedy_plan)
+    overlay_floor, plan, tflm_greedy_arena, tflm_greedy_plan)
 from mbgen.errors import UserError
 from mbgen.write_order import WriteOrder
 
@@ -255,20 +255,36 @@ def _overlay_candidates(graph: ir.Graph, needs: dict[str, NodeNeeds],
 
 def _best_arena(buffers: list[Buffer], candidates: list[tuple[Overlay, tuple[str, str]]],
                 alignment: int) -> tuple[ArenaPlan, list[tuple[Overlay, tuple[str, str]]]]:
-    """The smallest arena over a few choices of overlays: none, all, then all but one for
-    each in turn (a chain glued for its whole lifetime can cost more than it saves)."""
-    best = (plan(buffers, alignment), [])
-    if not candidates:
-        return best
-    chosen = list(candidates)
-    trial = plan(buffers, alignment, [o for o, _ in chosen])
-    if trial.arena_size <= best[0].arena_size:
-        best = (trial, list(chosen))
-    else:
-        chosen = []
-    for candidate in list(chosen):
-        fewer = [c for c in chosen if c is not candidate]
-        trial = plan(buffers, alignment, [o for o, _ in fewer])
-        if trial.arena_size < best[0].arena_size:
-            best, chosen = (trial, fewer), fewer
+    """The smallest arena over a few choices of overlays: none, all, and a greedy pick.
+
+    A chain of overlays keeps its relative offsets for the whole run, so a long chain drifts
+    and its extent can cost more than the overlays save (MobileNet's whole backbone is one
+    chain). The greedy pick takes overlays at the biggest layers first and keeps one only
+    if ``overlay_floor`` (busiest node, widest chain) does not rise."""
+    options = [[], list(candidates), _greedy_overlays(buffers, candidates, alignment)]
+    best: tuple[ArenaPlan, list] | None = None
+    tried: set[tuple[int, ...]] = set()
+    for chosen in options:
+        key = tuple(sorted(id(c) for c in chosen))
+        if key in tried:
+            continue
+        tried.add(key)
+        trial = plan(buffers, alignment, [o for o, _ in chosen])
+        if best is None or trial.arena_size < best[0].arena_size:
+            best = (trial, chosen)
+    assert best is not None
     return best
+
+
+def _greedy_overlays(buffers: list[Buffer], candidates: list[tuple[Overlay, tuple[str, str]]],
+                     alignment: int) -> list[tuple[Overlay, tuple[str, str]]]:
+    size = {b.name: align_up(b.size, alignment) for b in buffers}
+    order = sorted(candidates, key=lambda c: -(size[c[0].input] + size[c[0].output]))
+    chosen: list[tuple[Overlay, tuple[str, str]]] = []
+    bound = overlay_floor(buffers, [], alignment)
+    for candidate in order:
+        trial = chosen + [candidate]
+        floor = overlay_floor(buffers, [o for o, _ in trial], alignment)
+        if floor <= bound:
+            chosen, bound = trial, floor
+    return chosen
