@@ -31,6 +31,7 @@ from mbgen import ir
 from mbgen.codegen import kernel_sets
 from mbgen.codegen.lowering import LoweringContext, nhwc
 from mbgen.codegen.records import BufferRef, ConstArray
+from mbgen.codegen.walks import elementwise
 from mbgen.errors import UserError
 from mbgen.quantize import params
 
@@ -601,6 +602,17 @@ class CmsisNNKernels:
     """CMSIS-NN for every layer it can take (``refusal`` is None); None for the rest."""
 
     name = NAME
+
+    def walks(self, call):
+        """arm_elementwise_add_s8 reads each block of 1 (plain C), 4 (DSP: one word of each
+        input) or 4 (MVE: predicated loads) elements before it writes that block, in
+        ascending order, so its output may start on either input. The convolutions walk
+        output channels in the outer loop (arm_nn_mat_mult_nt_t_s8 re-reads every pixel for
+        each channel pair), so they declare nothing."""
+        if isinstance(call, CmsisAddCall):
+            order = elementwise(call.block_size)
+            return ((call.input1, order), (call.input2, order))
+        return ()
 
     def lower(self, ctx: LoweringContext, index: int, node: ir.Node) -> CmsisCall | None:
         if refusal(ctx.graph, node) is not None:
