@@ -1,9 +1,10 @@
 """How the mbgen kernel set's templates walk their buffers: one ``WriteOrder`` per op.
 
-Each function follows the loop of its template (templates/kernels_mbgen/*.c.j2) from the
-record's fields. Both kernels copy what a step reads into scratch (widened columns, the
-ring of transposed rows) before the step writes, so step k below is "write what the
-previous block/row made, then read the next one's input".
+Each function follows the loop of its template (templates/kernels_mbgen/*.c.j2 and, for the
+Helium calls, templates/kernels_mve/*.c.j2) from the record's fields. The DSP kernels copy
+what a step reads into scratch (widened columns, the ring of transposed rows) before the
+step writes, so their step k is "write what the previous block/row made, then read the
+next one's input"; the Helium ones read and write one block of pixels at a time.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from mbgen.codegen import records as r
-from mbgen.codegen.kernels_mbgen import DepthwiseCall, GemmCall, Gather
-from mbgen.codegen.walks import from_steps, window_starts
+from mbgen.codegen.kernels_mbgen import DepthwiseCall, Gather, GemmCall
+from mbgen.codegen.kernels_mve import BLOCK_PIXELS, MveDepthwiseCall, MvePointwiseCall
+from mbgen.codegen.walks import from_steps, pixel_blocks, window_starts, windows
 from mbgen.write_order import WriteOrder
 
 # Word loads of the direct column path start at most this far before a window run.
@@ -62,11 +64,28 @@ def depthwise_write_order(c: DepthwiseCall) -> WriteOrder:
                       output_bytes)
 
 
+def mve_pointwise_write_order(c: MvePointwiseCall) -> WriteOrder:
+    """kernels_mve/pointwise.c.j2: per block of BLOCK_PIXELS pixels, per block of output
+    channels, both pixels' inputs are read and the block's outputs written (predicated
+    tail loads touch no inactive lane)."""
+    return pixel_blocks(c.pixels, BLOCK_PIXELS, c.in_c, c.out_c)
+
+
+def mve_depthwise_write_order(c: MveDepthwiseCall) -> WriteOrder:
+    """kernels_mve/depthwise.c.j2: for oy, for ox, the clipped window (or, inside the
+    image, the whole window from its top-left pixel), 8 or 4 channels at a time."""
+    return windows(c.out_h, c.out_w, c.channels, c.in_h, c.in_w, c.channels, c.stride_h,
+                   c.stride_w, c.pad_top, c.pad_left)
+
+
 def walks(call) -> tuple[tuple[r.BufferRef, WriteOrder], ...]:
-    """The mbgen kernel set's declarations (``KernelSet.walks``); its Helium calls declare
-    none (their loops were not read for this)."""
+    """The mbgen kernel set's declarations (``KernelSet.walks``), Helium calls included."""
     if isinstance(call, GemmCall):
         return ((call.input, gemm_write_order(call)),)
     if isinstance(call, DepthwiseCall):
         return ((call.input, depthwise_write_order(call)),)
+    if isinstance(call, MvePointwiseCall):
+        return ((call.input, mve_pointwise_write_order(call)),)
+    if isinstance(call, MveDepthwiseCall):
+        return ((call.input, mve_depthwise_write_order(call)),)
     return ()

@@ -37,15 +37,29 @@ def window_starts(out_h: int, out_w: int, stride_h: int, stride_w: int, pad_top:
     return ((y0[:, None] * in_w + x0[None, :]) * in_c).reshape(-1)
 
 
+def windows(out_h: int, out_w: int, out_c: int, in_h: int, in_w: int, in_c: int,
+            stride_h: int, stride_w: int, pad_top: int, pad_left: int) -> WriteOrder:
+    """Output pixels in row-major order, each from its window (read again per block of
+    channels) and written before the next pixel starts."""
+    pixels = out_h * out_w
+    write_end = (np.arange(pixels) + 1) * out_c
+    reads = window_starts(out_h, out_w, stride_h, stride_w, pad_top, pad_left, in_w, in_c)
+    return from_steps(write_end, reads, in_h * in_w * in_c, pixels * out_c)
+
+
+def pixel_blocks(pixels: int, block: int, in_c: int, out_c: int) -> WriteOrder:
+    """A 1x1 GEMM over contiguous pixels, ``block`` pixels at a time: each block's outputs
+    are written while its own input pixels are (re)read, then the next block."""
+    starts = np.arange(0, pixels, block)
+    write_end = np.minimum(starts + block, pixels) * out_c
+    return from_steps(write_end, starts * in_c, pixels * in_c, pixels * out_c)
+
+
 def pixel_by_pixel(call: r.ConvWindow | r.DepthwiseWindow) -> WriteOrder:
-    """Portable conv and depthwise: for oy, for ox, every output channel of the pixel from
-    its window (read again per block of channels), written before the next pixel."""
-    pixels = call.out_h * call.out_w
-    write_end = (np.arange(pixels) + 1) * call.out_c
-    reads = window_starts(call.out_h, call.out_w, call.stride_h, call.stride_w,
-                          call.pad_top, call.pad_left, call.in_w, call.in_c)
-    return from_steps(write_end, reads, call.in_h * call.in_w * call.in_c,
-                      pixels * call.out_c)
+    """Portable conv and depthwise (kernels/conv.c.j2, depthwise.c.j2): for oy, for ox,
+    every output channel of the pixel, four at a time, each block reading the window."""
+    return windows(call.out_h, call.out_w, call.out_c, call.in_h, call.in_w, call.in_c,
+                   call.stride_h, call.stride_w, call.pad_top, call.pad_left)
 
 
 def elementwise(size: int) -> WriteOrder:
