@@ -127,9 +127,19 @@ def bind(instance: KernelInstance, plan: GraphPlan) -> CallRecord:
     """The instance's call record with every buffer at its planned place; a copy whose
     two tensors the plan puts in the same bytes becomes an alias (nothing to run)."""
     call = _bind_value(instance.call, plan)
-    if isinstance(call, CopyCall) and call.input == call.output:
+    if isinstance(call, CopyCall) and _same_bytes(call.input, call.output, plan):
         return AliasCall(call.input, call.output)
     return call
+
+
+def _same_bytes(a: BufferRef, b: BufferRef, plan: GraphPlan) -> bool:
+    """Two bound pointers at the same bytes (with io "arena" the model's input and output
+    pointers are arena offsets too)."""
+    if a == b:
+        return True
+    in_arena = (BufferKind.ARENA, BufferKind.INPUT, BufferKind.OUTPUT)
+    return plan.io == "arena" and a.kind in in_arena and b.kind in in_arena \
+        and a.offset == b.offset
 
 
 def check_graph(graph: ir.Graph, name: str) -> None:
