@@ -69,7 +69,12 @@ def test_random_graphs_in_place_give_the_reference_output(tmp_path: Path):
         sizes = {b.name: b.size for b in program.plan.buffers}
         shared += sum(_overlap(o, sizes) for o in program.plan.overlays)
         out = tmp_path / f"s{seed}"
-        codegen.generate(graph, out, io=io)
+        report = codegen.generate(graph, out, io=io)
+        over = {b["tensor"]: b["over"] for b in report["buffers"] if b["over"]}
+        assert len(over) == len(program.plan.overlays) and report["io"] == io
+        if seed == 1:   # report.html draws them in their own colour, named in the tooltip
+            from mbgen import html_report
+            assert html_report.render(report).count("written in place over") == len(over) + 1
         exe = build_folder(out)
         for k in range(2):
             x = np.random.default_rng(100 * seed + k).integers(
