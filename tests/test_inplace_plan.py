@@ -206,3 +206,22 @@ def test_mbgen_kernels_in_place_in_qemu(tmp_path: Path):
         result = run_qemu(out, target, x.tobytes(), timeout=120)
         assert result.output == run_int8(graph, x)[graph.outputs[0]].tobytes(), f"seed {seed}"
     assert in_place >= 10
+
+
+def test_compile_counts_the_input_and_output_once(tmp_path: Path):
+    """--io arena: model_input()/model_output() in the arena, no caller's buffers counted;
+    --io external: the caller's buffers, counted beside the arena."""
+    from mbgen.compiler import CompileOptions, ModelSource, PreparedModel, emit
+    graph = random_graph(4)
+    prepared = PreparedModel(ModelSource("inplace4", "zoo", None), None, graph)
+    io_bytes = graph.tensors[graph.inputs[0]].nbytes + graph.tensors[graph.outputs[0]].nbytes
+    memory = {}
+    for io in ("arena", "external"):
+        compiled = emit(prepared, CompileOptions(target="host", out_dir=tmp_path / io, io=io))
+        memory[io] = compiled.report["memory"]
+        header = (tmp_path / io / "model.h").read_text()
+        assert ("int model_invoke(void);" in header) == (io == "arena")
+        assert ("int8_t *model_input(void);" in header) == (io == "arena")
+    assert memory["arena"]["io_bytes"] == 0 and memory["external"]["io_bytes"] == io_bytes
+    assert memory["arena"]["sram_bytes"] == memory["arena"]["arena_bytes"]
+    assert memory["arena"]["sram_bytes"] <= memory["external"]["sram_bytes"]
