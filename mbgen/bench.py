@@ -51,12 +51,10 @@ def _kernel_set_names(requested: Sequence[str] | None, cmsis_nn: str | os.PathLi
 def _bench_one(graph, target, kernels: str, x: np.ndarray, expected: np.ndarray,
                cmsis_nn: str | os.PathLike | None) -> dict:
     from mbgen import codegen
-    from mbgen.planner import plan_graph
     from mbgen.runner import build_firmware, run_elf
-    plan = plan_graph(graph, codegen.scratch_requirements(graph, kernels))
     with tempfile.TemporaryDirectory(prefix="mbgen-bench-") as tmp:
         out = Path(tmp) / "out"
-        report = codegen.generate(graph, plan, out, target=target.name, kernels=kernels)
+        report = codegen.generate(graph, out, target=target.name, kernels=kernels)
         firmware = build_firmware(out, target, Path(tmp) / "build",
                                   cmsis_nn=Path(cmsis_nn) if cmsis_nn is not None else None)
         result = run_elf(firmware.elf, target, x.tobytes(), timeout=QEMU_TIMEOUT)

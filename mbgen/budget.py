@@ -1,6 +1,7 @@
 """What a compiled model needs in RAM and flash, against the target's budget.
 
-RAM counts everything the model needs: the arena, the caller's input and output buffers, any
+RAM counts everything the model needs: the arena, the caller's input and output buffers
+(none with ``--io arena``: they are arena bytes, counted once), any
 other static RAM of the model's code and the worst-case stack of ``<name>_invoke``. Flash
 counts the weights and the model's code with the libraries it calls, not the example harness.
 Before the firmware is linked only the arena, buffers and weights are known; the linked
@@ -30,7 +31,7 @@ def budget_for(target, ram_override: int | None, flash_override: int | None) -> 
 @dataclass(frozen=True)
 class MemoryUse:
     arena_bytes: int
-    io_bytes: int                  # the caller's input + output buffers
+    io_bytes: int                  # the caller's input + output buffers (0: in the arena)
     weights_bytes: int
     other_static_ram_bytes: int = 0   # model statics besides the arena (linked figure)
     stack_bytes: int | None = None    # worst-case chain from <name>_invoke (linked figure)

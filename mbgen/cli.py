@@ -65,7 +65,8 @@ def _compile_options(args: argparse.Namespace):
         cmsis_nn=Path(args.cmsis_nn) if args.cmsis_nn else None,
         emit_tflite=Path(args.emit_tflite) if getattr(args, "emit_tflite", None) else None,
         input_range=args.input_range, mean=args.mean, std=args.std,
-        weights=Path(args.weights) if args.weights else None)
+        weights=Path(args.weights) if args.weights else None,
+        io=getattr(args, "io", None))
 
 
 def _room(used: int, budget: int | None) -> str:
@@ -83,7 +84,11 @@ def print_summary(compiled) -> None:
     print(f"  layers  {len(r['layers'])}")
     print(f"  MACs    {r['macs'] / 1e6:.2f} M")
     print(f"  params  {r['params'] / 1e6:.3f} M")
-    parts = [f"arena {_kib(memory['arena_bytes'])}", f"input+output {_kib(memory['io_bytes'])}"]
+    parts = [f"arena {_kib(memory['arena_bytes'])}"
+             + (" (input and output inside)" if r.get("io") == "arena" else ""),
+             f"input+output {_kib(memory['io_bytes'])}"]
+    if r.get("io") == "arena":
+        parts.pop()
     if memory["other_static_ram_bytes"]:
         parts.append(f"other statics {_kib(memory['other_static_ram_bytes'])}")
     if memory["stack_bytes"] is not None:
@@ -315,6 +320,10 @@ def _add_compile_args(p: argparse.ArgumentParser, output_help: str) -> None:
                         "int8 (half the flash), or auto: int16 where the flash budget allows")
     p.add_argument("--cmsis-nn", metavar="PATH",
                    help="CMSIS-NN source tree for --kernels cmsis-nn (default: $CMSIS_NN_PATH)")
+    p.add_argument("--io", choices=["arena", "external"],
+                   help="arena: the input and output live in the model's arena "
+                        "(<name>_input()/<name>_output(), the Cortex-M default); external: "
+                        "<name>_invoke(input, output) takes the caller's buffers (host default)")
     p.add_argument("--weights", metavar="FILE.tflite",
                    help="zoo models: trained weights from a float .tflite file of the same "
                         "architecture (TF padding and head, its classes kept)")

@@ -56,6 +56,7 @@ class CompileOptions:
     weights: Path | None = None         # a zoo model's trained weights from a float .tflite
     board: str | None = None            # a board port: a complete firmware project for it
     board_input: Path | None = None     # raw input its harness runs on (default: test pattern)
+    io: str | None = None               # "arena" | "external"; None: the target's default
 
 
 @dataclass
@@ -195,8 +196,11 @@ def constant_bytes(graph: ir.Graph) -> int:
     return sum(t.nbytes for t in graph.tensors.values() if t.is_const)
 
 
-def io_bytes(graph: ir.Graph) -> int:
-    """The caller's input and output buffers (they live outside the arena)."""
+def io_bytes(graph: ir.Graph, io: str = "external") -> int:
+    """The caller's input and output buffers: 0 when they live in the arena (``io`` "arena"),
+    so they are never counted twice."""
+    if io == "arena":
+        return 0
     return (graph.tensors[graph.inputs[0]].nbytes
             + sum(graph.tensors[name].nbytes for name in graph.outputs))
 
@@ -240,23 +244,27 @@ def emit(prepared: PreparedModel, options: CompileOptions) -> CompiledModel:
 
 def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels: str,
                out_dir: Path) -> CompiledModel:
-    from mbgen import board_project, codegen, planner
+    from mbgen import board_project, codegen
     from mbgen.codegen.generator import write_report
 
     graph = prepared.graph
     project = board_project.for_options(options)   # None without --board
-    plan = planner.plan_graph(graph, scratch=codegen.scratch_requirements(graph, kernels))
     limits = budget.budget_for(project.board if project else target, options.ram_bytes,
                                options.flash_bytes)
-    use = budget.MemoryUse(arena_bytes=int(plan.arena_size), io_bytes=io_bytes(graph),
+    # Lower, plan, bind: the one pipeline (codegen.build_program); render below.
+    program = codegen.build_program(
+        graph, prefix=options.name, kernels=kernels, target=target.name,
+        io=options.io or codegen.default_io(target.name),
+        flash_budget=limits.flash_bytes or None, weight_layout=options.weight_layout)
+    plan = program.plan
+    use = budget.MemoryUse(arena_bytes=int(plan.arena_size), io_bytes=io_bytes(graph, plan.io),
                            weights_bytes=constant_bytes(graph))
     budget.check(use, limits)  # what is known before generating: refuse early
     with tempfile.TemporaryDirectory(prefix="mbgen-") as tmp:
         staging = Path(tmp) / (out_dir.resolve().name or "out")
-        report = codegen.generate(graph, plan, staging, name=options.name, target=target.name,
-                                  kernels=kernels, flash_budget=limits.flash_bytes or None,
-                                  weight_layout=options.weight_layout,
-                                  **(project.generate_options() if project else {}))
+        report = codegen.render(graph, program, staging, name=options.name,
+                                target=target.name, kernels=kernels,
+                                **(project.generate_options() if project else {}))
         if project:
             report["files"] += project.write_sources(staging, options.name,
                                                      graph.tensors[graph.inputs[0]])

@@ -1,7 +1,8 @@
 """`mbgen report OUT`: a self-contained report.html of a generated folder.
 
 It shows the memory plan as a picture (each buffer a rectangle: the layers it lives across
-times its place in the arena; the caller's input/output buffers in a band of their own), a
+times its place in the arena; the caller's input/output buffers in a band of their own;
+outputs written in place over their input in a colour of their own), a
 per-layer table and the RAM/flash budget bars. Everything is computed here from report.json
 into small records; the Jinja template only prints them.
 """
@@ -20,7 +21,8 @@ ARENA_HEIGHT = 320        # px the arena's bytes span
 BAND_HEIGHT = 40          # px of the caller's-buffers band below the arena
 LABEL_HEIGHT = 150        # px below the plot for the rotated layer names
 LEFT = 70                 # px for the offset axis
-COLOURS = {"arena": "#4a7dbf", "scratch": "#e08a2c", "input": "#6aa84f", "output": "#a64d79"}
+COLOURS = {"arena": "#4a7dbf", "scratch": "#e08a2c", "input": "#6aa84f", "output": "#a64d79",
+           "in_place": "#2a9d8f"}
 
 
 @dataclass(frozen=True)
@@ -96,9 +98,12 @@ def timeline(report: dict) -> tuple[list[Rect], list[Tick], list[Tick], float]:
             y = band_top + (0 if b["where"] == "input" else BAND_HEIGHT / 2)
             height = BAND_HEIGHT / 2 - 2
             title += f", in the caller's {b['where']} buffer"
+        colour = COLOURS.get(b["where"], COLOURS["arena"])
+        if b.get("over"):   # written in place over its input (the two overlap on purpose)
+            colour = COLOURS["in_place"]
+            title += f", written in place over {b['over']}"
         label = b["layer"] if width >= 7 * len(b["layer"]) and height >= 12 else ""
-        rects.append(Rect(x, y, width, height, COLOURS.get(b["where"], COLOURS["arena"]),
-                          title, label))
+        rects.append(Rect(x, y, width, height, colour, title, label))
     height = band_top + BAND_HEIGHT
     names = [Tick(LEFT + (i + 0.5) * column, height + 6, f"{i} {layer['name']}")
              for i, layer in enumerate(layers)]

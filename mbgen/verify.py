@@ -182,8 +182,9 @@ def verify_model(spec: str, options: CompileOptions, reference: str = "numpy",
             # Like with like: TFLM's arena holds the input and output tensors too.
             memory = compiled.report["memory"]
             ours = memory["arena_bytes"] + memory["io_bytes"]
-            echo(f"  RAM: mbgen arena + input/output {ours} bytes, TFLM arena (input and "
-                 f"output inside) {tflm_arena_bytes(tflm_path)} bytes")
+            echo(f"  RAM: mbgen arena + input/output {ours} bytes (sram_bytes with statics "
+                 f"and stack {memory['sram_bytes']}), TFLM arena (input and output inside) "
+                 f"{tflm_arena_bytes(tflm_path)} bytes")
 
         outcome = VerifyOutcome()
         out_dtype = compiled.graph.tensors[compiled.graph.outputs[0]].dtype

@@ -322,15 +322,14 @@ def test_every_board_builds_mbv1_0_25_128_within_its_part(board_name, prepared, 
 def test_board_ports_and_harness_compile_warnings_clean(prepared, tmp_path):
     """Every port file, the board harness and board_input.c, with each board's core flags
     and -Wall -Wextra -Werror, as C99 and C11 (the Makefiles build them the same way)."""
-    from mbgen import codegen, planner, targets
+    from mbgen import codegen, targets
     from mbgen.codegen.generator import WARNING_FLAGS
     graph = prepared("mbv1_0.25_96").graph
-    plan = planner.plan_graph(graph, codegen.scratch_requirements(graph, "portable"))
     failures = []
     for board in boards.all_boards():
         folder = tmp_path / board.name
         project = board_project.BoardProject(board, None, "test pattern")
-        codegen.generate(graph, plan, folder, target=board.target, kernels="portable",
+        codegen.generate(graph, folder, target=board.target, kernels="portable",
                          **project.generate_options())
         project.write_sources(folder, "model", graph.tensors[graph.inputs[0]])
         sources = ["main.c", board_project.INPUT_SOURCE,

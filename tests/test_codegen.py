@@ -19,7 +19,6 @@ import pytest
 from helpers_c import build, build_folder, run
 from mbgen import codegen, ir
 from mbgen.errors import UserError
-from mbgen.planner import plan_graph
 from mbgen.reference import run_int8
 
 A = ir.Activation
@@ -399,7 +398,7 @@ def _tflm_outputs(graph: ir.Graph, inputs: list[np.ndarray]) -> list[np.ndarray]
 def test_generated_c_is_bit_exact(case: Case, tmp_path: Path):
     builder = GraphBuilder(seed=sum(map(ord, case.name)), name=case.name)
     graph = builder.graph(case.build(builder))
-    report = codegen.generate(graph, plan_graph(graph), tmp_path / "out")
+    report = codegen.generate(graph, tmp_path / "out")
     exe = build_folder(tmp_path / "out")
     inputs = _inputs(graph, seed=len(case.name))
     got = [np.frombuffer(run(exe, x.tobytes()), dtype=np.int8) for x in inputs]
@@ -431,8 +430,8 @@ def _small_graph(seed: int = 1, name: str = "small") -> ir.Graph:
 
 def test_report_describes_every_layer(tmp_path: Path):
     graph = _small_graph()
-    plan = plan_graph(graph)
-    report = codegen.generate(graph, plan, tmp_path)
+    plan = codegen.build_program(graph).plan
+    report = codegen.generate(graph, tmp_path)
     assert json.loads((tmp_path / "report.json").read_text()) == report
     assert report["model"] == "small" and report["target"] == "host"
     assert report["kernels"] == "portable" and report["generator"] == "mbgen"
@@ -459,7 +458,7 @@ def test_report_describes_every_layer(tmp_path: Path):
 
 def test_header_macros_match_the_graph(tmp_path: Path):
     graph = _small_graph()
-    codegen.generate(graph, plan_graph(graph), tmp_path, name="net")
+    codegen.generate(graph, tmp_path, name="net")
     main = tmp_path / "check.c"
     main.write_text(
         '#include <stdio.h>\n#include "net.h"\n'
@@ -478,7 +477,7 @@ def test_header_macros_match_the_graph(tmp_path: Path):
     assert int(fields[3]) == x.quant.scalar_zero_point
     assert np.float32(float(fields[4])) == np.float32(y.quant.scalar_scale)
     assert int(fields[5]) == y.quant.scalar_zero_point
-    assert [int(fields[6]), int(fields[7])] == [plan_graph(graph).arena_size, 4]
+    assert [int(fields[6]), int(fields[7])] == [codegen.build_program(graph).plan.arena_size, 4]
     assert fields[8] == graph.nodes[3].name
 
 
@@ -525,7 +524,7 @@ def test_two_models_link_into_one_program(tmp_path: Path, profile: bool):
     import subprocess
     alpha, beta = _small_graph(1, "alpha"), _small_graph(2, "beta")
     for graph in (alpha, beta):
-        codegen.generate(graph, plan_graph(graph), tmp_path / graph.name, name=graph.name,
+        codegen.generate(graph, tmp_path / graph.name, name=graph.name,
                          harness=False)
         assert not (tmp_path / graph.name / "main.c").exists()
     main = tmp_path / "main.c"
@@ -551,7 +550,7 @@ def test_two_models_link_into_one_program(tmp_path: Path, profile: bool):
 def test_host_harness_rejects_a_wrong_sized_input(tmp_path: Path):
     import subprocess
     graph = _small_graph()
-    codegen.generate(graph, plan_graph(graph), tmp_path / "out")
+    codegen.generate(graph, tmp_path / "out")
     exe = build_folder(tmp_path / "out")
     size = graph.tensors[graph.inputs[0]].nbytes
     for data in (bytes(size - 1), bytes(size + 1)):
@@ -566,7 +565,7 @@ def test_host_harness_rejects_a_wrong_sized_input(tmp_path: Path):
 def test_host_harness_builds_with_profiling(tmp_path: Path):
     import subprocess
     graph = _small_graph()
-    codegen.generate(graph, plan_graph(graph), tmp_path / "out")
+    codegen.generate(graph, tmp_path / "out")
     exe = build_folder(tmp_path / "out", defines=("MBGEN_PROFILE",))
     x = _inputs(graph, 0)[0]
     (tmp_path / "in.bin").write_bytes(x.tobytes())
@@ -581,7 +580,7 @@ def test_host_harness_builds_with_profiling(tmp_path: Path):
 def test_name_must_be_a_c_identifier(tmp_path: Path, name: str):
     graph = _small_graph()
     with pytest.raises(UserError, match="C identifier"):
-        codegen.generate(graph, plan_graph(graph), tmp_path / "out", name=name)
+        codegen.generate(graph, tmp_path / "out", name=name)
 
 
 def test_never_writes_into_a_foreign_folder(tmp_path: Path):
@@ -589,16 +588,16 @@ def test_never_writes_into_a_foreign_folder(tmp_path: Path):
     user_file = tmp_path / "model.c"
     user_file.write_text("/* the user's own work */\n")
     with pytest.raises(UserError, match="not made by mbgen"):
-        codegen.generate(graph, plan_graph(graph), tmp_path)
+        codegen.generate(graph, tmp_path)
     assert user_file.read_text() == "/* the user's own work */\n"
     with pytest.raises(UserError, match="not a folder"):
-        codegen.generate(graph, plan_graph(graph), user_file)
+        codegen.generate(graph, user_file)
 
 
 def test_regenerating_replaces_our_previous_files(tmp_path: Path):
     graph = _small_graph()
-    codegen.generate(graph, plan_graph(graph), tmp_path, name="first")
-    report = codegen.generate(graph, plan_graph(graph), tmp_path, name="second")
+    codegen.generate(graph, tmp_path, name="first")
+    report = codegen.generate(graph, tmp_path, name="second")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(report["files"])
     assert not any(p.name.startswith("first") for p in tmp_path.iterdir())
 
@@ -606,7 +605,7 @@ def test_regenerating_replaces_our_previous_files(tmp_path: Path):
 def test_unknown_kernel_set_is_a_user_error(tmp_path: Path):
     graph = _small_graph()
     with pytest.raises(UserError, match="kernel set 'fastest'"):
-        codegen.generate(graph, plan_graph(graph), tmp_path, kernels="fastest")
+        codegen.generate(graph, tmp_path, kernels="fastest")
 
 
 def test_layers_a_kernel_set_refuses_fall_back_to_portable(tmp_path: Path):
@@ -619,23 +618,20 @@ def test_layers_a_kernel_set_refuses_fall_back_to_portable(tmp_path: Path):
         """A pretend specialised set that only takes Conv2D, with 100 bytes of scratch."""
         name = "test-conv-only"
 
-        def scratch_bytes(self, graph, node):
-            return 100 if isinstance(node.op, ir.Conv2D) else 0
-
         def lower(self, ctx, index, node):
+            scratch_seen.append(ctx.scratch(node.name, 100))   # asked, then refused
             if not isinstance(node.op, ir.Conv2D):
                 return None
-            scratch_seen.append(ctx.scratch(node.name))
             return super().lower(ctx, index, node)
 
     kernel_sets.register(ConvOnly())
     graph = _small_graph()
-    scratch = codegen.scratch_requirements(graph, "test-conv-only")
-    assert scratch == {graph.nodes[0].name: 100}
-    assert codegen.scratch_requirements(graph, "portable") == {}
-    plan = plan_graph(graph, scratch)
-    report = codegen.generate(graph, plan, tmp_path, kernels="test-conv-only")
-    assert scratch_seen[0].offset == plan.scratch_offsets[graph.nodes[0].name]
+    program = codegen.build_program(graph, kernels="test-conv-only")
+    assert [i.scratch_bytes for i in program.instances] == [100, 0, 0, 0]
+    plan = program.plan
+    assert set(plan.scratch_offsets) == {graph.nodes[0].name}
+    assert all(b.size == 100 for b in plan.buffers if b.name.startswith("scratch:"))
+    report = codegen.generate(graph, tmp_path, kernels="test-conv-only")
     assert [l["kernel"] for l in report["layers"]] == \
         ["test-conv-only", "portable", "portable", "portable"]
     assert report["fallback_layers"] == [n.name for n in graph.nodes[1:]]
@@ -650,7 +646,7 @@ def test_an_op_without_a_kernel_is_a_user_error(tmp_path: Path):
     # a grouped convolution (weights see 2 of the 4 input channels) has no C kernel
     graph.tensors[w.name] = ir.Tensor(w.name, (4, 1, 1, 2), "int8", w.data[..., :2], w.quant)
     with pytest.raises(UserError, match="has no int8 C kernel"):
-        codegen.generate(graph, plan_graph(graph), tmp_path)
+        codegen.generate(graph, tmp_path)
     assert not tmp_path.joinpath("report.json").exists()
 
 
@@ -659,7 +655,7 @@ def test_float_graph_is_refused(tmp_path: Path):
     x = graph.tensors[graph.inputs[0]]
     graph.tensors[x.name] = ir.Tensor(x.name, x.shape, "float32")
     with pytest.raises(UserError, match="int8 graph"):
-        codegen.generate(graph, plan_graph(graph), tmp_path)
+        codegen.generate(graph, tmp_path)
 
 
 # ----------------------------------------------------------------------------- whole models
@@ -680,7 +676,7 @@ def person_detect_program(tmp_path_factory, shared_dir: Path):
     from mbgen.frontends.tflite_frontend import load_tflite
     graph = load_tflite(shared_dir / "models" / "person_detect.tflite")
     out = tmp_path_factory.mktemp("person_detect")
-    report = codegen.generate(graph, plan_graph(graph), out, name="person_detect")
+    report = codegen.generate(graph, out, name="person_detect")
     return graph, report, build_folder(out)
 
 
@@ -715,7 +711,7 @@ def _zoo_int8_graph(name: str) -> ir.Graph:
 @pytest.mark.parametrize("name", ["mbv1_0.25_128", "mbv2_0.35_96"])
 def test_zoo_model_is_bit_exact(name: str, tmp_path: Path):
     graph = _zoo_int8_graph(name)
-    report = codegen.generate(graph, plan_graph(graph), tmp_path)
+    report = codegen.generate(graph, tmp_path)
     exe = build_folder(tmp_path)
     for x in _inputs(graph, seed=7)[:2]:
         got = np.frombuffer(run(exe, x.tobytes()), dtype=np.int8)
@@ -756,7 +752,7 @@ def test_generated_c_is_bit_exact_on_cortex_m(tmp_path: Path, target_name: str):
     builder = GraphBuilder(seed=5, name="many_ops")
     graph = builder.graph(_many_ops(builder))
     out = tmp_path / "out"
-    report = codegen.generate(graph, plan_graph(graph), out, target=target_name)
+    report = codegen.generate(graph, out, target=target_name)
     assert (out / "main.c").exists()
     for x in _inputs(graph, seed=11)[:2]:
         result = run_qemu(out, targets.get(target_name), x.tobytes(), build_dir=tmp_path / "b")

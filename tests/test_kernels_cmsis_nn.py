@@ -22,7 +22,6 @@ from helpers_c import CFLAGS, build, host_cc, run
 from mbgen import cli, codegen, ir, targets
 from mbgen.codegen import kernels_cmsis_nn as cmsis
 from mbgen.errors import UserError
-from mbgen.planner import plan_graph
 from mbgen.reference import run_int8
 from mbgen.runner import build_firmware, build_host, run_elf
 from test_codegen import GraphBuilder
@@ -42,8 +41,7 @@ needs_real = pytest.mark.skipif(REAL_LIBRARY is None,
 
 
 def _generate(graph: ir.Graph, out: Path, target: str = "host") -> dict:
-    plan = plan_graph(graph, codegen.scratch_requirements(graph, cmsis.NAME))
-    return codegen.generate(graph, plan, out, target=target, kernels=cmsis.NAME)
+    return codegen.generate(graph, out, target=target, kernels=cmsis.NAME)
 
 
 def _inputs(graph: ir.Graph, seed: int, count: int = 3) -> list[np.ndarray]:
@@ -266,18 +264,13 @@ def test_scratch_comes_from_the_documented_formulas_and_lives_in_the_arena():
     graph = _conv_graph()
     first, second = graph.nodes
     # arm_convolve_s8_get_buffer_size: 2 columns * aligned(k_h * k_w * in_c) * sizeof(int16)
-    assert codegen.scratch_requirements(graph, cmsis.NAME) == {
-        first.name: 2 * 28 * 2,     # 3 * 3 * 3 = 27 -> 28
-        second.name: 2 * 200 * 2}   # 5 * 5 * 8 = 200
-    plan = plan_graph(graph, codegen.scratch_requirements(graph, cmsis.NAME))
+    program = codegen.build_program(graph, kernels=cmsis.NAME)
+    assert [i.scratch_bytes for i in program.instances] == [
+        2 * 28 * 2,     # 3 * 3 * 3 = 27 -> 28
+        2 * 200 * 2]    # 5 * 5 * 8 = 200
+    plan = program.plan
     assert set(plan.scratch_offsets) == {first.name, second.name}
     assert all(offset + 800 <= plan.arena_size for offset in plan.scratch_offsets.values())
-
-
-def test_a_plan_without_the_scratch_is_refused(tmp_path: Path):
-    graph = _conv_graph()
-    with pytest.raises(ir.GraphError, match="scratch"):
-        codegen.generate(graph, plan_graph(graph), tmp_path / "out", kernels=cmsis.NAME)
 
 
 @pytest.mark.parametrize("build_kind", cmsis.BUILDS)

@@ -19,8 +19,6 @@ from helpers_c import build_folder, run
 from mbgen import codegen, ir, targets
 from mbgen.codegen import kernels_mbgen as mb
 from mbgen.quantize import requant_proofs as rp
-from mbgen.codegen.generator import lower_graph
-from mbgen.planner import plan_graph
 from mbgen.reference import multiply_by_quantized_multiplier, run_int8
 
 A = ir.Activation
@@ -191,13 +189,11 @@ CASES = {
 
 
 def _generate(graph: ir.Graph, out: Path, target: str = "cortex-m7") -> dict:
-    plan = plan_graph(graph, codegen.scratch_requirements(graph, mb.NAME))
-    return codegen.generate(graph, plan, out, target=target, kernels=mb.NAME)
+    return codegen.generate(graph, out, target=target, kernels=mb.NAME)
 
 
 def _lowered_call(graph: ir.Graph, target: str = "cortex-m7"):
-    plan = plan_graph(graph, codegen.scratch_requirements(graph, mb.NAME))
-    return lower_graph(graph, plan, "model", mb.NAME, target)[0].call
+    return codegen.build_program(graph, kernels=mb.NAME, target=target).layers[0].call
 
 
 def _attribute(call, dotted: str):
@@ -292,8 +288,12 @@ def test_cores_without_dsp_fall_back_to_portable(target, tmp_path):
 
 def test_non_mac_layers_are_left_to_the_portable_set():
     graph = build_graph(CASES["pw_asm_block"])
-    node = ir.Node("pool", ir.Mean(), ["y"], ["z"])
-    assert mb.MbgenKernels().scratch_bytes(graph, node) == 0
+    from mbgen.codegen.lowering import LoweringContext
+    x, y = graph.nodes[0].inputs[0], graph.nodes[0].outputs[0]
+    node = ir.Node("pool", ir.Mean(), [x], [y])
+    ctx = LoweringContext(graph, "model", "cortex-m7")
+    assert mb.MbgenKernels().lower(ctx, 0, node) is None
+    assert ctx.scratch_requests == {}
 
 
 # ----------------------------------------------------------------------------- arithmetic

@@ -16,8 +16,6 @@ from helpers_c import CFLAGS, build, run
 from mbgen import codegen, targets
 from mbgen.codegen import kernels_mbgen as mb
 from mbgen.codegen import kernels_mve as mve
-from mbgen.codegen.generator import lower_graph
-from mbgen.planner import plan_graph
 from mbgen.reference import run_int8
 from test_kernels_mbgen import HAVE_ARM, Layer, build_graph, test_inputs
 
@@ -68,13 +66,11 @@ def helium_depthwise(monkeypatch):
 
 
 def _generate(graph, out, target=TARGET) -> dict:
-    plan = plan_graph(graph, codegen.scratch_requirements(graph, mb.NAME))
-    return codegen.generate(graph, plan, out, target=target, kernels=mb.NAME)
+    return codegen.generate(graph, out, target=target, kernels=mb.NAME)
 
 
 def _lowered_call(graph, target=TARGET):
-    plan = plan_graph(graph, codegen.scratch_requirements(graph, mb.NAME))
-    return lower_graph(graph, plan, "model", mb.NAME, target)[0].call
+    return codegen.build_program(graph, kernels=mb.NAME, target=target).layers[0].call
 
 
 def _assert_same(got: bytes, graph, x: np.ndarray, what: str) -> None:
@@ -177,7 +173,7 @@ def test_mbv1_is_bit_exact_on_cortex_m55_and_helium_counts_fewer_instructions(
     monkeypatch.undo()   # the default build
     compiled = emit(model, CompileOptions(target=TARGET, out_dir=tmp_path / "mve",
                                           kernels=mb.NAME))
-    lowered = lower_graph(compiled.graph, compiled.plan, "model", mb.NAME, TARGET)
+    lowered = codegen.build_program(compiled.graph, kernels=mb.NAME, target=TARGET).layers
     assert sum(type(layer.call) is mve.MvePointwiseCall for layer in lowered) == 13
     assert sum(type(layer.call) is mve.MveDepthwiseCall for layer in lowered) == 2   # 3x3 maps
     layers = [layer for layer in compiled.report["layers"] if layer["macs"] > 0]

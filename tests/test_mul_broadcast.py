@@ -18,7 +18,6 @@ import pytest
 from helpers_c import build_folder, run
 from mbgen import codegen, ir
 from mbgen.codegen.kernels_portable import broadcast_strides
-from mbgen.planner import plan_graph
 from mbgen.reference import run_int8
 
 pytest.importorskip("tflite_micro.python.tflite_micro.runtime",
@@ -169,7 +168,7 @@ def test_broadcast_mul_c_equals_reference_equals_tflm(seed, tmp_path):
         folder = tmp_path / graph.name
         folder.mkdir()
         path = write_tflite(graph, folder / "mul.tflite")
-        codegen.generate(graph, plan_graph(graph), folder / "c")
+        codegen.generate(graph, folder / "c")
         exe = build_folder(folder / "c")
         rng = np.random.default_rng(100 + seed)
         shape = graph.tensors["t0"].shape

@@ -21,7 +21,6 @@ import pytest
 from helpers_c import build_folder, run
 from mbgen import codegen, ir
 from mbgen.errors import UserError
-from mbgen.planner import plan_graph
 from mbgen.reference import run_int8
 from test_codegen import GraphBuilder
 
@@ -193,7 +192,7 @@ def case_graph(case: Case, seed: int, tmp_path: Path) -> tuple[ir.Graph, bytes, 
 def test_c_reference_and_tflm_agree(case: Case, seed: int, tmp_path: Path):
     graph, model, loaded = case_graph(case, seed, tmp_path)
     assert case.tflite_ops <= _operator_names(model)
-    codegen.generate(loaded, plan_graph(loaded), tmp_path / "out")
+    codegen.generate(loaded, tmp_path / "out")
     exe = build_folder(tmp_path / "out")
     outputs = []
     for x in _inputs(loaded, seed):
@@ -307,7 +306,7 @@ def test_big_depthwise_on_the_host_equals_reference_and_tflm(kernel, stride, ker
     model = tflite_bytes(graph)
     out = tmp_path / "out"
     if kernels == "portable":
-        report = codegen.generate(graph, plan_graph(graph), out)
+        report = codegen.generate(graph, out)
         exe = build_folder(out)
         runner = lambda x: np.frombuffer(run(exe, x.tobytes()), np.int8)  # noqa: E731
     else:
@@ -354,8 +353,7 @@ def test_graph_ops_bit_exact_in_qemu_with_every_kernel_set(tmp_path: Path):
     for case, kernels in ((CASES[2], "mbgen"), (CASES[0], "portable")):
         _, _, graph = case_graph(case, 0, tmp_path)
         out = tmp_path / f"{case.name}-{kernels}"
-        plan = plan_graph(graph, codegen.scratch_requirements(graph, kernels))
-        report = codegen.generate(graph, plan, out, target="cortex-m7", kernels=kernels)
+        report = codegen.generate(graph, out, target="cortex-m7", kernels=kernels)
         graph_ops = [layer for layer in report["layers"]
                      if layer["op"] in ("Concatenation", "StridedSlice", "MaxPool2D")]
         assert graph_ops and all(layer["kernel"] == "portable" for layer in graph_ops)
@@ -463,7 +461,7 @@ def test_shrink_axis_and_requantising_slices_copy_bytes_as_tflm(tmp_path: Path):
         path.write_bytes(model)
         graph = load_tflite(path)
         assert [ir.op_name(n.op) for n in graph.nodes] == ops
-        codegen.generate(graph, plan_graph(graph), tmp_path / "out")
+        codegen.generate(graph, tmp_path / "out")
         exe = build_folder(tmp_path / "out")
         x = np.random.default_rng(0).integers(-128, 128, (1, 4, 4, 6)).astype(np.int8)
         want = run_int8(graph, x)[graph.outputs[0]]

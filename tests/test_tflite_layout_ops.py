@@ -308,7 +308,7 @@ def test_uint8_interface_graph(seed, tmp_path):
 @pytest.mark.parametrize("kernels", ["portable", "mbgen"])
 def test_generated_c_builds_warning_free_for_cortex_m7(kernels, tmp_path):
     """The new kernels and the uint8 API under the target's flags plus -Wall -Wextra -Werror."""
-    from mbgen import codegen, planner, targets
+    from mbgen import codegen, targets
     flags = [*targets.get("cortex-m7").cflags, "-std=c99", "-Wall", "-Wextra", "-Werror"]
     for graph in (tinynn_graph(0), uint8_interface_graph(1),
                   pad_graph(0, True), mean_graph(0, False), transpose_graph(1)):
@@ -316,8 +316,7 @@ def test_generated_c_builds_warning_free_for_cortex_m7(kernels, tmp_path):
         out_dir = tmp_path / f"{graph.name}-{kernels}"
         int8_graph = prepare(str(path), CompileOptions()).graph
         # generate() directly: compile's firmware link (flash measurement) is not needed here.
-        plan = planner.plan_graph(int8_graph, codegen.scratch_requirements(int8_graph, kernels))
-        codegen.generate(int8_graph, plan, out_dir, target="cortex-m7", kernels=kernels)
+        codegen.generate(int8_graph, out_dir, target="cortex-m7", kernels=kernels)
         for source in sorted(out_dir.glob("model*.c")):
             proc = subprocess.run(["arm-none-eabi-gcc", *flags, f"-I{out_dir}", "-c",
                                    str(source), "-o", str(tmp_path / "x.o")],
@@ -468,11 +467,11 @@ def test_bench_runs_a_uint8_interface_model(tmp_path):
 
 def test_absurd_boundary_scale_is_refused_not_miscompiled(tmp_path):
     """A uint8 input scale of 1e30 would need a left shift of 106 (undefined in C)."""
-    from mbgen import codegen, planner
+    from mbgen import codegen
     from mbgen.errors import UserError
     graph = uint8_interface_graph(1)
     x = graph.tensors["x"]
     graph.tensors["x"] = ir.Tensor("x", x.shape, "uint8", None,
                                    ir.QuantParams.per_tensor(1e30, 128))
     with pytest.raises(UserError, match=r"layer 'n0_q': .* shift 106 > 31"):
-        codegen.generate(graph, planner.plan_graph(graph), tmp_path / "c", kernels="portable")
+        codegen.generate(graph, tmp_path / "c", kernels="portable")

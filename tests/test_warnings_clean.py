@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mbgen import codegen, planner, targets
+from mbgen import codegen, targets
 from mbgen.codegen.generator import WARNING_FLAGS
 
 from conftest import SHARED_DIR
@@ -73,8 +73,7 @@ def test_every_folder_builds_with_werror(model, tmp_path, prepared):
     for target in targets.all_targets():
         for kernels in kernel_sets(target):
             folder = tmp_path / f"{target.name}-{kernels}"
-            plan = planner.plan_graph(graph, codegen.scratch_requirements(graph, kernels))
-            codegen.generate(graph, plan, folder, target=target.name, kernels=kernels)
+            codegen.generate(graph, folder, target=target.name, kernels=kernels)
             for std in STANDARDS:
                 commands += build_commands(folder, target, std)
     with ThreadPoolExecutor(max_workers=2) as pool:

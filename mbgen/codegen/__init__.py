@@ -1,6 +1,7 @@
-"""C code generation: int8 graph + memory plan -> the flat C folder (see generator.py)."""
+"""C code generation: int8 graph -> lowered, planned, bound program -> the flat C folder
+(see program.py and generator.py)."""
 
-from mbgen.codegen.generator import generate, lower_graph
-from mbgen.codegen.kernel_sets import scratch_requirements
+from mbgen.codegen.generator import default_io, generate, render
+from mbgen.codegen.program import Program, build_program
 
-__all__ = ["generate", "lower_graph", "scratch_requirements"]
+__all__ = ["Program", "build_program", "default_io", "generate", "render"]

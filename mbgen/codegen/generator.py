@@ -1,7 +1,7 @@
-"""``generate``: an int8 graph and its memory plan in, the flat C folder of architecture.md out.
+"""``generate``: an int8 graph in, the flat C folder of architecture.md out.
 
-Lowering picks a call record per layer (chosen kernel set, else portable); rendering feeds
-the records to the Jinja templates; nothing here writes C text itself.
+``program.build_program`` lowers, plans and binds; ``render`` feeds the bound records to the
+Jinja templates; nothing here writes C text itself.
 """
 
 from __future__ import annotations
@@ -15,20 +15,15 @@ import numpy as np
 
 import mbgen
 from mbgen import ir, output_folder, targets
-from mbgen.codegen import kernel_sets
 from mbgen.codegen.kernels_layout import input_is_nchw
-from mbgen.codegen.lowering import LoweringContext, is_valid_c_name
+from mbgen.codegen.program import IO_CTYPES, Program, build_program, check_graph
 from mbgen.codegen.records import ConstArray, Layer, constants_of
-from mbgen.codegen.report import build_report, layer_macs, layer_params
-from mbgen.errors import UserError
+from mbgen.codegen.report import build_report
 from mbgen.output_folder import REPORT
-from mbgen.planner import GraphPlan
 
 HOST_HARNESS = "harness/host_main.c.j2"
 CORTEXM_HARNESS = "harness/cortexm_main.c.j2"
 _VALUES_PER_LINE = 16
-# C element type of the caller's buffers: int8, or uint8 for a uint8 interface (TF2 PTQ files).
-_IO_CTYPES = {"int8": "int8_t", "uint8": "uint8_t"}
 
 
 # ----------------------------------------------------------------------------- jinja
@@ -84,46 +79,6 @@ def environment() -> jinja2.Environment:
 # ----------------------------------------------------------------------------- lowering
 
 
-def _check_graph(graph: ir.Graph, name: str) -> None:
-    if not is_valid_c_name(name):
-        raise UserError(f"--name {name!r} is not a C identifier (letters, digits, _; "
-                        "not starting with a digit)")
-    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
-        raise UserError(f"model {graph.name!r} has {len(graph.inputs)} inputs and "
-                        f"{len(graph.outputs)} outputs; mbgen supports exactly one of each")
-    for role, tensor_name in (("input", graph.inputs[0]), ("output", graph.outputs[0])):
-        t = graph.tensors[tensor_name]
-        if t.dtype not in _IO_CTYPES or t.quant is None or t.quant.scale.size != 1:
-            raise UserError(f"model {graph.name!r}: {role} {tensor_name!r} is {t.dtype}; "
-                            "codegen needs an int8 graph (quantize it first)")
-
-
-def lower_graph(graph: ir.Graph, plan: GraphPlan, prefix: str, kernels: str,
-                target: str = "host", flash_budget: int | None = None,
-                weight_layout: str = "auto") -> list[Layer]:
-    """One Layer per node: the chosen kernel set's call record, else the portable one."""
-    chosen = kernel_sets.get(kernels)
-    fallback = kernel_sets.portable()
-    ctx = LoweringContext(graph, plan, prefix, target, flash_budget, weight_layout)
-    layers = []
-    for index, node in enumerate(graph.nodes):
-        call, used = chosen.lower(ctx, index, node), chosen.name
-        if call is None and chosen is not fallback:
-            call, used = fallback.lower(ctx, index, node), fallback.name
-        if call is None:
-            raise UserError(f"layer {node.name!r}: {ir.op_name(node.op)} with these shapes "
-                            "has no int8 C kernel in mbgen")
-        out = graph.tensors[node.outputs[0]]
-        layers.append(Layer(
-            index=index, name=node.name, op=ir.op_name(node.op), kernel_set=used, call=call,
-            input_shape=tuple(graph.tensors[node.inputs[0]].shape),
-            output_shape=tuple(out.shape),
-            macs=layer_macs(graph, node), params=layer_params(graph, node),
-            arena_offset=plan.offsets.get(node.outputs[0]),
-            output_bytes=out.nbytes))
-    return layers
-
-
 def _unique_constants(layers: list[Layer]) -> list[ConstArray]:
     seen: set[str] = set()
     constants = []
@@ -135,21 +90,45 @@ def _unique_constants(layers: list[Layer]) -> list[ConstArray]:
     return constants
 
 
-def generate(graph: ir.Graph, plan: GraphPlan, out_dir: Path, *, name: str = "model",
-             target: str = "host", kernels: str = "portable", harness: bool = True,
-             flash_budget: int | None = None, weight_layout: str = "auto",
-             harness_template: str | None = None, harness_context: dict | None = None) -> dict:
+def default_io(target: str) -> str:
+    """Cortex-M folders keep the input and output in the arena (TFLM style: one block of
+    RAM, the input's bytes reused once consumed); host folders take the caller's buffers,
+    the simplest API to link on a PC."""
+    return "external" if targets.get(target).is_host else "arena"
+
+
+def generate(graph: ir.Graph, out_dir: Path, *, name: str = "model",
+             target: str = "host", kernels: str = "portable", io: str | None = None,
+             harness: bool = True, flash_budget: int | None = None,
+             weight_layout: str = "auto", harness_template: str | None = None,
+             harness_context: dict | None = None) -> dict:
     """Write model.h/.c, model_weights.h/.c, model_kernels.h/.c, main.c and report.json
     (``model`` replaced by ``name``) into ``out_dir``; return the report.
 
+    ``io``: "arena" (``<name>_input()``/``<name>_output()`` point into the arena,
+    ``<name>_invoke(void)``) or "external" (the caller's buffers); None: ``default_io``.
     ``flash_budget`` overrides the target's flash for layout decisions; ``weight_layout``
     forces a kernel set's weight format ("int16" pairs: faster, "int8": half the flash).
     ``harness_template`` (with ``harness_context``) replaces the target's main.c template,
     e.g. a board port's (mbgen/board_project.py)."""
+    program = build_program(graph, prefix=name, kernels=kernels, target=target,
+                            io=io or default_io(target), flash_budget=flash_budget,
+                            weight_layout=weight_layout)
+    return render(graph, program, out_dir, name=name, target=target, kernels=kernels,
+                  harness=harness, harness_template=harness_template,
+                  harness_context=harness_context)
+
+
+def render(graph: ir.Graph, program: Program, out_dir: Path, *, name: str = "model",
+           target: str = "host", kernels: str = "portable", harness: bool = True,
+           harness_template: str | None = None, harness_context: dict | None = None) -> dict:
+    """The templates fed with a bound program (``program.build_program``): the folder."""
     out_dir = Path(out_dir)
-    _check_graph(graph, name)
-    layers = lower_graph(graph, plan, name, kernels, target, flash_budget, weight_layout)
+    check_graph(graph, name)
+    layers, plan = list(program.layers), program.plan
     constants = _unique_constants(layers)
+    io_arena = plan.io == "arena"
+    x_name, y_name = graph.inputs[0], graph.outputs[0]
 
     env = environment()
     x, y = graph.tensors[graph.inputs[0]], graph.tensors[graph.outputs[0]]
@@ -161,12 +140,13 @@ def generate(graph: ir.Graph, plan: GraphPlan, out_dir: Path, *, name: str = "mo
         version=mbgen.__version__, model_name=graph.name, target=target, kernels=kernels,
         layers=layers, constants=constants, kernel_templates=kernel_templates,
         input_size=x.nbytes, output_size=y.nbytes,
-        input_ctype=_IO_CTYPES[x.dtype], output_ctype=_IO_CTYPES[y.dtype],
+        input_ctype=IO_CTYPES[x.dtype], output_ctype=IO_CTYPES[y.dtype],
         input_nchw=input_is_nchw(graph),
         input_shape=list(x.shape), output_shape=list(y.shape),
         input_scale=x.quant.scalar_scale, input_zero_point=x.quant.scalar_zero_point,
         output_scale=y.quant.scalar_scale, output_zero_point=y.quant.scalar_zero_point,
-        arena_size=int(plan.arena_size), num_layers=len(layers),
+        arena_size=int(plan.arena_size), num_layers=len(layers), io_arena=io_arena,
+        input_offset=plan.offsets.get(x_name, 0), output_offset=plan.offsets.get(y_name, 0),
         layer_names=[layer.name for layer in layers],
         weights_bytes=sum(c.nbytes for c in constants),
         **(harness_context or {}),

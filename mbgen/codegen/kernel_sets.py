@@ -2,6 +2,9 @@
 
 A kernel set is a lowering with a name: per node it returns a call record, or None when the
 node is not legal for it (then the portable set takes the node, and report.json says so).
+The record's buffers are symbolic; a lowering asks ``ctx.scratch(node, bytes)`` for the
+scratch its kernel uses, and ``walks(call)`` declares how the kernel walks its buffers (see
+``mbgen.codegen.program``, which plans and binds from these declarations).
 The portable set lives in ``kernels_portable.py``; another set ``foo-bar`` lives in
 ``mbgen/codegen/kernels_foo_bar.py`` and registers itself with ``register`` on import.
 """
@@ -14,8 +17,9 @@ from typing import Protocol
 from mbgen import ir
 from mbgen.codegen.kernels_portable import PortableKernels
 from mbgen.codegen.lowering import LoweringContext
-from mbgen.codegen.records import CallRecord
+from mbgen.codegen.records import BufferRef, CallRecord
 from mbgen.errors import UserError
+from mbgen.write_order import WriteOrder
 
 
 class KernelSet(Protocol):
@@ -24,8 +28,9 @@ class KernelSet(Protocol):
     def lower(self, ctx: LoweringContext, index: int, node: ir.Node) -> CallRecord | None:
         """A call record for ``node`` (the ``index``-th layer), or None if not legal here."""
 
-    def scratch_bytes(self, graph: ir.Graph, node: ir.Node) -> int:
-        """Arena bytes the kernel for ``node`` needs besides its input and output."""
+    def walks(self, call: CallRecord) -> tuple[tuple[BufferRef, WriteOrder], ...]:
+        """For each input buffer of ``call`` its output may overwrite once consumed, the
+        kernel's ``WriteOrder`` (derived from the record's fields); () when none."""
 
 
 _REGISTRY: dict[str, KernelSet] = {}
@@ -56,10 +61,3 @@ def get(name: str) -> KernelSet:
 
 def portable() -> KernelSet:
     return _REGISTRY["portable"]
-
-
-def scratch_requirements(graph: ir.Graph, kernels: str) -> dict[str, int]:
-    """Scratch bytes per node for ``plan_graph(graph, scratch)`` with this kernel set."""
-    chosen = get(kernels)
-    needs = {node.name: chosen.scratch_bytes(graph, node) for node in graph.nodes}
-    return {name: n for name, n in needs.items() if n > 0}

@@ -30,7 +30,8 @@ import numpy as np
 from mbgen import ir
 from mbgen.codegen import kernel_sets
 from mbgen.codegen.lowering import LoweringContext, nhwc
-from mbgen.codegen.records import BufferKind, BufferRef, ConstArray
+from mbgen.codegen.records import BufferRef, ConstArray
+from mbgen.codegen.walks import elementwise
 from mbgen.errors import UserError
 from mbgen.quantize import params
 
@@ -495,16 +496,9 @@ def scratch_by_build(graph: ir.Graph, node: ir.Node) -> dict[str, int]:
 
 
 def _context(ctx: LoweringContext, node: ir.Node, needed: int) -> Context:
-    """The layer's planned scratch buffer; GraphError if the plan did not reserve enough."""
-    if needed == 0:
-        return Context(None, 0)
-    planned = {b.name: b.size for b in ctx.plan.buffers}.get("scratch:" + node.name, 0)
-    if node.name not in ctx.plan.scratch_offsets or planned < needed:
-        raise ir.GraphError(
-            f"{node.name}: CMSIS-NN needs {needed} scratch bytes but the memory plan has "
-            f"{planned}; plan with planner.plan_graph(graph, "
-            f"codegen.scratch_requirements(graph, {NAME!r}))")
-    return Context(BufferRef(BufferKind.ARENA, int(ctx.plan.scratch_offsets[node.name])), planned)
+    """The layer's scratch buffer, asked of the arena with the size the library's
+    ``*_get_buffer_size`` gives (``scratch_by_build``)."""
+    return Context(ctx.scratch(node.name, needed), needed)
 
 
 def _bias(ctx: LoweringContext, index: int, node: ir.Node, channels: int) -> ConstArray:
@@ -609,8 +603,16 @@ class CmsisNNKernels:
 
     name = NAME
 
-    def scratch_bytes(self, graph: ir.Graph, node: ir.Node) -> int:
-        return max_scratch(graph, node)
+    def walks(self, call):
+        """arm_elementwise_add_s8 reads each block of 1 (plain C), 4 (DSP: one word of each
+        input) or 4 (MVE: predicated loads) elements before it writes that block, in
+        ascending order, so its output may start on either input. The convolutions walk
+        output channels in the outer loop (arm_nn_mat_mult_nt_t_s8 re-reads every pixel for
+        each channel pair), so they declare nothing."""
+        if isinstance(call, CmsisAddCall):
+            order = elementwise(call.block_size)
+            return ((call.input1, order), (call.input2, order))
+        return ()
 
     def lower(self, ctx: LoweringContext, index: int, node: ir.Node) -> CmsisCall | None:
         if refusal(ctx.graph, node) is not None:

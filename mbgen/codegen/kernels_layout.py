@@ -10,7 +10,6 @@ import math
 from mbgen import ir
 from mbgen.codegen import records_layout as rl
 from mbgen.codegen.lowering import LoweringContext
-from mbgen.codegen.records import BufferKind
 from mbgen.errors import UserError
 from mbgen.quantize import params
 
@@ -116,9 +115,10 @@ def boundary_requantize(ctx: LoweringContext,
     """QUANTIZE between the caller's uint8 buffer and an int8 tensor (a uint8 interface)."""
     src, dst = ctx.tensor(node.inputs[0]), ctx.tensor(node.outputs[0])
     source, target = ctx.buffer(node.inputs[0]), ctx.buffer(node.outputs[0])
-    if (src.dtype, dst.dtype) == ("uint8", "int8") and source.kind is BufferKind.INPUT:
+    graph = ctx.graph
+    if (src.dtype, dst.dtype) == ("uint8", "int8") and node.inputs[0] == graph.inputs[0]:
         function = "requantize_u8_s8"
-    elif (src.dtype, dst.dtype) == ("int8", "uint8") and target.kind is BufferKind.OUTPUT:
+    elif (src.dtype, dst.dtype) == ("int8", "uint8") and node.outputs[0] == graph.outputs[0]:
         function = "requantize_s8_u8"
     else:
         return None  # uint8 only lives in the caller's buffers

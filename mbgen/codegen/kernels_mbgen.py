@@ -34,7 +34,7 @@ See ``benchmarks/kernels_mbgen.md`` for what each part costs.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -96,7 +96,7 @@ class GemmCall:
     function: ClassVar[str] = "mbgen_gemm"
     input: r.BufferRef
     output: r.BufferRef
-    scratch_offset: int | None   # arena offset of the widened columns; None: on the stack
+    scratch: r.BufferRef | None  # the widened columns (+ im2col bytes) in the arena
     gather: Gather
     pixels: int                  # output pixels (1 for fully connected)
     depth: int                   # K: k_h * k_w * in_c
@@ -129,6 +129,17 @@ class GemmCall:
         """The hand-scheduled path (see _asm_block_eligible)."""
         return _asm_block_eligible(self.weight_format, self.block_pixels, self.requant,
                                    self.out_c, self.block_channels)
+
+    @property
+    def scratch_offset(self) -> int | None:
+        """Arena offset of the scratch; None: the kernel keeps it on its stack."""
+        return None if self.scratch is None else self.scratch.offset
+
+    @property
+    def scratch_bytes(self) -> int:
+        """The widened columns of one block, then the im2col bytes the gather writes."""
+        gathered = self.gather_bytes if not self.column_words else 0
+        return self.cols_words * 4 + gathered
 
     @property
     def offset_words(self) -> int:
@@ -197,7 +208,7 @@ class DepthwiseCall:
     function: ClassVar[str] = "mbgen_depthwise"
     input: r.BufferRef
     output: r.BufferRef
-    scratch_offset: int | None   # arena offset of the ring; None: on the stack
+    scratch: r.BufferRef | None  # the ring in the arena
     unrolled_3x3: bool           # the 3x3, dilation-1 sweep (stride 1 or 2)
     double_rows: bool            # unrolled, stride 1: two output rows per sweep
     in_h: int
@@ -226,6 +237,15 @@ class DepthwiseCall:
     @property
     def ring_halfwords(self) -> int:
         return self.in_c * self.ring_rows * self.row_width
+
+    @property
+    def scratch_offset(self) -> int | None:
+        """Arena offset of the ring; None: the kernel keeps it on its stack."""
+        return None if self.scratch is None else self.scratch.offset
+
+    @property
+    def scratch_bytes(self) -> int:
+        return self.ring_halfwords * 2
 
     @property
     def channel_stride(self) -> int:
@@ -461,24 +481,10 @@ class MbgenKernels:
         self._choices = (ctx, choices)
         return choices
 
-    def scratch_bytes(self, graph: ir.Graph, node: ir.Node) -> int:
-        """The most any of our kernels for ``node`` uses (the target is not known here)."""
-        op = node.op
-        if not ir.uses_tflite_int8_arithmetic(op):
-            return 0  # TFLite fixed-point kernels only: portable takes onnxruntime layers
-        if isinstance(op, (ir.Conv2D, ir.FullyConnected)):
-            shape = _gemm_shape(graph, node)
-            if shape is None:
-                return 0
-            _, depth, _ = shape
-            depth_padded = -(-depth // 4) * 4
-            block = 1 if isinstance(op, ir.FullyConnected) else 4
-            gather = 0 if _is_contiguous(graph, node) else depth_padded * block
-            return _align(depth_padded * 2 * block, 8) + _align(gather, 8)
-        if isinstance(op, ir.DepthwiseConv2D):
-            geometry = _depthwise_geometry(graph, node)
-            return 0 if geometry is None else _align(geometry[0] * 2, 8)
-        return 0
+    def walks(self, call: r.CallRecord):
+        """In-place declarations: see ``kernels_mbgen_walks``."""
+        from mbgen.codegen import kernels_mbgen_walks
+        return kernels_mbgen_walks.walks(call)
 
     def lower(self, ctx: LoweringContext, index: int, node: ir.Node) -> r.CallRecord | None:
         if not ir.uses_tflite_int8_arithmetic(node.op):
@@ -557,10 +563,9 @@ def _bias_values(ctx: LoweringContext, node: ir.Node, channels: int) -> np.ndarr
     return np.zeros(channels, dtype=np.int64)
 
 
-def _scratch_offset(ctx: LoweringContext, node: ir.Node) -> int | None:
-    """Arena offset of the node's planned scratch; None: the kernel uses its stack."""
-    ref = ctx.scratch(node.name)
-    return None if ref is None else ref.offset
+def _with_scratch(ctx: LoweringContext, node: ir.Node, call):
+    """The call with the arena scratch it declares (``call.scratch_bytes``) requested."""
+    return replace(call, scratch=ctx.scratch(node.name, call.scratch_bytes))
 
 
 def _lower_gemm(ctx: LoweringContext, index: int, node: ir.Node,
@@ -615,13 +620,13 @@ def _lower_gemm(ctx: LoweringContext, index: int, node: ir.Node,
         f"{node.name}: per block of {block_channels} channels: bias + input_offset * sum(w), "
         f"weights as {'int16 pairs' if int16 else 'int8'}{' (both x2)' if scale == 2 else ''}"
         f", {_requant_comment(requant)}")
-    return GemmCall(
+    return _with_scratch(ctx, node, GemmCall(
         input=ctx.buffer(node.inputs[0]), output=ctx.buffer(node.outputs[0]),
-        scratch_offset=_scratch_offset(ctx, node), gather=gather, pixels=pixels,
+        scratch=None, gather=gather, pixels=pixels,
         depth=depth, depth_padded=depth_padded, out_c=out_c, block_pixels=block_pixels,
         block_channels=block_channels, weight_format=fmt, stream=stream_array,
         requant=requant, pad_value=-q.input_offset, column_words=direct,
-        pair_groups=pair_groups, **geometry)
+        pair_groups=pair_groups, **geometry))
 
 
 # ----------------------------------------------------------------------------- depthwise
@@ -701,9 +706,9 @@ def _lower_depthwise(ctx: LoweringContext, index: int, node: ir.Node,
         f"{'(w0,w1),(w1,w2) int16 pairs per row' if unrolled else 'taps'}"
         f"{' x2' if scale == 2 else ''}, bias + input_offset * sum(w), "
         f"{_requant_comment(requant)}, output channel")
-    return DepthwiseCall(
+    return _with_scratch(ctx, node, DepthwiseCall(
         input=ctx.buffer(node.inputs[0]), output=ctx.buffer(node.outputs[0]),
-        scratch_offset=_scratch_offset(ctx, node), unrolled_3x3=unrolled,
+        scratch=None, unrolled_3x3=unrolled,
         double_rows=double_rows,
         in_h=in_h, in_w=in_w, in_c=in_c, out_h=out_h, out_w=out_w, out_c=out_c,
         depth_multiplier=op.depth_multiplier, k_h=k_h, k_w=k_w,
@@ -711,7 +716,7 @@ def _lower_depthwise(ctx: LoweringContext, index: int, node: ir.Node,
         dilation_h=op.dilation[0], dilation_w=op.dilation[1],
         pad_top=op.padding.top, pad_left=op.padding.left, pad_value=-q.input_offset,
         ring_rows=ring_rows, row_width=row_width, channel_words=channel_words,
-        channels=channels, groups=tuple(groups), requant=requant)
+        channels=channels, groups=tuple(groups), requant=requant))
 
 
 def _unrolled_3x3(graph: ir.Graph, node: ir.Node) -> bool:

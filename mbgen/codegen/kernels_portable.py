@@ -10,7 +10,7 @@ import numpy as np
 
 from mbgen import ir
 from mbgen.codegen import (kernels_layout, lower_broadcast, lower_graph_ops,
-                           lowering_onnxruntime, lowering_uint8)
+                           lowering_onnxruntime, lowering_uint8, walks)
 from mbgen.codegen.lower_broadcast import broadcast_strides
 from mbgen.codegen import records as r
 from mbgen.codegen.lowering import LoweringContext, nhwc
@@ -25,8 +25,9 @@ class PortableKernels:
 
     name = NAME
 
-    def scratch_bytes(self, graph: ir.Graph, node: ir.Node) -> int:
-        return 0
+    def walks(self, call: r.CallRecord):
+        """In-place declarations: see ``mbgen.codegen.walks``."""
+        return walks.portable(call)
 
     def lower(self, ctx: LoweringContext, index: int, node: ir.Node) -> r.CallRecord | None:
         op = node.op
@@ -299,10 +300,9 @@ def _pad(ctx: LoweringContext, node: ir.Node, op: ir.Pad) -> r.PadCall:
         pad_value=ctx.tensor(node.outputs[0]).quant.scalar_zero_point)
 
 
-def _view(ctx: LoweringContext, node: ir.Node) -> r.AliasCall | r.CopyCall:
+def _view(ctx: LoweringContext, node: ir.Node) -> r.CopyCall:
+    """A copy; binding makes it an AliasCall where the plan gives both tensors one place."""
     src, dst = ctx.buffer(node.inputs[0]), ctx.buffer(node.outputs[0])
-    if src == dst:
-        return r.AliasCall(src, dst)
     size = ctx.tensor(node.outputs[0]).nbytes
     if ctx.tensor(node.inputs[0]).nbytes != size:
         raise ir.GraphError(f"{node.name}: reshape changes the byte size")

@@ -1,8 +1,9 @@
 """What every kernel set shares when it turns a graph node into a call record.
 
-``LoweringContext`` answers the two questions a lowering asks: where does this activation
-live (arena offset or the caller's buffer, from the memory plan) and what is the C array of
-this constant (registered once per tensor, named after the model and the layer).
+``LoweringContext`` answers the questions a lowering asks before any memory is planned: the
+pointer of an activation (a symbolic ``BufferRef`` bound later from the plan), scratch
+(asked for with its size, the way TFLM's Prepare requests it) and the C array of a constant
+(registered once per tensor, named after the model and the layer).
 """
 
 from __future__ import annotations
@@ -14,21 +15,20 @@ import numpy as np
 
 from mbgen import ir
 from mbgen.codegen.records import BufferKind, BufferRef, ConstArray
-from mbgen.planner import GraphPlan
 
 C_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 @dataclass
 class LoweringContext:
-    """Read-only views of the graph and plan plus the registry of flash arrays."""
+    """Read-only view of the graph plus the registries of scratch requests and flash arrays."""
 
     graph: ir.Graph
-    plan: GraphPlan
     prefix: str
     target: str = "host"   # the target's name: a kernel set may depend on its core
     flash_budget: int | None = None  # bytes of flash the user allows (None: the target's)
     weight_layout: str = "auto"      # "auto" | "int16" | "int8": a kernel set's weight format
+    scratch_requests: dict[str, int] = field(default_factory=dict)   # node -> bytes
     _tensor_arrays: dict[str, ConstArray] = field(default_factory=dict)
     _symbols: set[str] = field(default_factory=set)
 
@@ -36,21 +36,19 @@ class LoweringContext:
         return self.graph.tensors[name]
 
     def buffer(self, tensor_name: str) -> BufferRef:
-        """The pointer an activation is read from or written to."""
-        where = self.plan.external.get(tensor_name)
-        if where == "input":
-            return BufferRef(BufferKind.INPUT)
-        if where == "output":
-            return BufferRef(BufferKind.OUTPUT)
-        if tensor_name in self.plan.offsets:
-            return BufferRef(BufferKind.ARENA, int(self.plan.offsets[tensor_name]))
-        raise ir.GraphError(f"activation {tensor_name!r} has no place in the memory plan")
+        """The pointer an activation is read from or written to (bound after planning)."""
+        if tensor_name not in self.graph.tensors or self.graph.tensors[tensor_name].is_const:
+            raise ir.GraphError(f"{tensor_name!r} is not an activation of the graph")
+        return BufferRef(BufferKind.TENSOR, name=tensor_name)
 
-    def scratch(self, node_name: str) -> BufferRef | None:
-        """The arena scratch buffer the plan reserved for a node (see
-        ``kernel_sets.scratch_requirements``), or None if it asked for none."""
-        offset = self.plan.scratch_offsets.get(node_name)
-        return None if offset is None else BufferRef(BufferKind.ARENA, int(offset))
+    def scratch(self, node_name: str, nbytes: int) -> BufferRef | None:
+        """Ask for ``nbytes`` of arena scratch while node ``node_name`` runs: the pointer
+        (bound after planning), or None for zero bytes. The request is the declaration the
+        planner reads, so the size is stated once, by the kernel that uses it."""
+        if nbytes <= 0:
+            return None
+        self.scratch_requests[node_name] = max(nbytes, self.scratch_requests.get(node_name, 0))
+        return BufferRef(BufferKind.SCRATCH, name=node_name)
 
     def _unique_symbol(self, stem: str) -> str:
         symbol = f"{self.prefix}_{stem}"

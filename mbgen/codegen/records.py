@@ -17,19 +17,27 @@ import numpy as np
 
 
 class BufferKind(enum.Enum):
-    """Where an activation lives at run time."""
+    """Where an activation lives at run time (TENSOR and SCRATCH: not yet planned)."""
 
     ARENA = "arena"    # prefix_arena + offset
     INPUT = "input"    # the caller's const input pointer
     OUTPUT = "output"  # the caller's output pointer
+    TENSOR = "tensor"    # symbolic: the activation ``name``, bound from the memory plan
+    SCRATCH = "scratch"  # symbolic: node ``name``'s scratch, bound from the memory plan
 
 
 @dataclass(frozen=True)
 class BufferRef:
-    """An activation tensor as a pointer expression in ``<name>_invoke``."""
+    """An activation tensor as a pointer expression in ``<name>_invoke``; a kernel instance
+    holds symbolic refs (``name``) until ``program.bind`` resolves them from the plan."""
 
     kind: BufferKind
     offset: int = 0
+    name: str = ""
+
+    @property
+    def is_symbolic(self) -> bool:
+        return self.kind in (BufferKind.TENSOR, BufferKind.SCRATCH)
 
     @property
     def is_arena(self) -> bool:

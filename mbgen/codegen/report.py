@@ -53,6 +53,7 @@ def build_report(graph: ir.Graph, layers: list[Layer], constants: list[ConstArra
         "target": target,
         "kernels": kernels,
         "arena_bytes": arena_bytes,
+        "io": plan.io,
         "weights_bytes": sum(c.nbytes for c in constants),
         "macs": sum(layer.macs for layer in layers),
         "params": sum(layer.params for layer in layers),
@@ -74,6 +75,7 @@ def build_report(graph: ir.Graph, layers: list[Layer], constants: list[ConstArra
                 "arena_offset": layer.arena_offset,
                 "output_bytes": layer.output_bytes,
                 "output_quant": _output_quant(graph, node),
+                "in_place_over": (plan.in_place or {}).get(layer.name),
             }
             for layer, node in zip(layers, graph.nodes, strict=True)
         ],
@@ -82,15 +84,18 @@ def build_report(graph: ir.Graph, layers: list[Layer], constants: list[ConstArra
 
 def plan_buffers(graph: ir.Graph, plan: GraphPlan) -> list[dict]:
     """Every activation and scratch buffer of the memory plan: which layer makes it, the
-    layers it lives across (inclusive), its bytes and where it is (arena offset, or the
-    caller's input / output buffer)."""
+    layers it lives across (inclusive), its bytes, where it is (arena offset, or the
+    caller's input / output buffer) and, for a layer's output written over its input in
+    place, that input (``over``)."""
     producer = {out: node.name for node in graph.nodes for out in node.outputs}
+    over = {node.outputs[0]: (plan.in_place or {}).get(node.name) for node in graph.nodes}
     buffers = []
     for tensor, life in plan.lifetimes.items():
         buffers.append({
             "tensor": tensor, "layer": producer.get(tensor, "input"),
             "first_use": life.first_use, "last_use": life.last_use, "bytes": life.size,
-            "offset": life.offset, "where": plan.external.get(tensor, "arena")})
+            "offset": life.offset, "where": plan.external.get(tensor, "arena"),
+            "over": over.get(tensor)})
     names = [node.name for node in graph.nodes]
     for node_name, offset in plan.scratch_offsets.items():
         index = names.index(node_name)

@@ -1,0 +1,179 @@
+"""The one pipeline from an int8 graph to bound call records: lower, plan, bind.
+
+1. **Lower**: each node becomes a ``KernelInstance``: the chosen kernel set's call record
+   (else the portable one) with symbolic buffers, the arena scratch it asked for
+   (``LoweringContext.scratch``), the walks its kernel declares over its inputs
+   (``WriteOrder``, so its output may overwrite consumed input) and its flash arrays.
+2. **Plan**: ``planner.plan_graph`` places buffers from those declarations only.
+3. **Bind**: the plan's offsets replace the symbolic buffers in every call record.
+
+``build_program`` is that pipeline; ``generator.generate`` renders its result. Compile,
+bench, verify and the tests all come through here, so no size is computed twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, is_dataclass, replace
+
+from mbgen import ir
+from mbgen.codegen import kernel_sets
+from mbgen.codegen.lowering import LoweringContext, is_valid_c_name
+from mbgen.codegen.records import (AliasCall, BufferKind, BufferRef, CallRecord, CopyCall,
+                                   Layer)
+from mbgen.codegen.report import layer_macs, layer_params
+from mbgen.errors import UserError
+from mbgen.planner import GraphPlan, NodeNeeds, plan_graph
+from mbgen.write_order import WriteOrder
+
+
+# C element type of the model's input/output: int8, or uint8 for a uint8 interface (TF2 PTQ).
+IO_CTYPES = {"int8": "int8_t", "uint8": "uint8_t"}
+
+
+@dataclass(frozen=True)
+class KernelInstance:
+    """One node lowered to one kernel, before any memory is planned.
+
+    ``call``'s BufferRefs are symbolic (tensor names, the node's scratch). ``walks``: for
+    each input the kernel may write its output over, the ``WriteOrder`` it follows.
+    """
+
+    index: int
+    node: ir.Node
+    kernel_set: str
+    call: CallRecord
+    scratch_bytes: int
+    walks: tuple[tuple[str, WriteOrder], ...] = ()
+
+    @property
+    def needs(self) -> NodeNeeds:
+        """What the planner reads of this instance."""
+        return NodeNeeds(self.scratch_bytes, self.walks)
+
+
+@dataclass(frozen=True)
+class Program:
+    """A graph lowered, planned and bound: what the templates render."""
+
+    instances: tuple[KernelInstance, ...]
+    plan: GraphPlan
+    layers: tuple[Layer, ...]
+
+
+def _walks_of(kernel_set, call: CallRecord) -> tuple[tuple[str, WriteOrder], ...]:
+    """The walks a kernel set declares for one of its calls, keyed by input tensor."""
+    declare = getattr(kernel_set, "walks", None)
+    if declare is None:
+        return ()
+    return tuple((ref.name, order) for ref, order in declare(call))
+
+
+def lower(ctx: LoweringContext, kernels: str) -> list[KernelInstance]:
+    """One kernel instance per node: the chosen kernel set's, else the portable one."""
+    chosen = kernel_sets.get(kernels)
+    fallback = kernel_sets.portable()
+    instances = []
+    for index, node in enumerate(ctx.graph.nodes):
+        for kernel_set in dict.fromkeys((chosen, fallback)):
+            call = kernel_set.lower(ctx, index, node)
+            if call is not None:
+                break
+            ctx.scratch_requests.pop(node.name, None)   # a refusing set's request is void
+        if call is None:
+            raise UserError(f"layer {node.name!r}: {ir.op_name(node.op)} with these shapes "
+                            "has no int8 C kernel in mbgen")
+        instances.append(KernelInstance(
+            index=index, node=node, kernel_set=kernel_set.name, call=call,
+            scratch_bytes=ctx.scratch_requests.get(node.name, 0),
+            walks=_walks_of(kernel_set, call)))
+    return instances
+
+
+def _resolve(ref: BufferRef, plan: GraphPlan) -> BufferRef:
+    if ref.kind is BufferKind.SCRATCH:
+        return BufferRef(BufferKind.ARENA, int(plan.scratch_offsets[ref.name]))
+    if ref.kind is not BufferKind.TENSOR:
+        return ref
+    offset = plan.offsets.get(ref.name)
+    role = (plan.io_roles or {}).get(ref.name)
+    if role is not None:
+        # the model's input/output pointer (the caller's, or the arena's with io "arena")
+        kind = BufferKind.INPUT if role == "input" else BufferKind.OUTPUT
+        return BufferRef(kind, int(offset) if offset is not None else 0)
+    if offset is None:
+        raise ir.GraphError(f"activation {ref.name!r} has no place in the memory plan")
+    return BufferRef(BufferKind.ARENA, int(offset))
+
+
+def _bind_value(value, plan: GraphPlan):
+    if isinstance(value, BufferRef):
+        return _resolve(value, plan)
+    if isinstance(value, tuple):
+        bound = tuple(_bind_value(v, plan) for v in value)
+        return bound if any(b is not v for b, v in zip(bound, value)) else value
+    if is_dataclass(value) and not isinstance(value, type):
+        changes = {}
+        for f in fields(value):
+            if f.init:
+                old = getattr(value, f.name)
+                new = _bind_value(old, plan)
+                if new is not old:
+                    changes[f.name] = new
+        return replace(value, **changes) if changes else value
+    return value
+
+
+def bind(instance: KernelInstance, plan: GraphPlan) -> CallRecord:
+    """The instance's call record with every buffer at its planned place; a copy whose
+    two tensors the plan puts in the same bytes becomes an alias (nothing to run)."""
+    call = _bind_value(instance.call, plan)
+    if isinstance(call, CopyCall) and _same_bytes(call.input, call.output, plan):
+        return AliasCall(call.input, call.output)
+    return call
+
+
+def _same_bytes(a: BufferRef, b: BufferRef, plan: GraphPlan) -> bool:
+    """Two bound pointers at the same bytes (with io "arena" the model's input and output
+    pointers are arena offsets too)."""
+    if a == b:
+        return True
+    in_arena = (BufferKind.ARENA, BufferKind.INPUT, BufferKind.OUTPUT)
+    return plan.io == "arena" and a.kind in in_arena and b.kind in in_arena \
+        and a.offset == b.offset
+
+
+def check_graph(graph: ir.Graph, name: str) -> None:
+    if not is_valid_c_name(name):
+        raise UserError(f"--name {name!r} is not a C identifier (letters, digits, _; "
+                        "not starting with a digit)")
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        raise UserError(f"model {graph.name!r} has {len(graph.inputs)} inputs and "
+                        f"{len(graph.outputs)} outputs; mbgen supports exactly one of each")
+    for role, tensor_name in (("input", graph.inputs[0]), ("output", graph.outputs[0])):
+        t = graph.tensors[tensor_name]
+        if t.dtype not in IO_CTYPES or t.quant is None or t.quant.scale.size != 1:
+            raise UserError(f"model {graph.name!r}: {role} {tensor_name!r} is {t.dtype}; "
+                            "codegen needs an int8 graph (quantize it first)")
+
+
+def build_program(graph: ir.Graph, *, prefix: str = "model", kernels: str = "portable",
+                  target: str = "host", io: str = "external",
+                  flash_budget: int | None = None, weight_layout: str = "auto") -> Program:
+    """Lower every node, plan the arena from the instances' declarations, bind the plan."""
+    check_graph(graph, prefix)
+    ctx = LoweringContext(graph, prefix, target, flash_budget, weight_layout)
+    instances = lower(ctx, kernels)
+    plan = plan_graph(graph, {i.node.name: i.needs for i in instances}, io=io)
+    layers = []
+    for instance in instances:
+        node = instance.node
+        out = graph.tensors[node.outputs[0]]
+        layers.append(Layer(
+            index=instance.index, name=node.name, op=ir.op_name(node.op),
+            kernel_set=instance.kernel_set, call=bind(instance, plan),
+            input_shape=tuple(graph.tensors[node.inputs[0]].shape),
+            output_shape=tuple(out.shape),
+            macs=layer_macs(graph, node), params=layer_params(graph, node),
+            arena_offset=plan.offsets.get(node.outputs[0]),
+            output_bytes=out.nbytes))
+    return Program(tuple(instances), plan, tuple(layers))
