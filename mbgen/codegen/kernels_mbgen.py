@@ -57,6 +57,12 @@ CODE_RESERVE_BYTES = 192 * 1024
 DW3_WEIGHT_WORDS = 6
 # GEMM inner steps unrolled before a counted loop takes over (each step is 11 instructions).
 GEMM_STEPS_PER_LOOP = 32
+# int8-weight GEMM layers widen this many bytes of input columns per chunk of pixels at most;
+# each channel block's weights are widened to int16 once per chunk (more pixels per chunk:
+# the widening costs less per MAC; 8 KB keeps K = 256 at 16 pixels).
+CHUNK_COLUMN_BYTES = 8 * 1024
+# ... and at most this many 4-pixel blocks per chunk (32 pixels: past it the gain is < 3%).
+MAX_CHUNK_BLOCKS = 8
 # Pointwise shift groups of fewer pairs share the mixed code: each group is a copy of the
 # unrolled block. 1 keeps every group (4 costs mbv1_0.25_128 +0.7% instructions for -6 KB).
 MIN_GROUP_PAIRS = 1
@@ -123,12 +129,66 @@ class GemmCall:
     pad_value: int               # what padded taps read: the input zero point
     column_words: tuple[ColumnWord, ...] = ()   # IM2COL direct gather (empty: via bytes)
     pair_groups: tuple[ChannelGroup, ...] = ()  # asm_block: channel pairs by shift
+    # int8 weights widened per chunk: 4-pixel blocks per chunk (0: weights read as they lie).
+    # Each channel block's int8 record becomes an int16-pair record in RAM once per chunk and
+    # the int16 block code runs on it for every 4-pixel block of the chunk.
+    chunk_blocks: int = 0
+
+    @property
+    def expanded(self) -> bool:
+        return self.chunk_blocks > 0
+
+    @property
+    def int16_records(self) -> bool:
+        """The block code reads int16-pair records (from flash, or widened into RAM)."""
+        return self.weight_format is WeightFormat.INT16_PAIRS or self.expanded
+
+    @property
+    def columns_doubled(self) -> bool:
+        """Widened columns hold 2x (int8 weights with the doubled-accumulator SMMLAR)."""
+        return self.expanded and self.requant.acc_doubled
+
+    @property
+    def record_words(self) -> int:
+        """int32 words of one channel block's int16-pair record (bias, weights, constants,
+        output channel numbers)."""
+        q = self.block_channels
+        return q + self.depth_padded // 2 * q + 3 * q + self.offset_words
+
+    @property
+    def source_record_bytes(self) -> int:
+        """Bytes of one channel block in the int8 stream."""
+        q = self.block_channels
+        return 4 * q + self.depth_padded * q + 4 * (3 * q + self.offset_words)
+
+    @property
+    def chunk_pixels(self) -> int:
+        return self.chunk_blocks * self.block_pixels
+
+    @property
+    def full_chunks(self) -> int:
+        return self.full_blocks // self.chunk_blocks if self.expanded else 0
+
+    @property
+    def rest_blocks(self) -> int:
+        """Whole 4-pixel blocks after the last full chunk."""
+        return self.full_blocks - self.full_chunks * self.chunk_blocks if self.expanded else 0
+
+    @property
+    def gather_offset_bytes(self) -> int:
+        """Where an expanded layer's im2col bytes sit in the scratch, after the record."""
+        return self.record_offset_bytes + _align(self.record_words * 4, 8)
+
+    @property
+    def record_offset_bytes(self) -> int:
+        """Where the widened record sits in the scratch, after every chunk's columns."""
+        return _align(max(1, self.chunk_blocks) * self.cols_words * 4, 8)
 
     @property
     def asm_block(self) -> bool:
         """The hand-scheduled path (see _asm_block_eligible)."""
-        return _asm_block_eligible(self.weight_format, self.block_pixels, self.requant,
-                                   self.out_c, self.block_channels)
+        return _asm_block_eligible(self.block_pixels, self.requant, self.out_c,
+                                   self.block_channels)
 
     @property
     def offset_words(self) -> int:
@@ -151,8 +211,8 @@ class GemmCall:
 
     @property
     def steps(self) -> int:
-        """Inner steps per block: k-pairs for int16 weights, groups of 4 for int8."""
-        if self.weight_format is WeightFormat.INT16_PAIRS and self.block_pixels > 1:
+        """Inner steps per block: k-pairs for int16 records, groups of 4 for int8."""
+        if self.int16_records and self.block_pixels > 1:
             return self.depth_padded // 2
         return self.depth_padded // 4
 
@@ -320,11 +380,12 @@ def gemm_weights(w: np.ndarray, fmt: WeightFormat, block_pixels: int, block_chan
     return groups.transpose(0, 2, 1, 3).reshape(-1).astype(np.int8)
 
 
-def _asm_block_eligible(fmt: WeightFormat, block_pixels: int, requant: Requant, out_c: int,
+def _asm_block_eligible(block_pixels: int, requant: Requant, out_c: int,
                         block_channels: int) -> bool:
-    """int16 pairs, 4x2 blocks, FAST requantisation without an extra clamp, and store
-    offsets (channel + 3 rows of out_c) within STRB's 12-bit immediate."""
-    return (fmt is WeightFormat.INT16_PAIRS and block_pixels == 4
+    """4x2 blocks on int16-pair records (int16 weights, or int8 ones widened per chunk),
+    FAST requantisation without an extra clamp, and store offsets (channel + 3 rows of
+    out_c) within STRB's 12-bit immediate."""
+    return (block_pixels == 4
             and requant.scheme is RequantScheme.FAST
             and not (requant.clamp_min or requant.clamp_max)
             and 3 * out_c + block_channels <= 4095)
@@ -474,7 +535,13 @@ class MbgenKernels:
             depth_padded = -(-depth // 4) * 4
             block = 1 if isinstance(op, ir.FullyConnected) else 4
             gather = 0 if _is_contiguous(graph, node) else depth_padded * block
-            return _align(depth_padded * 2 * block, 8) + _align(gather, 8)
+            if block == 1:
+                return _align(depth_padded * 2 * block, 8) + _align(gather, 8)
+            # int8 weights: a chunk of columns and one widened record (int16 needs less)
+            chunk = chunk_blocks(depth_padded)
+            record = 2 + depth_padded + 6 + 1
+            return (_align(chunk * depth_padded * 2 * block, 8) + _align(4 * record, 8)
+                    + _align(gather, 8))
         if isinstance(op, ir.DepthwiseConv2D):
             geometry = _depthwise_geometry(graph, node)
             return 0 if geometry is None else _align(geometry[0] * 2, 8)
@@ -506,6 +573,12 @@ class MbgenKernels:
 
 def _align(n: int, to: int) -> int:
     return -(-n // to) * to
+
+
+def chunk_blocks(depth_padded: int) -> int:
+    """4-pixel blocks per chunk of an int8-weight GEMM layer of this padded depth."""
+    per_block = depth_padded * 2 * 4   # int16 columns of 4 pixels
+    return max(1, min(MAX_CHUNK_BLOCKS, CHUNK_COLUMN_BYTES // per_block))
 
 
 def _is_contiguous(graph: ir.Graph, node: ir.Node) -> bool:
@@ -583,7 +656,7 @@ def _lower_gemm(ctx: LoweringContext, index: int, node: ir.Node,
         in_h, in_w, in_c = nhwc(ctx.tensor(node.inputs[0]).shape)
         _, out_w, _ = nhwc(ctx.tensor(node.outputs[0]).shape)
         _, k_h, k_w, _ = w.shape
-        block_pixels, block_channels = (4, 2) if fmt is WeightFormat.INT16_PAIRS else (2, 2)
+        block_pixels, block_channels = 4, 2
         geometry = dict(in_h=in_h, in_w=in_w, in_c=in_c, out_w=out_w, k_h=k_h, k_w=k_w,
                         stride_h=op.stride[0], stride_w=op.stride[1],
                         dilation_h=op.dilation[0], dilation_w=op.dilation[1],
@@ -602,18 +675,22 @@ def _lower_gemm(ctx: LoweringContext, index: int, node: ir.Node,
     bias = fold_input_offset(_bias_values(ctx, node, out_c), weights, q.input_offset)
     acc_lo, acc_hi = accumulator_range(bias, weights)
     int16 = fmt is WeightFormat.INT16_PAIRS
-    requant, table = plan_requant(q, out_c, acc_lo, acc_hi, acc_doubled=int16)
-    scale = 2 if requant.is_fast and int16 else 1
     depth_padded = _align(depth, 4)
+    # int8 weights of a multi-pixel layer are widened per chunk; the columns are doubled
+    # instead of the weights (int8 cannot hold 2w), so the accumulator is doubled too.
+    chunk = chunk_blocks(depth_padded) if not int16 and block_pixels == 4 else 0
+    requant, table = plan_requant(q, out_c, acc_lo, acc_hi, acc_doubled=int16 or chunk > 0)
+    scale = 2 if requant.is_fast and (int16 or chunk > 0) else 1
     order, pair_groups = None, ()
-    if _asm_block_eligible(fmt, block_pixels, requant, out_c, block_channels):
+    if _asm_block_eligible(block_pixels, requant, out_c, block_channels):
         order, pair_groups = shift_grouped_pairs(table[:, 2])
-    stream = gemm_stream(weights * scale, wrap_int32(bias * scale), table, fmt, block_pixels,
-                         block_channels, order)
+    stream = gemm_stream(weights * (scale if int16 else 1), wrap_int32(bias * scale), table,
+                         fmt, block_pixels, block_channels, order)
     stream_array = ctx.const_values(
         index, "stream", "int32_t" if int16 else "int8_t", stream,
         f"{node.name}: per block of {block_channels} channels: bias + input_offset * sum(w), "
-        f"weights as {'int16 pairs' if int16 else 'int8'}{' (both x2)' if scale == 2 else ''}"
+        f"weights as {'int16 pairs' if int16 else 'int8'}"
+        f"{(' (both x2)' if int16 else ' (bias x2, columns x2)') if scale == 2 else ''}"
         f", {_requant_comment(requant)}")
     return GemmCall(
         input=ctx.buffer(node.inputs[0]), output=ctx.buffer(node.outputs[0]),
@@ -621,7 +698,7 @@ def _lower_gemm(ctx: LoweringContext, index: int, node: ir.Node,
         depth=depth, depth_padded=depth_padded, out_c=out_c, block_pixels=block_pixels,
         block_channels=block_channels, weight_format=fmt, stream=stream_array,
         requant=requant, pad_value=-q.input_offset, column_words=direct,
-        pair_groups=pair_groups, **geometry)
+        pair_groups=pair_groups, chunk_blocks=chunk, **geometry)
 
 
 # ----------------------------------------------------------------------------- depthwise
