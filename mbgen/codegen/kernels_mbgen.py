@@ -33,6 +33,7 @@ See ``benchmarks/kernels_mbgen.md`` for what each part costs.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 from typing import ClassVar
@@ -133,6 +134,8 @@ class GemmCall:
     # Each channel block's int8 record becomes an int16-pair record in RAM once per chunk and
     # the int16 block code runs on it for every 4-pixel block of the chunk.
     chunk_blocks: int = 0
+    # The first int8 asm layer of its padded depth prints the shared per-depth block code.
+    prints_shared_gemm: bool = False
 
     @property
     def expanded(self) -> bool:
@@ -504,6 +507,18 @@ class MbgenKernels:
 
     def __init__(self) -> None:
         self._choices: tuple[LoweringContext, _GraphChoices] | None = None
+        # padded depths whose shared int8 GEMM code a layer of this generation prints
+        self._shared_depths: tuple[LoweringContext, set[int]] | None = None
+
+    def _first_shared_depth(self, ctx: LoweringContext, depth_padded: int) -> bool:
+        """True once per generation and depth: that layer prints the shared code."""
+        if self._shared_depths is None or self._shared_depths[0] is not ctx:
+            self._shared_depths = (ctx, set())
+        seen = self._shared_depths[1]
+        if depth_padded in seen:
+            return False
+        seen.add(depth_padded)
+        return True
 
     # -- decisions for the whole graph
 
@@ -565,7 +580,11 @@ class MbgenKernels:
         if isinstance(op, (ir.Conv2D, ir.FullyConnected)):
             fmt = (WeightFormat.INT16_PAIRS if node.name in choices.int16_layers
                    else WeightFormat.INT8)
-            return _lower_gemm(ctx, index, node, fmt)
+            call = _lower_gemm(ctx, index, node, fmt)
+            if call is not None and call.expanded and call.asm_block:
+                call = dataclasses.replace(
+                    call, prints_shared_gemm=self._first_shared_depth(ctx, call.depth_padded))
+            return call
         if isinstance(op, ir.DepthwiseConv2D):
             return _lower_depthwise(ctx, index, node, op)
         return None
