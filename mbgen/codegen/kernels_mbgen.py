@@ -60,10 +60,10 @@ DW3_WEIGHT_WORDS = 6
 GEMM_STEPS_PER_LOOP = 32
 # int8-weight GEMM layers widen this many bytes of input columns per chunk of pixels at most;
 # each channel block's weights are widened to int16 once per chunk (more pixels per chunk:
-# the widening costs less per MAC; 8 KB keeps K = 256 at 16 pixels).
-CHUNK_COLUMN_BYTES = 8 * 1024
-# ... and at most this many 4-pixel blocks per chunk (32 pixels: past it the gain is < 3%).
-MAX_CHUNK_BLOCKS = 8
+# the widening costs less per MAC; 16 KB keeps K = 256 at 32 pixels).
+CHUNK_COLUMN_BYTES = 16 * 1024
+# ... and at most this many 4-pixel blocks per chunk (64 pixels: widening < 2% per MAC).
+MAX_CHUNK_BLOCKS = 16
 # Pointwise shift groups of fewer pairs share the mixed code: each group is a copy of the
 # unrolled block. 1 keeps every group (4 costs mbv1_0.25_128 +0.7% instructions for -6 KB).
 MIN_GROUP_PAIRS = 1
@@ -169,13 +169,18 @@ class GemmCall:
         return self.chunk_blocks * self.block_pixels
 
     @property
-    def full_chunks(self) -> int:
-        return self.full_blocks // self.chunk_blocks if self.expanded else 0
+    def total_blocks(self) -> int:
+        """4-pixel blocks, a partial last one included."""
+        return -(-self.pixels // self.block_pixels)
 
     @property
-    def rest_blocks(self) -> int:
-        """Whole 4-pixel blocks after the last full chunk."""
-        return self.full_blocks - self.full_chunks * self.chunk_blocks if self.expanded else 0
+    def loop_chunks(self) -> int:
+        """Whole chunks before the last one (which may be partial and holds the tail)."""
+        return (self.total_blocks - 1) // self.chunk_blocks if self.expanded else 0
+
+    @property
+    def last_chunk_blocks(self) -> int:
+        return self.total_blocks - self.loop_chunks * self.chunk_blocks
 
     @property
     def gather_offset_bytes(self) -> int:
@@ -697,7 +702,12 @@ def _lower_gemm(ctx: LoweringContext, index: int, node: ir.Node,
     depth_padded = _align(depth, 4)
     # int8 weights of a multi-pixel layer are widened per chunk; the columns are doubled
     # instead of the weights (int8 cannot hold 2w), so the accumulator is doubled too.
-    chunk = chunk_blocks(depth_padded) if not int16 and block_pixels == 4 else 0
+    chunk = 0
+    if not int16 and block_pixels == 4:
+        # chunks of equal size: as few as the column budget allows
+        blocks = -(-pixels // block_pixels)
+        chunks = -(-blocks // chunk_blocks(depth_padded))
+        chunk = -(-blocks // chunks)
     requant, table = plan_requant(q, out_c, acc_lo, acc_hi, acc_doubled=int16 or chunk > 0)
     scale = 2 if requant.is_fast and (int16 or chunk > 0) else 1
     order, pair_groups = None, ()
