@@ -64,6 +64,11 @@ GEMM_STEPS_PER_LOOP = 32
 CHUNK_COLUMN_BYTES = 16 * 1024
 # ... and at most this many 4-pixel blocks per chunk (64 pixels: widening < 2% per MAC).
 MAX_CHUNK_BLOCKS = 16
+# int8-weight GEMM layers whose whole int16-pair stream fits this many bytes, or fits beside
+# the layer's activations under the graph's activation peak (the arena is at least that, so
+# it does not grow), widen it into the scratch once per inference and then run exactly the
+# int16 code (no per-chunk widening, no shared block's register-offset stores).
+RAM_STREAM_BYTES = 20 * 1024
 # Pointwise shift groups of fewer pairs share the mixed code: each group is a copy of the
 # unrolled block. 1 keeps every group (4 costs mbv1_0.25_128 +0.7% instructions for -6 KB).
 MIN_GROUP_PAIRS = 1
@@ -136,6 +141,19 @@ class GemmCall:
     chunk_blocks: int = 0
     # The first int8 asm layer of its padded depth prints the shared per-depth block code.
     prints_shared_gemm: bool = False
+    # int8 weights whose whole int16-pair stream is widened into the scratch at the start
+    # (ram_stream): then the int16 block code runs on it, nothing is widened per chunk.
+    ram_stream: bool = False
+
+    @property
+    def channel_blocks(self) -> int:
+        return -(-self.out_c // self.block_channels)
+
+    @property
+    def ram_offset_bytes(self) -> int:
+        """Where a ram_stream layer's widened stream sits in the scratch (after the 4-pixel
+        columns and the im2col bytes)."""
+        return _align(self.cols_words * 4, 8) + _align(self.gather_bytes, 8)
 
     @property
     def expanded(self) -> bool:
@@ -144,12 +162,19 @@ class GemmCall:
     @property
     def int16_records(self) -> bool:
         """The block code reads int16-pair records (from flash, or widened into RAM)."""
-        return self.weight_format is WeightFormat.INT16_PAIRS or self.expanded
+        return self.weight_format is WeightFormat.INT16_PAIRS or self.expanded or self.ram_stream
 
     @property
     def columns_doubled(self) -> bool:
         """Widened columns hold 2x (int8 weights with the doubled-accumulator SMMLAR)."""
-        return self.expanded and self.requant.acc_doubled
+        return ((self.expanded or (self.ram_stream and self.pixels < self.out_c))
+                and self.requant.acc_doubled)
+
+    @property
+    def ram_doubled(self) -> bool:
+        """A ram_stream layer doubles its widened weights once (SADD16) rather than every
+        pixel's columns, when it has at least as many output channels as pixels."""
+        return self.ram_stream and self.requant.acc_doubled and not self.columns_doubled
 
     @property
     def record_words(self) -> int:
@@ -557,9 +582,14 @@ class MbgenKernels:
             gather = 0 if _is_contiguous(graph, node) else depth_padded * block
             if block == 1:
                 return _align(depth_padded * 2 * block, 8) + _align(gather, 8)
-            # int8 weights: a chunk of columns and one widened record (int16 needs less)
-            chunk = chunk_blocks(depth_padded)
+            # int8 weights: the whole widened stream, or a chunk of columns and one widened
+            # record (int16 weights need less)
             record = 2 + depth_padded + 6 + 1
+            _, _, out_c = shape
+            if _ram_stream_fits(graph, node, depth_padded, out_c):
+                return (_align(depth_padded * 2 * block, 8) + _align(gather, 8)
+                        + ram_stream_bytes(depth_padded, out_c))
+            chunk = chunk_blocks(depth_padded)
             return (_align(chunk * depth_padded * 2 * block, 8) + _align(4 * record, 8)
                     + _align(gather, 8))
         if isinstance(op, ir.DepthwiseConv2D):
@@ -597,6 +627,33 @@ class MbgenKernels:
 
 def _align(n: int, to: int) -> int:
     return -(-n // to) * to
+
+
+def ram_stream_bytes(depth_padded: int, out_c: int) -> int:
+    """Bytes of a 4x2 layer's int16-pair stream: per channel pair 2 biases, the pairs,
+    2 (m, c, R) triples and the channel numbers."""
+    return -(-out_c // 2) * 4 * (2 + depth_padded + 6 + 1)
+
+
+def _activation_peak(graph: ir.Graph) -> int:
+    """The most bytes any node's activation inputs and outputs take together: a lower bound
+    of the arena, so scratch that fits beside a node's own activations under it is free."""
+    peak = 0
+    for node in graph.nodes:
+        names = {n for n in (*node.inputs, *node.outputs)
+                 if n and n in graph.tensors and not graph.tensors[n].is_const}
+        peak = max(peak, sum(graph.tensors[n].nbytes for n in names))
+    return peak
+
+
+def _ram_stream_fits(graph: ir.Graph, node: ir.Node, depth_padded: int, out_c: int) -> bool:
+    """Whether an int8 4x2 GEMM layer widens its whole stream into the scratch."""
+    ram = ram_stream_bytes(depth_padded, out_c)
+    if ram <= RAM_STREAM_BYTES:
+        return True
+    own = sum(graph.tensors[n].nbytes for n in {node.inputs[0], node.outputs[0]})
+    columns = depth_padded * 2 * 4 * 2   # 4-pixel columns and an im2col block, at most
+    return own + columns + ram <= _activation_peak(graph)
 
 
 def chunk_blocks(depth_padded: int) -> int:
@@ -703,13 +760,16 @@ def _lower_gemm(ctx: LoweringContext, index: int, node: ir.Node,
     # int8 weights of a multi-pixel layer are widened per chunk; the columns are doubled
     # instead of the weights (int8 cannot hold 2w), so the accumulator is doubled too.
     chunk = 0
-    if not int16 and block_pixels == 4:
+    ram = (not int16 and block_pixels == 4 and _scratch_offset(ctx, node) is not None
+           and _ram_stream_fits(ctx.graph, node, depth_padded, out_c))
+    if not int16 and block_pixels == 4 and not ram:
         # chunks of equal size: as few as the column budget allows
         blocks = -(-pixels // block_pixels)
         chunks = -(-blocks // chunk_blocks(depth_padded))
         chunk = -(-blocks // chunks)
-    requant, table = plan_requant(q, out_c, acc_lo, acc_hi, acc_doubled=int16 or chunk > 0)
-    scale = 2 if requant.is_fast and (int16 or chunk > 0) else 1
+    widened = chunk > 0 or ram
+    requant, table = plan_requant(q, out_c, acc_lo, acc_hi, acc_doubled=int16 or widened)
+    scale = 2 if requant.is_fast and (int16 or widened) else 1
     order, pair_groups = None, ()
     if _asm_block_eligible(block_pixels, requant, out_c, block_channels):
         order, pair_groups = shift_grouped_pairs(table[:, 2])
@@ -727,7 +787,7 @@ def _lower_gemm(ctx: LoweringContext, index: int, node: ir.Node,
         depth=depth, depth_padded=depth_padded, out_c=out_c, block_pixels=block_pixels,
         block_channels=block_channels, weight_format=fmt, stream=stream_array,
         requant=requant, pad_value=-q.input_offset, column_words=direct,
-        pair_groups=pair_groups, chunk_blocks=chunk, **geometry)
+        pair_groups=pair_groups, chunk_blocks=chunk, ram_stream=ram, **geometry)
 
 
 # ----------------------------------------------------------------------------- depthwise
