@@ -43,6 +43,9 @@ import numpy as np
 from mbgen import ir
 from mbgen.codegen import kernel_sets
 from mbgen.codegen import records as r
+from mbgen.codegen.kernels_mbgen_policy import (  # noqa: F401  (re-exported for tests)
+    CODE_RESERVE_BYTES, balanced_allows_int16, choose_int16_layers)
+from mbgen.codegen.kernels_mbgen_policy import gemm_shape as _gemm_shape
 from mbgen.codegen.lowering import LoweringContext, nhwc
 from mbgen.quantize import params
 from mbgen.quantize.requant_proofs import (Requant, RequantScheme, accumulator_range,
@@ -51,9 +54,6 @@ from mbgen.quantize.requant_proofs import (Requant, RequantScheme, accumulator_r
 NAME = "mbgen"
 
 
-# Flash the weight layout may not use: code, the runtime and the harness live there too
-# (mbv1_0.25_128's firmware has ~145 KB of code with these kernels, most of it unrolled).
-CODE_RESERVE_BYTES = 192 * 1024
 # Taps of a 3x3 depthwise channel record: (w0,w1) and (w1,w2) int16 pairs per kernel row.
 DW3_WEIGHT_WORDS = 6
 # GEMM inner steps unrolled before a counted loop takes over (each step is 11 instructions).
@@ -513,23 +513,6 @@ def _target(ctx: LoweringContext):
     return targets.get(ctx.target)
 
 
-def _gemm_shape(graph: ir.Graph, node: ir.Node) -> tuple[int, int, int] | None:
-    """(pixels, depth, out_c) of a node the GEMM kernel can run, else None."""
-    op = node.op
-    w = graph.tensors[node.inputs[1]]
-    if isinstance(op, ir.Conv2D):
-        out_h, out_w, out_c = nhwc(graph.tensors[node.outputs[0]].shape)
-        o, k_h, k_w, i = w.shape
-        in_c = graph.tensors[node.inputs[0]].shape[3]
-        if o != out_c or i != in_c:
-            return None
-        return out_h * out_w, k_h * k_w * i, out_c
-    if isinstance(op, ir.FullyConnected):
-        out_features, in_features = w.shape
-        return 1, in_features, out_features
-    return None
-
-
 class MbgenKernels:
     """Conv2D, DepthwiseConv2D and FullyConnected on DSP cores; None for everything else."""
 
@@ -562,7 +545,12 @@ class MbgenKernels:
             int16_layers = choose_int16_layers(ctx.graph, 0)   # no budget: every candidate
         else:
             flash = ctx.flash_budget if ctx.flash_budget is not None else target.flash_bytes
-            int16_layers = choose_int16_layers(ctx.graph, flash)
+            if ctx.weight_layout == "speed":
+                int16_layers = choose_int16_layers(ctx.graph, flash)
+            elif balanced_allows_int16(ctx.graph, flash):   # "balanced", "auto"
+                int16_layers = choose_int16_layers(ctx.graph, flash // 2)
+            else:
+                int16_layers = frozenset()
         choices = _GraphChoices(bool(target.dsp), int16_layers, bool(target.mve))
         self._choices = (ctx, choices)
         return choices
@@ -670,33 +658,6 @@ def _is_contiguous(graph: ir.Graph, node: ir.Node) -> bool:
         return True
     w = graph.tensors[node.inputs[1]]
     return (w.shape[1:3] == (1, 1) and op.stride == (1, 1) and op.padding == ir.Padding())
-
-
-def choose_int16_layers(graph: ir.Graph, flash_bytes: int) -> frozenset[str]:
-    """GEMM layers whose weights become int16 pairs: the most MACs per extra flash byte
-    first, while the weights stay CODE_RESERVE_BYTES under the flash budget (no budget:
-    every conv, fully connected layers only when the budget allows)."""
-    base = sum(t.nbytes for t in graph.tensors.values() if t.is_const)
-    candidates = []
-    for node in graph.nodes:
-        shape = _gemm_shape(graph, node) if isinstance(node.op, (ir.Conv2D,
-                                                                 ir.FullyConnected)) else None
-        if shape is None:
-            continue
-        pixels, depth, out_c = shape
-        if pixels < 2:
-            continue   # fully connected: one pixel, int16 pairs save little per byte
-        extra = _align(depth, 4) * _align(out_c, 2)   # one more byte per weight
-        candidates.append((pixels, extra, node.name))
-    if not flash_bytes:
-        return frozenset(name for _, _, name in candidates)
-    room = flash_bytes - CODE_RESERVE_BYTES - base
-    chosen = []
-    for pixels, extra, name in sorted(candidates, key=lambda c: -c[0]):
-        if extra <= room:
-            chosen.append(name)
-            room -= extra
-    return frozenset(chosen)
 
 
 # ----------------------------------------------------------------------------- GEMM layers

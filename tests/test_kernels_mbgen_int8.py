@@ -1,0 +1,87 @@
+"""--kernels mbgen with int8 weights: the widened-stream and per-chunk paths, and the policy.
+
+Each case is one layer from tests/test_kernels_mbgen.py's CASES, generated with int8
+weights for Cortex-M7, run in QEMU and compared byte for byte with
+``mbgen.reference.run_int8`` (numpy, sharing nothing with the C).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mbgen import codegen, targets
+from mbgen.codegen import kernels_mbgen as mb
+from mbgen.codegen import kernels_mbgen_policy as policy
+from mbgen.codegen.generator import lower_graph
+from mbgen.planner import plan_graph
+from mbgen.reference import run_int8
+from test_kernels_mbgen import CASES, build_graph, needs_arm, test_inputs
+
+# The layer cases, each reaching: the shared per-depth asm block (pw_asm_block), an odd
+# channel and a partial pixel block (pw_odd_everything), the direct im2col stem
+# (conv_stem_3ch_s2), the byte-gather im2col and a C requantisation (conv_5x3_dilated).
+INT8_CASES = ("pw_asm_block", "pw_odd_everything", "conv_stem_3ch_s2", "conv_5x3_dilated")
+
+
+def _lower(graph):
+    plan = plan_graph(graph, codegen.scratch_requirements(graph, mb.NAME))
+    return plan, lower_graph(graph, plan, "model", mb.NAME, "cortex-m7", None, "int8")[0].call
+
+
+@pytest.fixture(params=["ram", "chunks"])
+def int8_mode(request, monkeypatch):
+    """ram: the whole stream widened at the start; chunks: widened per chunk of 2 blocks
+    (several chunks, the last holding the partial block)."""
+    if request.param == "chunks":
+        monkeypatch.setattr(mb, "_ram_stream_fits", lambda *args: False)
+        monkeypatch.setattr(mb, "MAX_CHUNK_BLOCKS", 2)
+    return request.param
+
+
+@needs_arm
+@pytest.mark.qemu
+@pytest.mark.parametrize("name", INT8_CASES)
+def test_int8_weights_bit_exact_in_qemu(name, int8_mode, tmp_path: Path):
+    from mbgen.runner import run_qemu
+    graph = build_graph(CASES[name])
+    plan, call = _lower(graph)
+    assert call.weight_format is mb.WeightFormat.INT8
+    assert call.ram_stream == (int8_mode == "ram")
+    assert call.expanded == (int8_mode == "chunks")
+    if int8_mode == "chunks":
+        assert call.chunk_blocks == 2 and call.total_blocks > 2
+    if name == "pw_asm_block":
+        assert call.asm_block and (call.prints_shared_gemm or int8_mode == "ram")
+    report = codegen.generate(graph, plan, tmp_path, target="cortex-m7", kernels=mb.NAME,
+                              weight_layout="int8")
+    assert report["layers"][0]["kernel"] == mb.NAME
+    for i, x in enumerate(test_inputs(graph, CASES[name].seed)):
+        got = np.frombuffer(run_qemu(tmp_path, targets.get("cortex-m7"), x.tobytes(),
+                                     timeout=60).output, np.int8)
+        want = run_int8(graph, x)[graph.outputs[0]].reshape(-1)
+        assert np.array_equal(got, want), f"input {i}: {np.count_nonzero(got != want)} differ"
+
+
+def test_layout_policy():
+    """--weight-layout int8/int16 wins; auto follows --optimize. balanced gives int16 pairs
+    only when the whole model with them stays under half the flash budget."""
+    assert policy.lowering_layout("int16", "size") == "int16"
+    assert policy.lowering_layout("auto", "size") == "int8"
+    assert policy.lowering_layout("auto", "speed") == "speed"
+    assert policy.lowering_layout("auto", "balanced") == "balanced"
+    graph = build_graph(CASES["pw_asm_block"])
+    need = (policy.const_bytes(graph) + policy.CODE_RESERVE_BYTES
+            + sum(e for _, e, _ in policy.int16_candidates(graph)))
+    assert policy.balanced_allows_int16(graph, 2 * need)
+    assert not policy.balanced_allows_int16(graph, 2 * need - 2)
+    assert policy.layout_note(graph, "balanced", 2 * need).startswith("weights int16 pairs on 1")
+    assert policy.layout_note(graph, "balanced", 2 * need - 2).startswith("weights int8;")
+    plan = plan_graph(graph, codegen.scratch_requirements(graph, mb.NAME))
+    for layout, flash, fmt in (("balanced", 2 * need, mb.WeightFormat.INT16_PAIRS),
+                               ("balanced", 2 * need - 2, mb.WeightFormat.INT8),
+                               ("int8", None, mb.WeightFormat.INT8)):
+        call = lower_graph(graph, plan, "model", mb.NAME, "cortex-m7", flash, layout)[0].call
+        assert call.weight_format is fmt, (layout, flash)
