@@ -22,7 +22,8 @@ from mbgen.errors import RunFailure, UserError
 
 ORDER = ("portable", "mbgen", "cmsis-nn")
 # A kernel set name with a weight layout: "mbgen-int8" runs the mbgen set with int8 weights.
-LAYOUT_VARIANTS = {"mbgen-int8": ("mbgen", "int8"), "mbgen-int16": ("mbgen", "int16")}
+LAYOUT_VARIANTS = {"mbgen-int8": ("mbgen", "int8"), "mbgen-int16": ("mbgen", "int16"),
+                   "mbgen-size": ("mbgen", "size")}
 FLASH_SCOPE = "whole firmware: text + data from arm-none-eabi-size"
 INPUT_SEED = 0
 QEMU_TIMEOUT = 600.0

@@ -15,6 +15,7 @@ import pytest
 from mbgen import codegen, targets
 from mbgen.codegen import kernels_mbgen as mb
 from mbgen.codegen import kernels_mbgen_policy as policy
+from mbgen.codegen import kernels_mbgen_records as mb_records
 from mbgen.codegen.generator import lower_graph
 from mbgen.planner import plan_graph
 from mbgen.reference import run_int8
@@ -26,18 +27,26 @@ from test_kernels_mbgen import CASES, build_graph, needs_arm, test_inputs
 INT8_CASES = ("pw_asm_block", "pw_odd_everything", "conv_stem_3ch_s2", "conv_5x3_dilated")
 
 
-def _lower(graph):
+def _layout(mode: str) -> str:
+    return "size" if mode == "size" else "int8"
+
+
+def _lower(graph, mode: str):
     plan = plan_graph(graph, codegen.scratch_requirements(graph, mb.NAME))
-    return plan, lower_graph(graph, plan, "model", mb.NAME, "cortex-m7", None, "int8")[0].call
+    return plan, lower_graph(graph, plan, "model", mb.NAME, "cortex-m7", None,
+                             _layout(mode))[0].call
 
 
-@pytest.fixture(params=["ram", "chunks"])
+@pytest.fixture(params=["ram", "chunks", "size"])
 def int8_mode(request, monkeypatch):
-    """ram: the whole stream widened at the start; chunks: widened per chunk of 2 blocks
-    (several chunks, the last holding the partial block)."""
+    """ram: the whole stream widened at the start, the layer's own block code; chunks:
+    widened per chunk of 2 blocks (several chunks, the last holding the partial block);
+    size: the widened stream run by the shared per-depth block (any depth here)."""
     if request.param == "chunks":
         monkeypatch.setattr(mb, "_ram_stream_fits", lambda *args: False)
         monkeypatch.setattr(mb, "MAX_CHUNK_BLOCKS", 2)
+    if request.param == "size":
+        monkeypatch.setattr(mb_records, "SHARED_MIN_DEPTH", 0)
     return request.param
 
 
@@ -47,16 +56,17 @@ def int8_mode(request, monkeypatch):
 def test_int8_weights_bit_exact_in_qemu(name, int8_mode, tmp_path: Path):
     from mbgen.runner import run_qemu
     graph = build_graph(CASES[name])
-    plan, call = _lower(graph)
+    plan, call = _lower(graph, int8_mode)
     assert call.weight_format is mb.WeightFormat.INT8
-    assert call.ram_stream == (int8_mode == "ram")
+    assert call.ram_stream == (int8_mode != "chunks")
+    assert call.ram_shared == (int8_mode == "size" and call.asm_block)
     assert call.expanded == (int8_mode == "chunks")
     if int8_mode == "chunks":
         assert call.chunk_blocks == 2 and call.total_blocks > 2
     if name == "pw_asm_block":
-        assert call.asm_block and (call.prints_shared_gemm or int8_mode == "ram")
+        assert call.asm_block and call.prints_shared_gemm == (int8_mode != "ram")
     report = codegen.generate(graph, plan, tmp_path, target="cortex-m7", kernels=mb.NAME,
-                              weight_layout="int8")
+                              weight_layout=_layout(int8_mode))
     assert report["layers"][0]["kernel"] == mb.NAME
     for i, x in enumerate(test_inputs(graph, CASES[name].seed)):
         got = np.frombuffer(run_qemu(tmp_path, targets.get("cortex-m7"), x.tobytes(),
@@ -69,7 +79,7 @@ def test_layout_policy():
     """--weight-layout int8/int16 wins; auto follows --optimize. balanced gives int16 pairs
     only when the whole model with them stays under half the flash budget."""
     assert policy.lowering_layout("int16", "size") == "int16"
-    assert policy.lowering_layout("auto", "size") == "int8"
+    assert policy.lowering_layout("auto", "size") == "size"
     assert policy.lowering_layout("auto", "speed") == "speed"
     assert policy.lowering_layout("auto", "balanced") == "balanced"
     graph = build_graph(CASES["pw_asm_block"])

@@ -3,7 +3,7 @@
 int8 weights stay as the model has them (flash about TFLM's); int16 pairs cost one more
 byte per GEMM weight for fewer instructions. The policy users can predict:
 
-* ``--optimize size``: int8 everywhere;
+* ``--optimize size``: int8 everywhere, and the deep layers share their block code;
 * ``--optimize balanced`` (the default): int16 pairs only when the whole model with int16
   pairs everywhere stays under half the flash budget (small models), then on every GEMM
   layer that fits that half; else int8;
@@ -25,10 +25,10 @@ CODE_RESERVE_BYTES = 192 * 1024
 
 def lowering_layout(weight_layout: str, optimize: str) -> str:
     """The kernel set's layout decision from the two options: an explicit int8/int16
-    wins; ``auto`` follows ``optimize`` ("int8", "speed" or "balanced")."""
+    wins; ``auto`` follows ``optimize`` ("size", "speed" or "balanced")."""
     if weight_layout in ("int8", "int16"):
         return weight_layout
-    return {"size": "int8", "speed": "speed", "balanced": "balanced"}[optimize]
+    return optimize   # "size": int8 and shared code where it costs little, "speed", "balanced"
 
 
 def gemm_shape(graph: ir.Graph, node: ir.Node) -> tuple[int, int, int] | None:
@@ -97,7 +97,7 @@ def layout_note(graph: ir.Graph, layout: str, flash_bytes: int) -> str:
     if not candidates:
         return "weights int8 (no layer would take int16 pairs)"
     every = sum(e for _, e, _ in candidates)
-    if layout == "int8":
+    if layout in ("int8", "size"):
         chosen: frozenset[str] = frozenset()
     elif layout == "int16":
         chosen = choose_int16_layers(graph, 0)
