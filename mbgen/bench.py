@@ -80,6 +80,7 @@ def _bench_one(graph, target, kernels: str, x: np.ndarray, expected: np.ndarray,
         "instructions": int(result.total_instructions),
         "arena_bytes": int(report["arena_bytes"]),
         "flash_bytes": int(firmware.flash_bytes),
+        "weights_bytes": int(report["weights_bytes"]),
         "fallback_layers": list(report["fallback_layers"]),
         "layers": [{"name": layer["name"], "op": layer["op"], "macs": int(layer["macs"]),
                     "instructions": int(count)}
