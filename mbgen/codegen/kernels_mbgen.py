@@ -1,4 +1,4 @@
-"""The ``mbgen`` kernel set: Cortex-M DSP kernels specialised per layer at generation time.
+"""The ``mbgen`` kernel set: Cortex-M DSP kernels specialised at generation time.
 
 For Armv7E-M / Armv8-M cores with the DSP extension (Cortex-M4, M7, M33, M55). Every shape,
 stride, padding and channel count is baked into the generated C; the weights are re-laid
@@ -8,7 +8,11 @@ out here, offline, in the order the inner loops read them:
   layers are one int8 GEMM (``templates/kernels_mbgen/gemm.c.j2``): a few pixels are widened
   to int16 pairs in the order SXTB16 produces them, then a block of pixels x output channels
   accumulates with SMLAD. Weights are int16 pairs in that same order (one LDRD feeds two
-  SMLADs) or, when the flash budget is tight, int8 widened by SXTB16 in the loop.
+  SMLADs), or int8 in flash (the default layout, kernels_mbgen_policy) widened by one SXTB16
+  pair per weight word into int16-pair records in RAM, then run by the same 4x2 block:
+  the whole stream once per inference when it fits the scratch (``ram_stream``), else each
+  channel pair once per chunk of up to 64 pixels (``chunk_blocks``), the block code then
+  shared by every layer of the same padded depth (``gemm_shared.c.j2``).
 * depthwise convolutions (``depthwise.c.j2``) transpose a ring of input rows into int16
   channel-major rows, padded with the zero point, so borders need no special case and two
   taps of one channel meet in one SMLAD; 3x3 has an unrolled sweep, other shapes a loop.
@@ -28,7 +32,10 @@ Arithmetic tricks, each exact (the tests compare every case with ``mbgen.referen
 The innermost blocks are inline assembly where GCC's allocation cannot be trusted (every
 operand of a 14-register block is live at once); each has a plain-C twin with the same
 arithmetic, used when not optimising and off-target (host builds of the same folder).
-See ``benchmarks/kernels_mbgen.md`` for what each part costs.
+Modules: kernels_mbgen_records (the call records: every loop plan and offset the templates
+print), kernels_mbgen_layout (weights and streams in reading order), kernels_mbgen_depthwise
+(depthwise lowering), kernels_mbgen_policy (int8 or int16 weights). See
+``benchmarks/kernels_mbgen.md`` for what each part costs.
 """
 
 from __future__ import annotations
