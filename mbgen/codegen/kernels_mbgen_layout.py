@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from mbgen import ir
-from mbgen.codegen.kernels_mbgen_records import (ChannelGroup, ColumnWord, WeightFormat,
-                                                 _align)
+from mbgen.codegen.kernels_mbgen_records import (ChannelGroup, ColumnWord, GemmRecord,
+                                                 WeightFormat, _align)
 from mbgen.codegen.lowering import LoweringContext
 from mbgen.quantize.requant_proofs import Requant, wrap_int32
 
@@ -101,12 +101,18 @@ def gemm_stream(weights: np.ndarray, bias: np.ndarray, requant_table: np.ndarray
     channels = order.reshape(blocks, -1, 2) if block_channels % 2 == 0 else \
         np.concatenate([order, np.zeros(1, np.int64)]).reshape(blocks, -1, 2)
     offsets = channels[:, :, 0] | (channels[:, :, 1] << 16)
+    record = GemmRecord(block_channels, _align(weights.shape[1], 4),
+                        2 if fmt is WeightFormat.INT16_PAIRS else 1)
     if fmt is WeightFormat.INT16_PAIRS:
-        return np.concatenate([heads, per_block.astype(np.int64), tails,
-                               wrap_int32(offsets)], axis=1).reshape(-1)
+        stream = np.concatenate([heads, per_block.astype(np.int64), tails,
+                                 wrap_int32(offsets)], axis=1)
+        assert stream.shape[1] == record.words   # the layout the templates read
+        return stream.reshape(-1)
     as_bytes = lambda words: wrap_int32(words).astype("<i4").view(np.int8).reshape(blocks, -1)
-    return np.concatenate([as_bytes(heads), per_block, as_bytes(tails), as_bytes(offsets)],
-                          axis=1).reshape(-1)
+    stream = np.concatenate([as_bytes(heads), per_block, as_bytes(tails), as_bytes(offsets)],
+                            axis=1)
+    assert stream.shape[1] == record.bytes
+    return stream.reshape(-1)
 
 
 def shift_grouped_pairs(shifts: np.ndarray) -> tuple[np.ndarray, tuple[ChannelGroup, ...]]:

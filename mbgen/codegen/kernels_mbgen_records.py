@@ -49,6 +49,61 @@ class ColumnWord:
 
 
 @dataclass(frozen=True)
+class GemmRecord:
+    """The layout of one channel block of a GEMM stream, read by kernels_mbgen_layout's
+    gemm_stream (which writes it) and by the templates (every offset they print comes from
+    here): ``block_channels`` folded biases (int32), the weights (int8 [group of 4][channel],
+    or int16 pairs [k-pair][channel]), then the tail: an (m, c|shift, R|0) int32 triple per
+    channel and the channels' output numbers as uint16 pairs. Offsets in bytes."""
+
+    block_channels: int
+    depth_padded: int
+    weight_bytes: int          # per weight: 1 (int8 in flash) or 2 (int16 pairs)
+
+    @property
+    def bias_bytes(self) -> int:
+        return 4 * self.block_channels
+
+    @property
+    def weights_bytes(self) -> int:
+        return self.depth_padded * self.block_channels * self.weight_bytes
+
+    @property
+    def tail_offset(self) -> int:
+        """Where the tail starts (the block code's pointer once past the weights)."""
+        return self.bias_bytes + self.weights_bytes
+
+    def m_offset(self, q: int) -> int:
+        """Channel q's multiplier, from the tail; then c (+4) and R (+8)."""
+        return 12 * q
+
+    def r_offset(self, q: int) -> int:
+        return 12 * q + 8
+
+    @property
+    def channel_words(self) -> int:
+        """Words of output channel numbers (uint16 pairs)."""
+        return -(-self.block_channels // 2)
+
+    @property
+    def channels_offset(self) -> int:
+        """The output channel numbers, from the tail (channel q: word q // 2, half q % 2)."""
+        return 12 * self.block_channels
+
+    @property
+    def tail_bytes(self) -> int:
+        return self.channels_offset + 4 * self.channel_words
+
+    @property
+    def bytes(self) -> int:
+        return self.tail_offset + self.tail_bytes
+
+    @property
+    def words(self) -> int:
+        return self.bytes // 4
+
+
+@dataclass(frozen=True)
 class GemmCall:
     """A convolution or fully connected layer as an int8 GEMM: pixels x depth x channels."""
 
@@ -136,17 +191,15 @@ class GemmCall:
         return self.ram_stream and self.requant.acc_doubled and not self.columns_doubled
 
     @property
-    def record_words(self) -> int:
-        """int32 words of one channel block's int16-pair record (bias, weights, constants,
-        output channel numbers)."""
-        q = self.block_channels
-        return q + self.depth_padded // 2 * q + 3 * q + self.offset_words
+    def record(self) -> GemmRecord:
+        """A channel block as the block code reads it: int16 pairs (in flash, or widened)."""
+        return GemmRecord(self.block_channels, self.depth_padded, 2)
 
     @property
-    def source_record_bytes(self) -> int:
-        """Bytes of one channel block in the int8 stream."""
-        q = self.block_channels
-        return 4 * q + self.depth_padded * q + 4 * (3 * q + self.offset_words)
+    def source_record(self) -> GemmRecord:
+        """A channel block as it lies in flash."""
+        int8 = self.weight_format is WeightFormat.INT8
+        return GemmRecord(self.block_channels, self.depth_padded, 1 if int8 else 2)
 
     @property
     def chunk_pixels(self) -> int:
@@ -169,7 +222,7 @@ class GemmCall:
     @property
     def gather_offset_bytes(self) -> int:
         """Where an expanded layer's im2col bytes sit in the scratch, after the record."""
-        return self.record_offset_bytes + _align(self.record_words * 4, 8)
+        return self.record_offset_bytes + _align(self.record.bytes, 8)
 
     @property
     def record_offset_bytes(self) -> int:
@@ -182,10 +235,6 @@ class GemmCall:
         return _asm_block_eligible(self.block_pixels, self.requant, self.out_c,
                                    self.block_channels)
 
-    @property
-    def offset_words(self) -> int:
-        """Words of a block's output channel numbers (uint16 pairs) in the stream."""
-        return -(-self.block_channels // 2)
 
     @property
     def cols_words(self) -> int:
