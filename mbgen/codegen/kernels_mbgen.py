@@ -48,7 +48,7 @@ import numpy as np
 from mbgen import ir
 from mbgen.codegen import kernel_sets
 from mbgen.codegen import records as r
-from mbgen.codegen.kernels_mbgen_depthwise import _depthwise_geometry, _lower_depthwise
+from mbgen.codegen.kernels_mbgen_depthwise import _lower_depthwise, depthwise_scratch_bytes
 from mbgen.codegen.kernels_mbgen_layout import (  # noqa: F401  (re-exported)
     MIN_GROUP_PAIRS, _bias_values, _requant_comment, _scratch_offset, direct_column_words,
     gemm_stream, gemm_weights, pack_int16_pairs, ram_stream_bytes, shift_grouped_pairs,
@@ -170,8 +170,7 @@ class MbgenKernels:
             return (_align(chunk * depth_padded * 2 * block, 8) + _align(4 * record, 8)
                     + _align(gather, 8))
         if isinstance(op, ir.DepthwiseConv2D):
-            geometry = _depthwise_geometry(graph, node)
-            return 0 if geometry is None else _align(geometry[0] * 2, 8)
+            return depthwise_scratch_bytes(graph, node)
         return 0
 
     def lower(self, ctx: LoweringContext, index: int, node: ir.Node) -> r.CallRecord | None:

@@ -8,8 +8,8 @@ import numpy as np
 from mbgen import ir
 from mbgen.codegen.kernels_mbgen_layout import (_bias_values, _requant_comment,
                                                 _scratch_offset, pack_int16_pairs)
-from mbgen.codegen.kernels_mbgen_records import (DW3_WEIGHT_WORDS, ChannelGroup,
-                                                 DepthwiseCall, _align)
+from mbgen.codegen.kernels_mbgen_records import (DW3_COMPACT_WORDS, DW3_WEIGHT_WORDS,
+                                                 ChannelGroup, DepthwiseCall, _align)
 from mbgen.codegen.lowering import LoweringContext, nhwc
 from mbgen.quantize import params
 from mbgen.quantize.requant_proofs import (accumulator_range, fold_input_offset,
@@ -72,6 +72,7 @@ def _lower_depthwise(ctx: LoweringContext, index: int, node: ir.Node,
     folded = wrap_int32(bias * scale)
     record = np.concatenate([tap_words, folded[:, None], table,
                              np.arange(out_c, dtype=np.int64)[:, None]], axis=1)
+    order = np.arange(out_c)
     if requant.is_fast:
         order = np.argsort(table[:, 2], kind="stable")
         record = record[order]
@@ -84,12 +85,23 @@ def _lower_depthwise(ctx: LoweringContext, index: int, node: ir.Node,
     else:
         groups = [ChannelGroup(-1, 0, out_c)]
     channel_words = record.shape[1]
-    channels = ctx.const_values(
-        index, "channels", "int32_t", record,
-        f"{node.name}: channel records by shift: "
-        f"{'(w0,w1),(w1,w2) int16 pairs per row' if unrolled else 'taps'}"
-        f"{' x2' if scale == 2 else ''}, bias + input_offset * sum(w), "
-        f"{_requant_comment(requant)}, output channel")
+    scratch = _scratch_offset(ctx, node)
+    records_offset = None
+    if unrolled and scratch is not None:
+        # flash keeps the int8 taps; the records above are rebuilt in the scratch per call
+        records_offset = _align(geometry[0] * 2, 8)
+        channels = ctx.const_values(
+            index, "channels", "int32_t", compact_records(taps, folded, table, order),
+            f"{node.name}: compact channel records by shift: 9 int8 taps (+3 zero bytes), "
+            f"bias + input_offset * sum(w){' (x2)' if scale == 2 else ''}, "
+            f"{_requant_comment(requant)} with the output channel in R's top half")
+    else:
+        channels = ctx.const_values(
+            index, "channels", "int32_t", record,
+            f"{node.name}: channel records by shift: "
+            f"{'(w0,w1),(w1,w2) int16 pairs per row' if unrolled else 'taps'}"
+            f"{' x2' if scale == 2 else ''}, bias + input_offset * sum(w), "
+            f"{_requant_comment(requant)}, output channel")
     return DepthwiseCall(
         input=ctx.buffer(node.inputs[0]), output=ctx.buffer(node.outputs[0]),
         scratch_offset=_scratch_offset(ctx, node), unrolled_3x3=unrolled,
@@ -100,7 +112,36 @@ def _lower_depthwise(ctx: LoweringContext, index: int, node: ir.Node,
         dilation_h=op.dilation[0], dilation_w=op.dilation[1],
         pad_top=op.padding.top, pad_left=op.padding.left, pad_value=-q.input_offset,
         ring_rows=ring_rows, row_width=row_width, channel_words=channel_words,
-        channels=channels, groups=tuple(groups), requant=requant)
+        channels=channels, groups=tuple(groups), requant=requant,
+        records_offset=records_offset, taps_scale=scale)
+
+
+def compact_records(taps: np.ndarray, folded: np.ndarray, table: np.ndarray,
+                    order: np.ndarray) -> np.ndarray:
+    """The flash form of 3x3 channel records (DW3_COMPACT_WORDS int32 words per channel, in
+    ``order``): the 9 int8 taps little endian in 3 words (3 zero bytes), the folded bias,
+    the (m, c|shift) pair, then R | output channel << 16 (the sweep's (R, channel) words)."""
+    out_c = taps.shape[0]
+    tap_bytes = np.zeros((out_c, 12), dtype=np.int8)
+    tap_bytes[:, :9] = taps.astype(np.int8)
+    tap_words = tap_bytes.view("<i4").astype(np.int64)                  # (out_c, 3)
+    last = table[:, 2] | (np.arange(out_c, dtype=np.int64) << 16)
+    compact = np.concatenate([tap_words, folded[:, None], table[:, :2], last[:, None]],
+                             axis=1)[order]
+    assert compact.shape[1] == DW3_COMPACT_WORDS
+    return wrap_int32(compact)
+
+
+def depthwise_scratch_bytes(graph: ir.Graph, node: ir.Node) -> int:
+    """The ring, and for the unrolled 3x3 the channel records rebuilt from flash."""
+    geometry = _depthwise_geometry(graph, node)
+    if geometry is None:
+        return 0
+    ring = _align(geometry[0] * 2, 8)
+    if not _unrolled_3x3(graph, node):
+        return ring
+    out_c = graph.tensors[node.outputs[0]].shape[-1]
+    return ring + out_c * (DW3_WEIGHT_WORDS + 5) * 4   # taps, bias, (m, c, R), channel
 
 
 def _unrolled_3x3(graph: ir.Graph, node: ir.Node) -> bool:

@@ -15,6 +15,9 @@ from mbgen.quantize.requant_proofs import Requant, RequantScheme
 
 # Taps of a 3x3 depthwise channel record: (w0,w1) and (w1,w2) int16 pairs per kernel row.
 DW3_WEIGHT_WORDS = 6
+# Words of a 3x3 channel record in flash when the scratch holds the records the sweeps read:
+# 9 int8 taps in 3 words, the folded bias, (m, c|shift), R | channel << 16.
+DW3_COMPACT_WORDS = 7
 # GEMM inner steps unrolled before a counted loop takes over (each step is 11 instructions).
 GEMM_STEPS_PER_LOOP = 32
 # ... from this padded depth on, under --optimize size, such a layer runs the shared
@@ -323,6 +326,15 @@ class DepthwiseCall:
     channels: r.ConstArray       # the channel records
     groups: tuple[ChannelGroup, ...]
     requant: Requant
+    # Scratch offset of the records the sweeps read, rebuilt from the compact flash form
+    # (DW3_COMPACT_WORDS a channel) at the start of every call; None: read from flash.
+    records_offset: int | None = None
+    taps_scale: int = 1          # the taps in the records: 2x for the doubled accumulator
+
+    @property
+    def compact_words(self) -> int:
+        """Words of one channel's compact flash record (records_offset set)."""
+        return DW3_COMPACT_WORDS
 
     @property
     def ring_halfwords(self) -> int:
