@@ -108,7 +108,7 @@ def layout_note(graph: ir.Graph, layout: str, flash_bytes: int) -> str:
                   if balanced_allows_int16(graph, flash_bytes) else frozenset())
     if not chosen:
         return (f"weights int8; int16 pairs on {len(candidates)} layers would add "
-                f"{every / 1024:.1f} KiB of flash for fewer instructions (--optimize speed)")
+                f"{every / 1024:.1f} KB of flash for fewer instructions (--optimize speed)")
     extra = sum(e for _, e, name in candidates if name in chosen)
     return (f"weights int16 pairs on {len(chosen)} of {len(candidates)} GEMM layers, "
-            f"+{extra / 1024:.1f} KiB of flash over int8 (--optimize size: int8)")
+            f"+{extra / 1024:.1f} KB of flash over int8 (--optimize size: int8)")
