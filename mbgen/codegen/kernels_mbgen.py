@@ -73,10 +73,11 @@ NAME = "mbgen"
 CHUNK_COLUMN_BYTES = 16 * 1024
 # ... and at most this many 4-pixel blocks per chunk (64 pixels: widening < 2% per MAC).
 MAX_CHUNK_BLOCKS = 16
-# int8-weight GEMM layers whose whole int16-pair stream fits this many bytes, or fits beside
-# the layer's activations under the graph's activation peak (the arena is at least that, so
-# it does not grow), widen it into the scratch once per inference and then run exactly the
-# int16 code (no per-chunk widening, no shared block's register-offset stores).
+# int8-weight GEMM layers whose whole int16-pair stream fits this many bytes (and a quarter
+# of the graph's activation peak), or fits beside the layer's activations under that peak
+# (the arena is at least that, so it does not grow), widen it into the scratch once per
+# inference and then run exactly the int16 code (no per-chunk widening, no shared block's
+# register-offset stores).
 RAM_STREAM_BYTES = 20 * 1024
 
 
@@ -217,11 +218,12 @@ def _activation_peak(graph: ir.Graph) -> int:
 def _ram_stream_fits(graph: ir.Graph, node: ir.Node, depth_padded: int, out_c: int) -> bool:
     """Whether an int8 4x2 GEMM layer widens its whole stream into the scratch."""
     ram = ram_stream_bytes(depth_padded, out_c)
-    if ram <= RAM_STREAM_BYTES:
+    peak = _activation_peak(graph)
+    if ram <= min(RAM_STREAM_BYTES, peak // 4):   # small: at most a quarter more arena
         return True
     own = sum(graph.tensors[n].nbytes for n in {node.inputs[0], node.outputs[0]})
     columns = depth_padded * 2 * 4 * 2   # 4-pixel columns and an im2col block, at most
-    return own + columns + ram <= _activation_peak(graph)
+    return own + columns + ram <= peak
 
 
 def chunk_blocks(depth_padded: int) -> int:
