@@ -12,7 +12,8 @@ out here, offline, in the order the inner loops read them:
   pair per weight word into int16-pair records in RAM, then run by the same 4x2 block:
   the whole stream once per inference when it fits the scratch (``ram_stream``), else each
   channel pair once per chunk of up to 64 pixels (``chunk_blocks``), the block code then
-  shared by every layer of the same padded depth (``gemm_shared.c.j2``).
+  shared by every layer of the same padded depth (``gemm_shared.c.j2``; the per-layer
+  int8 C in ``gemm_int8.c.j2``).
 * depthwise convolutions (``depthwise.c.j2``) transpose a ring of input rows into int16
   channel-major rows, padded with the zero point, so borders need no special case and two
   taps of one channel meet in one SMLAD; 3x3 has an unrolled sweep, other shapes a loop.
