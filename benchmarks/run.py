@@ -3,9 +3,11 @@
     CMSIS_NN_PATH=/path/to/CMSIS-NN python benchmarks/run.py [--cmsis-nn-version V]
 
 Runs ``mbgen bench`` (mbgen.bench.bench_model) for mbv1_0.25_128, mbv2_0.35_96 and
-../shared/models/person_detect.tflite on cortex-m7 and cortex-m4, with the portable and
-mbgen kernels and, when CMSIS_NN_PATH is set, CMSIS-NN. With CMSIS-NN it also runs
-tests/test_kernels_cmsis_nn.py against the real library and records the outcome.
+../shared/models/person_detect.tflite on cortex-m7, m4, m33 and m55, one kernel set at a
+time: portable, CMSIS-NN (when CMSIS_NN_PATH is set), mbgen with int8 weights (the default
+layout) and mbgen with int16 pairs. A set that cannot be built or run is reported as not
+measured, with the reason. With CMSIS-NN it also runs tests/test_kernels_cmsis_nn.py
+against the real library and records the outcome.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ZOO_MODELS = ("mbv1_0.25_128", "mbv2_0.35_96")
 SHARED_MODEL = "models/person_detect.tflite"  # in ../shared, next to the repository
-TARGETS = ("cortex-m7", "cortex-m4")
+TARGETS = ("cortex-m7", "cortex-m4", "cortex-m33", "cortex-m55")
+KERNEL_SETS = ("portable", "cmsis-nn", "mbgen-int8", "mbgen-int16")
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
@@ -56,19 +59,28 @@ def _op_totals(result: dict) -> dict[str, int]:
 
 
 def model_section(outcome: dict) -> list[str]:
+    from mbgen import targets
     results = outcome["results"]
     base = results[0]
+    budget = targets.get(outcome["target"]).flash_bytes
     lines = [f"### {outcome['model']} on {outcome['target']}", "",
-             f"{outcome['macs'] / 1e6:.2f} M MACs, {len(base['layers'])} layers.", "",
+             f"{outcome['macs'] / 1e6:.2f} M MACs, {len(base['layers'])} layers; the target's "
+             f"flash budget is {budget:,} bytes.", "",
              f"| kernels | instructions | speed vs {base['kernels']} | MACs / instruction "
-             "| arena bytes | flash bytes | fallback layers |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+             "| flash (text+data) | weights | code and the rest | fits the budget | arena "
+             "| fallback layers |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---:|---|"]
     for r in results:
         fallbacks = ", ".join(f"`{n}`" for n in r["fallback_layers"]) or "none"
+        weights = r.get("weights_bytes")
+        rest = f"{r['flash_bytes'] - weights:,}" if weights is not None else "-"
         lines.append(f"| {r['kernels']} | {r['instructions']:,} | "
                      f"{base['instructions'] / r['instructions']:.2f}x | "
-                     f"{outcome['macs'] / r['instructions']:.3f} | {r['arena_bytes']:,} | "
-                     f"{r['flash_bytes']:,} | {fallbacks} |")
+                     f"{outcome['macs'] / r['instructions']:.3f} | {r['flash_bytes']:,} | "
+                     f"{weights:,} | {rest} | {'yes' if r['flash_bytes'] <= budget else 'no'} | "
+                     f"{r['arena_bytes']:,} | {fallbacks} |")
+    for name, reason in outcome.get("not_measured", {}).items():
+        lines.append(f"| {name} | not measured: {reason} | | | | | | | | |")
     ops = list(dict.fromkeys(layer["op"] for layer in base["layers"]))
     totals = [_op_totals(r) for r in results]
     macs = {op: sum(layer["macs"] for layer in base["layers"] if layer["op"] == op) for op in ops}
@@ -82,6 +94,27 @@ def model_section(outcome: dict) -> list[str]:
             cells.append(f"{t[op]:,}{per}")
         lines.append(f"| {op} | {macs[op]:,} | " + " | ".join(cells) + " |")
     return lines + [""]
+
+
+def bench_sets(model: str, target: str, cmsis_nn: str | None) -> dict:
+    """One bench_model outcome holding every kernel set that ran; the others under
+    "not_measured" with the reason (a set's failure does not stop the others)."""
+    from mbgen.bench import bench_model
+    outcome: dict = {}
+    results, skipped = [], {}
+    for name in KERNEL_SETS:
+        if name == "cmsis-nn" and not cmsis_nn:
+            skipped[name] = "CMSIS_NN_PATH unset"
+            continue
+        try:
+            one = bench_model(model, target, kernel_sets=[name], cmsis_nn=cmsis_nn, echo=None)
+        except Exception as exc:   # noqa: BLE001  (reported in the table, run goes on)
+            skipped[name] = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            continue
+        outcome = one
+        results += one["results"]
+    outcome = {**outcome, "results": results, "not_measured": skipped}
+    return outcome
 
 
 def run_cmsis_nn_tests(cmsis_nn: str) -> str:
@@ -113,8 +146,13 @@ def write_results(outcomes: list[dict], info: dict[str, str], tests: str | None)
         "  whole firmware's text + data (`arm-none-eabi-size`), harness and startup included.",
         "- **Correctness**: every run's output was compared with `mbgen.reference.run_int8`",
         "  and was bit-exact (`bench_model` refuses to report a run that is not).",
-        "- mbgen kernels: `--kernels mbgen`; CMSIS-NN kernels: `--kernels cmsis-nn`, the library",
-        "  built with its default double rounding (TFLite's reference arithmetic).", "",
+        "- mbgen kernels: `--kernels mbgen`, mbgen-int8 with int8 weights (`--weight-layout",
+        "  int8`; the default `--optimize balanced` gives int8 weights to every model here),",
+        "  mbgen-int16 with int16 weight pairs (`--weight-layout int16`, what `--optimize",
+        "  speed` picks when the flash budget allows). CMSIS-NN kernels: `--kernels cmsis-nn`,",
+        "  the library built with its default double rounding (TFLite's reference arithmetic).",
+        "- **Weights**: the constant arrays as the kernels store them; **code and the rest**:",
+        "  flash minus weights (kernels, runtime, harness, startup).", "",
     ]
     if tests is not None:
         lines += ["## CMSIS-NN correctness with the real library", "",
@@ -137,16 +175,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-tests", action="store_true",
                         help="do not run tests/test_kernels_cmsis_nn.py against CMSIS-NN")
     args = parser.parse_args(argv)
-    from mbgen.bench import bench_model
     cmsis_nn = os.environ.get("CMSIS_NN_PATH") or None
     outcomes = []
     models = [*ZOO_MODELS, str(args.shared / SHARED_MODEL)]
     for model in models:
         for target in TARGETS:
             print(f"== {Path(model).name} on {target}", flush=True)
-            outcomes.append(bench_model(model, target, cmsis_nn=cmsis_nn, echo=None))
-            for r in outcomes[-1]["results"]:
-                print(f"   {r['kernels']:<9} {r['instructions']:>12,d} instructions", flush=True)
+            outcome = bench_sets(model, target, cmsis_nn)
+            if not outcome["results"]:
+                print(f"   nothing ran: {outcome['not_measured']}", flush=True)
+                continue
+            outcomes.append(outcome)
+            for r in outcome["results"]:
+                print(f"   {r['kernels']:<12} {r['instructions']:>12,d} instructions "
+                      f"{r['flash_bytes']:>10,d} B flash", flush=True)
+            for name, reason in outcome["not_measured"].items():
+                print(f"   {name:<12} not measured: {reason}", flush=True)
     tests = None
     if cmsis_nn and not args.skip_tests:
         print("== tests/test_kernels_cmsis_nn.py with the real CMSIS-NN", flush=True)

@@ -21,6 +21,9 @@ import numpy as np
 from mbgen.errors import RunFailure, UserError
 
 ORDER = ("portable", "mbgen", "cmsis-nn")
+# A kernel set name with a weight layout: "mbgen-int8" runs the mbgen set with int8 weights.
+LAYOUT_VARIANTS = {"mbgen-int8": ("mbgen", "int8"), "mbgen-int16": ("mbgen", "int16"),
+                   "mbgen-size": ("mbgen", "size")}
 FLASH_SCOPE = "whole firmware: text + data from arm-none-eabi-size"
 INPUT_SEED = 0
 QEMU_TIMEOUT = 600.0
@@ -34,7 +37,7 @@ def _kernel_set_names(requested: Sequence[str] | None, cmsis_nn: str | os.PathLi
     if requested:
         names = list(dict.fromkeys(requested))
         for name in names:
-            kernel_sets.get(name)  # UserError naming the choices
+            kernel_sets.get(LAYOUT_VARIANTS.get(name, (name,))[0])  # UserError naming the choices
         return names
     names = []
     for name in ORDER:
@@ -52,26 +55,30 @@ def _bench_one(graph, target, kernels: str, x: np.ndarray, expected: np.ndarray,
                cmsis_nn: str | os.PathLike | None) -> dict:
     from mbgen import codegen
     from mbgen.runner import build_firmware, run_elf
+    label = kernels
+    kernels, layout = LAYOUT_VARIANTS.get(label, (label, "auto"))
     with tempfile.TemporaryDirectory(prefix="mbgen-bench-") as tmp:
         out = Path(tmp) / "out"
-        report = codegen.generate(graph, out, target=target.name, kernels=kernels)
+        report = codegen.generate(graph, out, target=target.name, kernels=kernels,
+                                  weight_layout=layout)
         firmware = build_firmware(out, target, Path(tmp) / "build",
                                   cmsis_nn=Path(cmsis_nn) if cmsis_nn is not None else None)
         result = run_elf(firmware.elf, target, x.tobytes(), timeout=QEMU_TIMEOUT)
     got = np.frombuffer(result.output, dtype=expected.dtype)
     if not np.array_equal(got, expected):
         wrong = int(np.count_nonzero(got != expected))
-        raise RunFailure(f"{kernels} kernels on {target.name}: {wrong} of {expected.size} "
+        raise RunFailure(f"{label} kernels on {target.name}: {wrong} of {expected.size} "
                          "outputs differ from the numpy int8 reference; no benchmark")
     counts = [count for _, count in result.layer_instructions]
     if len(counts) != len(report["layers"]):
         raise RunFailure(f"{kernels} kernels: {len(counts)} layer counts for "
                          f"{len(report['layers'])} layers")
     return {
-        "kernels": kernels,
+        "kernels": label,
         "instructions": int(result.total_instructions),
         "arena_bytes": int(report["arena_bytes"]),
         "flash_bytes": int(firmware.flash_bytes),
+        "weights_bytes": int(report["weights_bytes"]),
         "fallback_layers": list(report["fallback_layers"]),
         "layers": [{"name": layer["name"], "op": layer["op"], "macs": int(layer["macs"]),
                     "instructions": int(count)}

@@ -61,7 +61,7 @@ def _compile_options(args: argparse.Namespace):
         out_dir=Path(args.output) if args.output else None, name=args.name,
         kernels=args.kernels, calib_dir=Path(args.calib) if args.calib else None,
         calib_percentile=args.calib_percentile, force=args.force, ram_bytes=args.ram,
-        flash_bytes=args.flash, weight_layout=args.weight_layout,
+        flash_bytes=args.flash, weight_layout=args.weight_layout, optimize=args.optimize,
         cmsis_nn=Path(args.cmsis_nn) if args.cmsis_nn else None,
         emit_tflite=Path(args.emit_tflite) if getattr(args, "emit_tflite", None) else None,
         input_range=args.input_range, mean=args.mean, std=args.std,
@@ -103,6 +103,8 @@ def print_summary(compiled) -> None:
               "(the example main.c not counted)")
     else:
         print(f"  weights {_kib(memory['weights_bytes'])}")
+    if "weight_layout" in budget:
+        print(f"  layout  {budget['weight_layout']}")
     if "note" in budget:
         print(f"  note    {budget['note']}")
     if "board" in r:
@@ -317,7 +319,11 @@ def _add_compile_args(p: argparse.ArgumentParser, output_help: str) -> None:
     p.add_argument("--flash", type=int, metavar="BYTES", help="override the flash budget")
     p.add_argument("--weight-layout", choices=["auto", "int16", "int8"], default="auto",
                    help="mbgen kernels: weights as pre-interleaved int16 pairs (fastest), "
-                        "int8 (half the flash), or auto: int16 where the flash budget allows")
+                        "int8 (half the flash), or auto: as --optimize says")
+    p.add_argument("--optimize", choices=["balanced", "speed", "size"], default="balanced",
+                   help="mbgen kernels: size keeps int8 weights; speed gives int16 pairs to the "
+                        "layers the flash budget allows; balanced (default) int16 pairs only "
+                        "when the model stays under half the flash budget with them")
     p.add_argument("--cmsis-nn", metavar="PATH",
                    help="CMSIS-NN source tree for --kernels cmsis-nn (default: $CMSIS_NN_PATH)")
     p.add_argument("--io", choices=["arena", "external"],

@@ -47,6 +47,7 @@ class CompileOptions:
     flash_bytes: int | None = None
     emit_tflite: Path | None = None
     weight_layout: str = "auto"         # mbgen kernels: "int16" pairs, "int8", or by budget
+    optimize: str = "balanced"          # mbgen kernels: "speed" | "size" | "balanced" (layout)
     cmsis_nn: Path | None = None        # CMSIS-NN tree for cmsis-nn folders ($CMSIS_NN_PATH)
     # What the model expects of an image (mbgen.preprocessing): --input-range, or --mean/--std
     # in pixel units; None: the model kind's default.
@@ -246,6 +247,7 @@ def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels
                out_dir: Path) -> CompiledModel:
     from mbgen import board_project, codegen
     from mbgen.codegen.generator import write_report
+    from mbgen.codegen.kernels_mbgen_policy import layout_note, lowering_layout
 
     graph = prepared.graph
     project = board_project.for_options(options)   # None without --board
@@ -255,7 +257,8 @@ def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels
     program = codegen.build_program(
         graph, prefix=options.name, kernels=kernels, target=target.name,
         io=options.io or codegen.default_io(target.name),
-        flash_budget=limits.flash_bytes or None, weight_layout=options.weight_layout)
+        flash_budget=limits.flash_bytes or None,
+        weight_layout=lowering_layout(options.weight_layout, options.optimize))
     plan = program.plan
     use = budget.MemoryUse(arena_bytes=int(plan.arena_size), io_bytes=io_bytes(graph, plan.io),
                            weights_bytes=constant_bytes(graph))
@@ -298,6 +301,10 @@ def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels
         change = output_folder.install(staging, out_dir, report["files"], options.force)
     summary = {"ram_bytes": limits.ram_bytes, "flash_bytes": limits.flash_bytes,
                "folder": change.summary()}
+    if kernels == "mbgen":   # which weight layout, and what the other would cost
+        summary["weight_layout"] = layout_note(
+            graph, lowering_layout(options.weight_layout, options.optimize),
+            limits.flash_bytes or target.flash_bytes)
     return CompiledModel(prepared.source, prepared.float_graph, graph, plan, report, out_dir,
                          summary)
 

@@ -22,8 +22,9 @@ _WORD_SLACK = 3
 
 
 def gemm_write_order(c: GemmCall) -> WriteOrder:
-    """gemm.c.j2: per block of ``block_pixels`` pixels (the tail last), the block's input
-    is widened (or gathered) into the scratch columns, then all its outputs are written."""
+    """gemm.c.j2 / gemm_int8.c.j2: per block of ``block_pixels`` pixels (per chunk of
+    ``chunk_pixels`` for int8 weights widened per chunk; the tail last), the step's input is
+    widened (or gathered) into the scratch columns, then all its outputs are written."""
     input_bytes = c.in_h * c.in_w * c.in_c if c.gather is Gather.IM2COL else c.pixels * c.depth
     if c.gather is Gather.IM2COL:
         out_h = c.pixels // c.out_w
@@ -32,10 +33,11 @@ def gemm_write_order(c: GemmCall) -> WriteOrder:
                                  - _WORD_SLACK, 0)
     else:
         pixel_reads = np.arange(c.pixels) * c.depth
-    blocks = -(-c.pixels // c.block_pixels)
-    block_reads = [int(pixel_reads[b * c.block_pixels:(b + 1) * c.block_pixels].min())
-                   for b in range(blocks)]
-    write_end = [min(b * c.block_pixels, c.pixels) * c.out_c for b in range(blocks)]
+    # int8 weights widened per chunk: every pixel of a chunk is read before it writes
+    step = c.chunk_pixels if c.expanded else c.block_pixels
+    blocks = -(-c.pixels // step)
+    block_reads = [int(pixel_reads[b * step:(b + 1) * step].min()) for b in range(blocks)]
+    write_end = [min(b * step, c.pixels) * c.out_c for b in range(blocks)]
     output_bytes = c.pixels * c.out_c
     return from_steps(write_end + [output_bytes], block_reads + [input_bytes], input_bytes,
                       output_bytes)

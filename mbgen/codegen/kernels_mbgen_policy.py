@@ -1,0 +1,114 @@
+"""Which weight layout the ``mbgen`` kernels use: ``--optimize`` and ``--weight-layout``.
+
+int8 weights stay as the model has them (flash about TFLM's); int16 pairs cost one more
+byte per GEMM weight for fewer instructions. The policy users can predict:
+
+* ``--optimize size``: int8 everywhere, and the deep layers share their block code;
+* ``--optimize balanced`` (the default): int16 pairs only when the whole model with int16
+  pairs everywhere stays under half the flash budget (small models), then on every GEMM
+  layer that fits that half; else int8;
+* ``--optimize speed``: int16 pairs on the layers with the most pixels first, while the
+  weights leave CODE_RESERVE_BYTES of the flash budget for code;
+* ``--weight-layout int8|int16`` forces one layout (``auto``: follow ``--optimize``).
+"""
+
+from __future__ import annotations
+
+from mbgen import ir
+from mbgen.codegen.lowering import nhwc
+
+OPTIMIZE_CHOICES = ("balanced", "speed", "size")
+DEFAULT_OPTIMIZE = "balanced"
+# Flash the weight layout may not use: code, the runtime and the harness live there too.
+CODE_RESERVE_BYTES = 192 * 1024
+
+
+def lowering_layout(weight_layout: str, optimize: str) -> str:
+    """The kernel set's layout decision from the two options: an explicit int8/int16
+    wins; ``auto`` follows ``optimize`` ("size", "speed" or "balanced")."""
+    if weight_layout in ("int8", "int16"):
+        return weight_layout
+    return optimize   # "size": int8 and shared code where it costs little, "speed", "balanced"
+
+
+def gemm_shape(graph: ir.Graph, node: ir.Node) -> tuple[int, int, int] | None:
+    """(pixels, depth, out_c) of a node the GEMM kernel can run, else None."""
+    op = node.op
+    if not isinstance(op, (ir.Conv2D, ir.FullyConnected)):
+        return None
+    w = graph.tensors[node.inputs[1]]
+    if isinstance(op, ir.Conv2D):
+        out_h, out_w, out_c = nhwc(graph.tensors[node.outputs[0]].shape)
+        o, k_h, k_w, i = w.shape
+        in_c = graph.tensors[node.inputs[0]].shape[3]
+        if o != out_c or i != in_c:
+            return None
+        return out_h * out_w, k_h * k_w * i, out_c
+    out_features, in_features = w.shape
+    return 1, in_features, out_features
+
+
+def int16_candidates(graph: ir.Graph) -> list[tuple[int, int, str]]:
+    """(pixels, extra flash bytes, name) of every layer int16 pairs may go to: convolutions
+    (fully connected layers have one pixel: int16 pairs save little per byte)."""
+    candidates = []
+    for node in graph.nodes:
+        shape = gemm_shape(graph, node)
+        if shape is None:
+            continue
+        pixels, depth, out_c = shape
+        if pixels < 2:
+            continue
+        extra = -(-depth // 4) * 4 * (-(-out_c // 2) * 2)   # one more byte per weight
+        candidates.append((pixels, extra, node.name))
+    return candidates
+
+
+def const_bytes(graph: ir.Graph) -> int:
+    return sum(t.nbytes for t in graph.tensors.values() if t.is_const)
+
+
+def choose_int16_layers(graph: ir.Graph, flash_bytes: int) -> frozenset[str]:
+    """GEMM layers whose weights become int16 pairs: the most MACs per extra flash byte
+    first, while the weights stay CODE_RESERVE_BYTES under the flash budget (no budget:
+    every candidate)."""
+    candidates = int16_candidates(graph)
+    if not flash_bytes:
+        return frozenset(name for _, _, name in candidates)
+    room = flash_bytes - CODE_RESERVE_BYTES - const_bytes(graph)
+    chosen = []
+    for pixels, extra, name in sorted(candidates, key=lambda c: -c[0]):
+        if extra <= room:
+            chosen.append(name)
+            room -= extra
+    return frozenset(chosen)
+
+
+def balanced_allows_int16(graph: ir.Graph, flash_bytes: int) -> bool:
+    """Whether the model with int16 pairs on every candidate (plus the code reserve) stays
+    under half of ``flash_bytes``."""
+    extra = sum(e for _, e, _ in int16_candidates(graph))
+    return const_bytes(graph) + extra + CODE_RESERVE_BYTES <= flash_bytes // 2
+
+
+def layout_note(graph: ir.Graph, layout: str, flash_bytes: int) -> str:
+    """One line for the compile summary: the layout used and what the other would cost."""
+    candidates = int16_candidates(graph)
+    if not candidates:
+        return "weights int8 (no layer would take int16 pairs)"
+    every = sum(e for _, e, _ in candidates)
+    if layout in ("int8", "size"):
+        chosen: frozenset[str] = frozenset()
+    elif layout == "int16":
+        chosen = choose_int16_layers(graph, 0)
+    elif layout == "speed":
+        chosen = choose_int16_layers(graph, flash_bytes)
+    else:
+        chosen = (choose_int16_layers(graph, flash_bytes // 2)
+                  if balanced_allows_int16(graph, flash_bytes) else frozenset())
+    if not chosen:
+        return (f"weights int8; int16 pairs on {len(candidates)} layers would add "
+                f"{every / 1024:.1f} KB of flash for fewer instructions (--optimize speed)")
+    extra = sum(e for _, e, name in candidates if name in chosen)
+    return (f"weights int16 pairs on {len(chosen)} of {len(candidates)} GEMM layers, "
+            f"+{extra / 1024:.1f} KB of flash over int8 (--optimize size: int8)")
