@@ -42,14 +42,20 @@ def output_shift(node: ir.Node, error: np.ndarray, mean: np.ndarray) -> np.ndarr
     return error @ mean                          # FullyConnected (O, I)
 
 
-def correct_biases(graph: ir.Graph, calib_inputs: Sequence[np.ndarray]) -> ir.Graph:
-    """A copy of the float ``graph`` with each conv-like bias corrected for weight rounding."""
+def correct_biases(graph: ir.Graph, calib_inputs: Sequence[np.ndarray],
+                   original: ir.Graph | None = None) -> ir.Graph:
+    """A copy of the float ``graph`` with each conv-like bias corrected for weight rounding.
+
+    ``original``: the graph whose weights are the true ones when ``graph``'s were already
+    moved onto the int8 grid (AdaRound); by default ``graph`` itself."""
+    original = original or graph
     nodes = [n for n in conv_like_nodes(graph) if has_private_bias(graph, n)]
     means = input_means(graph, calib_inputs, sorted({n.inputs[0] for n in nodes}))
     corrected = graph.copy()
     for node in nodes:
         weights = graph.tensors[node.inputs[1]].data.astype(np.float64)
-        error = fake_quantized(weights, weight_axis(node)) - weights
+        true = original.tensors[node.inputs[1]].data.astype(np.float64)
+        error = fake_quantized(weights, weight_axis(node)) - true
         bias = graph.tensors[node.inputs[2]].data.astype(np.float64)
         set_constant(corrected, node.inputs[2],
                      bias - output_shift(node, error, means[node.inputs[0]]))
