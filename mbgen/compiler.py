@@ -56,6 +56,15 @@ class CompileOptions:
     weights: Path | None = None         # a zoo model's trained weights from a float .tflite
     board: str | None = None            # a board port: a complete firmware project for it
     board_input: Path | None = None     # raw input its harness runs on (default: test pattern)
+    # Calibration (mbgen.calibrate): more sources after calib_dir, the methods (None: the
+    # default for the data given), augmented copies (None: automatic), held-back fraction.
+    calib_sources: tuple[str, ...] = ()
+    range_method: str | None = None
+    bias_correction: bool | None = None
+    cle: bool = False
+    adaround: bool = False
+    augment: int | None = None
+    holdout: float = 0.2
 
 
 @dataclass
@@ -136,14 +145,20 @@ def calibration_inputs(graph: ir.Graph, options: CompileOptions,
 
 
 def to_int8_graph(float_graph: ir.Graph, options: CompileOptions,
-                  preprocessing: Preprocessing | None = None) -> ir.Graph:
+                  preprocessing: Preprocessing | None = None, trained: bool = False):
     """Canonicalise a float graph and quantise it with calibration data."""
+    return quantize_float_model(float_graph, options, preprocessing, trained).graph
+
+
+def quantize_float_model(float_graph: ir.Graph, options: CompileOptions,
+                         preprocessing: Preprocessing | None = None, trained: bool = False):
+    """mbgen.calibrate.Quantized: the int8 graph and its fidelity record."""
     from mbgen import passes
-    from mbgen.quantize.quantizer import quantize
+    from mbgen.calibrate import quantize_model
     optimized = passes.optimize(float_graph)
+    preprocessing = preprocessing or preprocessing_of(optimized, options)
     with progress.stage("calibrating"):
-        return quantize(optimized, calibration_inputs(optimized, options, preprocessing),
-                        percentile=options.calib_percentile)
+        return quantize_model(optimized, options, preprocessing, trained)
 
 
 @dataclass(frozen=True)
@@ -154,6 +169,7 @@ class PreparedModel:
     float_graph: ir.Graph | None   # None when the model arrived already int8 (TFLite)
     graph: ir.Graph                # the int8 graph the C computes
     preprocessing: Preprocessing | None = None   # what the model expects of an image
+    fidelity: dict | None = None   # mbgen.calibrate: int8 vs float on held-back inputs
 
 
 def prepare(spec: str, options: CompileOptions) -> PreparedModel:
@@ -171,8 +187,11 @@ def prepare(spec: str, options: CompileOptions) -> PreparedModel:
     if graph.is_quantized:
         prepared = PreparedModel(source, None, passes.optimize(graph), preprocessing)
     else:
-        prepared = PreparedModel(source, graph, to_int8_graph(graph, options, preprocessing),
-                                 preprocessing)
+        # Trained weights: a model file, or a zoo model given --weights (not a seeded one).
+        trained = source.kind != "zoo" or options.weights is not None
+        quantized = quantize_float_model(graph, options, preprocessing, trained)
+        prepared = PreparedModel(source, graph, quantized.graph, preprocessing,
+                                 quantized.fidelity)
     check_int8_graph(prepared.graph)  # what no kernel set can compute is refused here, once
     return prepared
 
@@ -299,7 +318,8 @@ def io_report(prepared: PreparedModel) -> dict:
     from mbgen.preprocessing import interface_of
     graph = prepared.graph
     preprocessing = prepared.preprocessing or preprocessing_of(graph, CompileOptions())
-    return {"preprocessing": preprocessing.as_report(),
+    fidelity = {"fidelity": prepared.fidelity} if prepared.fidelity else {}
+    return {**fidelity, "preprocessing": preprocessing.as_report(),
             "interface": {"input": interface_of(graph, graph.inputs[0]).as_report(),
                           "output": interface_of(graph, graph.outputs[0]).as_report(),
                           "output_op": ir.op_name(graph.producer(graph.outputs[0]).op)}}

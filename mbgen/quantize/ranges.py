@@ -34,6 +34,7 @@ from mbgen.quantize.quantizer import (QMAX, QMIN, _calibrated_tensors, _check_fl
 
 METHODS = ("minmax", "percentile", "mse", "kl", "auto")
 SAMPLE_CAP = 1 << 16              # values kept per tensor per input (seeded subsample)
+TOTAL_CAP = 1 << 17               # values the methods search on per tensor (seeded subsample)
 SOFTMAX_HEADROOM_SIGMAS = 3.0
 SOFTMAX_HEADROOM_MIN = 0.25       # at least 25 % above the observed maximum
 _SHRINK_GRID = np.linspace(0.3, 1.0, 15)
@@ -58,10 +59,17 @@ class TensorValues:
         if flat.size > SAMPLE_CAP:
             flat = flat[rng.choice(flat.size, SAMPLE_CAP, replace=False)]
         self.parts.append(flat)
+        self._values: np.ndarray | None = None
 
     @property
     def values(self) -> np.ndarray:
-        return np.concatenate(self.parts)
+        if self._values is None:
+            values = np.concatenate(self.parts)
+            if values.size > TOTAL_CAP:
+                rng = np.random.default_rng(values.size)
+                values = values[rng.choice(values.size, TOTAL_CAP, replace=False)]
+            self._values = values
+        return self._values
 
 
 def observe(float_graph: ir.Graph, calib_inputs: Sequence[np.ndarray], seed: int = 0
