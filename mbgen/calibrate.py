@@ -14,7 +14,6 @@ on what was held back (report.json's "fidelity", the compile summary).
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -22,12 +21,11 @@ from typing import Callable
 import numpy as np
 
 from mbgen import ir
-from mbgen.quantize.augment import SMALL_SET, augment
+from mbgen.quantize.augment import SMALL_SET, augment, copies_for
 from mbgen.quantize.ptq import PtqSettings, quantize_float
 
 MIN_FOR_HOLDOUT = 5
 SYNTHETIC_HELD_OUT = 2
-AUGMENTED_TARGET = 40        # a small set is augmented to about this many inputs
 DEFAULT_WITH_PHOTOS = "auto"  # range method when real calibration data is given
 
 
@@ -92,7 +90,7 @@ def quantize_model(float_graph: ir.Graph, options, preprocessing, trained: bool,
         copies = getattr(options, "augment", None)
         if len(calib) < SMALL_SET:
             if copies is None:
-                copies = math.ceil(AUGMENTED_TARGET / len(calib)) - 1
+                copies = copies_for(len(calib))
             echo(f"only {len(calib)} calibration inputs (fewer than {SMALL_SET}): "
                  + (f"adding {copies} augmented copies of each (crops, flips, brightness)"
                     if copies else "ranges may not cover new inputs")

@@ -8,13 +8,20 @@ pre-processed ``.npy`` arrays (whose own min/max stand in for black and white).
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
 
 from mbgen.quantize.calibration import _upsample_bilinear
 
-SMALL_SET = 32   # below this many distinct inputs, compile augments (and warns)
+SMALL_SET = 32          # below this many distinct inputs, compile augments (and warns)
+AUGMENTED_TARGET = 40   # a small set is augmented to about this many inputs
+
+
+def copies_for(count: int) -> int:
+    """Augmented copies per input for a set of ``count`` inputs (0 from SMALL_SET on)."""
+    return 0 if count >= SMALL_SET or count <= 0 else math.ceil(AUGMENTED_TARGET / count) - 1
 
 
 def _zoom(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:

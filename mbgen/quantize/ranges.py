@@ -131,14 +131,17 @@ def kl_range(values: np.ndarray, full: Range) -> Range:
     hist, edges = np.histogram(magnitude, bins=_KL_BINS, range=(0.0, top))
     hist = hist.astype(np.float64)
     best_bins, best_kl = _KL_BINS, np.inf
-    for bins in range(levels, _KL_BINS + 1, 16):
+    for bins in range(levels, _KL_BINS + 1, 32):
         reference = hist[:bins].copy()
         reference[-1] += hist[bins:].sum()           # the clipped tail lands in the last bin
-        candidate = np.zeros(bins)
-        for chunk in np.array_split(np.arange(bins), levels):
-            used = chunk[hist[chunk] > 0]
-            if used.size:
-                candidate[used] = hist[chunk].sum() / used.size
+        starts = np.array([c[0] for c in np.array_split(np.arange(bins), levels)])
+        used = hist[:bins] > 0
+        mass = np.add.reduceat(hist[:bins], starts)
+        count = np.add.reduceat(used.astype(np.float64), starts)
+        sizes = np.diff(np.append(starts, bins))
+        per_bin = np.repeat(np.divide(mass, count, out=np.zeros_like(mass), where=count > 0),
+                            sizes)
+        candidate = np.where(used, per_bin, 0.0)
         p, q = reference / reference.sum(), candidate / max(candidate.sum(), 1e-300)
         mask = p > 0
         kl = float(np.sum(p[mask] * np.log(p[mask] / np.maximum(q[mask], 1e-12))))
