@@ -136,8 +136,9 @@ def test_all_methods_stay_bit_exact_in_tflm(tmp_path):
     from mbgen.tflm import run_tflm
     graph = relu_pairs_graph(seed=5)
     calib = augment(inputs_of(graph, 4, 0), 2, seed=0, low=-1.0, high=1.0)
-    int8 = quantize_float(graph, calib, PtqSettings("auto", bias_correction=True, cle=True),
-                          input_range=(-1.0, 1.0)).graph
+    settings = PtqSettings("auto", bias_correction=True, cle=True, adaround=True,
+                           adaround_seconds=1.0)
+    int8 = quantize_float(graph, calib, settings, input_range=(-1.0, 1.0)).graph
     path = write_tflite(int8, tmp_path / "methods.tflite")
     report = measure(graph, int8, inputs_of(graph, 2, 9))
     assert report["layers"] and report["min_cosine"] > 0.9
@@ -146,3 +147,44 @@ def test_all_methods_stay_bit_exact_in_tflm(tmp_path):
         xq = interface.quantize(x)
         want = run_int8(int8, {int8.inputs[0]: xq})[int8.outputs[0]]
         np.testing.assert_array_equal(run_tflm(path, xq).reshape(want.shape), want)
+
+
+def test_adaround_moves_weights_within_one_step_and_keeps_the_scales():
+    pytest.importorskip("torch")
+    from mbgen.quantize.adaround import adaround
+    from mbgen.quantize.float_rewrites import conv_like_nodes
+    graph = relu_pairs_graph(seed=6)
+    calib = inputs_of(graph, 8, 0)
+    rounded, layers = adaround(graph, calib, seconds=2.0)
+    assert layers == 5
+    plain = quantize_float(graph, calib).graph
+    ada = quantize_float(rounded, calib).graph
+    moved = 0
+    for node in conv_like_nodes(graph):
+        w_plain, w_ada = plain.tensors[node.inputs[1]], ada.tensors[node.inputs[1]]
+        np.testing.assert_array_equal(w_plain.quant.scale, w_ada.quant.scale)
+        # The quantizer rounds the rewritten float weights back to AdaRound's choice exactly.
+        scale = w_ada.quant.scale.reshape([-1 if d == (w_ada.quant.axis or 0) and
+                                           w_ada.quant.axis is not None else 1
+                                           for d in range(w_ada.data.ndim)])
+        np.testing.assert_array_equal(
+            np.round(rounded.tensors[node.inputs[1]].data / scale).astype(np.int8), w_ada.data)
+        diff = w_ada.data.astype(int) - w_plain.data.astype(int)
+        assert np.abs(diff).max() <= 1
+        moved += np.count_nonzero(diff)
+    assert moved > 0
+    # Its objective: the first layer's output error on the calibration data goes down.
+    first = graph.nodes[0]
+    errors = []
+    for g8 in (plain, ada):
+        total = 0.0
+        for x in calib:
+            f = run_float(graph, x, keep_all=True)[first.outputs[0]]
+            w = g8.tensors[first.inputs[1]]
+            approx = graph.copy()
+            approx.tensors[first.inputs[1]] = ir.Tensor(
+                first.inputs[1], w.shape, "float32",
+                (w.data * w.quant.scale.reshape(-1, 1, 1, 1)).astype(np.float32))
+            total += float(np.sum((run_float(approx, x, keep_all=True)[first.outputs[0]] - f) ** 2))
+        errors.append(total)
+    assert errors[1] < errors[0]
