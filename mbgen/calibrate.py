@@ -15,8 +15,8 @@ on what was held back (report.json's "fidelity", the compile summary).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

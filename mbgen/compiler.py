@@ -10,8 +10,6 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-
 from mbgen import budget, ir, output_folder, progress
 from mbgen.budget import BudgetOverflow
 from mbgen.errors import RunFailure, UserError
@@ -130,18 +128,6 @@ def preprocessing_of(graph: ir.Graph, options: CompileOptions) -> Preprocessing:
     shape = input_shape(graph)
     return resolve(options.input_range, options.mean, options.std,
                    quantized_input=graph.is_quantized, channels=int(shape[-1]))
-
-
-def calibration_inputs(graph: ir.Graph, options: CompileOptions,
-                       preprocessing: Preprocessing | None = None) -> list[np.ndarray]:
-    from mbgen.quantize import calibration
-    shape = input_shape(graph)
-    preprocessing = preprocessing or preprocessing_of(graph, options)
-    if options.calib_dir is not None:
-        mode = "minus1_1" if preprocessing.is_default_float else preprocessing.float_input
-        return calibration.load_calibration_dir(options.calib_dir, shape, mode)
-    return [preprocessing.from_unit(x)
-            for x in calibration.synthetic_inputs(shape, count=options.calib_count, seed=0)]
 
 
 def to_int8_graph(float_graph: ir.Graph, options: CompileOptions,

@@ -12,7 +12,7 @@ report.json's "fidelity", ``mbgen verify --float`` and benchmarks/accuracy.py).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -3,20 +3,26 @@ equalisation, augmentation, and the int8 graph they give bit-exact in TFLM."""
 
 import numpy as np
 import pytest
+from test_quantizer import GraphBuilder, small_mobilenet
 
 from mbgen import ir
 from mbgen.errors import UserError
-from mbgen.float_interp import run_float
 from mbgen.fidelity import agreement, measure
+from mbgen.float_interp import run_float
 from mbgen.quantize.augment import augment, copies_for
 from mbgen.quantize.bias_correction import correct_biases
 from mbgen.quantize.calibration import synthetic_inputs
 from mbgen.quantize.equalize import equalize, pairs
 from mbgen.quantize.ptq import PtqSettings, quantize_float
-from mbgen.quantize.ranges import (METHODS, choose_ranges, observe, pick, quantization_mse,
-                                   softmax_inputs)
+from mbgen.quantize.ranges import (
+    METHODS,
+    choose_ranges,
+    observe,
+    pick,
+    quantization_mse,
+    softmax_inputs,
+)
 from mbgen.reference import run_int8
-from test_quantizer import GraphBuilder, small_mobilenet
 
 RELU = ir.Activation.RELU
 NONE = ir.Activation.NONE
@@ -83,7 +89,7 @@ def test_cle_preserves_the_float_function_and_evens_channel_ranges():
         got = run_float(equalised, x, keep_all=True)
         assert np.abs(got[graph.outputs[0]] - want[graph.outputs[0]]).max() < 1e-5
     dw = graph.nodes[1].inputs[1]
-    spread = lambda g: np.ptp(np.log(np.abs(g.tensors[dw].data).max(axis=(0, 1, 2))))  # noqa
+    spread = lambda g: np.ptp(np.log(np.abs(g.tensors[dw].data).max(axis=(0, 1, 2))))
     assert spread(equalised) < 0.5 * spread(graph)
     assert graph.tensors[dw].data is not equalised.tensors[dw].data   # input graph untouched
 

@@ -17,14 +17,18 @@ layer's annealing follows its share of the time when that is shorter than the st
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from mbgen import ir
 from mbgen.float_interp import run_float
-from mbgen.quantize.float_rewrites import (conv_like_nodes, set_constant, weight_axis,
-                                           weight_scales)
+from mbgen.quantize.float_rewrites import (
+    conv_like_nodes,
+    set_constant,
+    weight_axis,
+    weight_scales,
+)
 from mbgen.quantize.quantizer import WEIGHT_QMAX
 
 ITERATIONS = 1000

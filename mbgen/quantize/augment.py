@@ -9,7 +9,7 @@ pre-processed ``.npy`` arrays (whose own min/max stand in for black and white).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -9,14 +9,19 @@ over-estimated at the borders). Layers without a bias of their own are left alon
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from mbgen import ir
 from mbgen.float_interp import run_float
-from mbgen.quantize.float_rewrites import (conv_like_nodes, fake_quantized, has_private_bias,
-                                           set_constant, weight_axis)
+from mbgen.quantize.float_rewrites import (
+    conv_like_nodes,
+    fake_quantized,
+    has_private_bias,
+    set_constant,
+    weight_axis,
+)
 
 
 def input_means(graph: ir.Graph, calib_inputs: Sequence[np.ndarray], names: Sequence[str]

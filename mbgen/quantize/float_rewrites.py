@@ -4,13 +4,18 @@ graph untouched, and the quantizer then runs as ever (so the result stays TFLite
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
 from mbgen import ir
-from mbgen.quantize.quantizer import (WEIGHT_QMAX, _CONV_LIKE, _WEIGHT_AXIS, _quantize_values,
-                                      _symmetric_scales)
+from mbgen.quantize.quantizer import (
+    _CONV_LIKE,
+    _WEIGHT_AXIS,
+    WEIGHT_QMAX,
+    _quantize_values,
+    _symmetric_scales,
+)
 
 
 def weight_scales(weights: np.ndarray, axis: int | None) -> np.ndarray:

@@ -12,8 +12,8 @@ ordinary TFLite int8 graph whatever is switched on.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 

@@ -22,15 +22,20 @@ maxima (``SOFTMAX_HEADROOM_SIGMAS`` standard deviations, at least ``SOFTMAX_HEAD
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from mbgen import ir
 from mbgen.errors import UserError
 from mbgen.float_interp import run_float
-from mbgen.quantize.quantizer import (QMAX, QMIN, _calibrated_tensors, _check_float_graph,
-                                      activation_quant)
+from mbgen.quantize.quantizer import (
+    QMAX,
+    QMIN,
+    _calibrated_tensors,
+    _check_float_graph,
+    activation_quant,
+)
 
 METHODS = ("minmax", "percentile", "mse", "kl", "auto")
 SAMPLE_CAP = 1 << 16              # values kept per tensor per input (seeded subsample)
