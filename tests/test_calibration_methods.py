@@ -142,9 +142,12 @@ def test_all_methods_stay_bit_exact_in_tflm(tmp_path):
     from mbgen.tflm import run_tflm
     graph = relu_pairs_graph(seed=5)
     calib = augment(inputs_of(graph, 4, 0), 2, seed=0, low=-1.0, high=1.0)
-    settings = PtqSettings("auto", bias_correction=True, cle=True, adaround=True,
-                           adaround_seconds=1.0)
-    int8 = quantize_float(graph, calib, settings, input_range=(-1.0, 1.0)).graph
+    from mbgen.quantize.adaround import adaround
+    # ptq's order: CLE, AdaRound (a few steps here), bias correction, ranges.
+    equalised = equalize(graph)[0]
+    rounded = adaround(equalised, calib, iterations=20)[0]
+    int8 = quantize_float(correct_biases(rounded, calib, original=equalised), calib,
+                          PtqSettings("auto"), input_range=(-1.0, 1.0)).graph
     path = write_tflite(int8, tmp_path / "methods.tflite")
     report = measure(graph, int8, inputs_of(graph, 2, 9))
     assert report["layers"] and report["min_cosine"] > 0.9
@@ -161,7 +164,7 @@ def test_adaround_moves_weights_within_one_step_and_keeps_the_scales():
     from mbgen.quantize.float_rewrites import conv_like_nodes
     graph = relu_pairs_graph(seed=6)
     calib = inputs_of(graph, 8, 0)
-    rounded, layers = adaround(graph, calib, seconds=2.0)
+    rounded, layers = adaround(graph, calib, seconds=60.0, iterations=150)
     assert layers == 5
     plain = quantize_float(graph, calib).graph
     ada = quantize_float(rounded, calib).graph

@@ -10,8 +10,8 @@ hard. Inputs ``x`` are the float graph's (the "FP input" variant, layers indepen
 The element of largest magnitude in each channel keeps its nearest rounding (127), so the
 quantizer derives the very same scale again from the rewritten float weights ``s * q`` and
 rounds them back to exactly ``q``: the output is a float graph, and the int8 graph made from
-it is an ordinary TFLite one. The time is bounded: ``seconds`` is split over the layers; a
-layer's annealing follows its share of the time when that is shorter than the step count.
+it is an ordinary TFLite one. The time is bounded: layers after ``seconds`` keep the nearest
+rounding (compile reports how many were AdaRounded).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from mbgen.quantize.float_rewrites import (
 )
 from mbgen.quantize.quantizer import WEIGHT_QMAX
 
-ITERATIONS = 1000
+ITERATIONS = 300
 BATCH = 8
 LEARNING_RATE = 5e-2   # large: a few hundred steps, not the paper's 10k
 REG_WEIGHT = 0.01
@@ -70,7 +70,7 @@ def _layer_fn(node: ir.Node, bias):
 
 
 def _round_layer(node: ir.Node, weights: np.ndarray, bias: np.ndarray | None,
-                 inputs: np.ndarray, seconds: float, rng: np.random.Generator) -> np.ndarray:
+                 inputs: np.ndarray, iterations: int, rng: np.random.Generator) -> np.ndarray:
     """The AdaRounded weights of one layer (float64, on the int8 grid)."""
     import torch
 
@@ -107,12 +107,8 @@ def _round_layer(node: ir.Node, weights: np.ndarray, bias: np.ndarray | None,
     def rectified(v_):
         return torch.clamp(torch.sigmoid(v_) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
 
-    started = time.monotonic()
-    for step in range(ITERATIONS):
-        # The schedule runs on steps or on time, whichever is further: it always ends hard.
-        progress = max(step / ITERATIONS, (time.monotonic() - started) / max(seconds, 1e-9))
-        if progress >= 1.0:
-            break
+    for step in range(iterations):
+        progress = step / iterations
         pick = torch.tensor(rng.choice(len(inputs), min(BATCH, len(inputs)), replace=False))
         h = rectified(v)
         loss = torch.mean((run(x_all[pick], soft(h)) - target_all[pick]) ** 2)
@@ -130,8 +126,10 @@ def _round_layer(node: ir.Node, weights: np.ndarray, bias: np.ndarray | None,
 
 
 def adaround(graph: ir.Graph, calib_inputs: Sequence[np.ndarray], seconds: float = 120.0,
-             seed: int = 0) -> tuple[ir.Graph, int]:
-    """A copy of the float ``graph`` with AdaRounded conv-like weights; and the layer count."""
+             seed: int = 0, iterations: int = ITERATIONS) -> tuple[ir.Graph, int]:
+    """A copy of the float ``graph`` with AdaRounded conv-like weights, and how many layers
+    were AdaRounded: layers are done in order, each for ``iterations`` steps (the same result
+    for a seed), until ``seconds`` are spent; the rest keep nearest rounding."""
     import torch
 
     nodes = list(conv_like_nodes(graph))
@@ -148,13 +146,20 @@ def adaround(graph: ir.Graph, calib_inputs: Sequence[np.ndarray], seconds: float
             collected[name].append(values[name].astype(np.float64))
     result = graph.copy()
     started = time.monotonic()
-    for i, node in enumerate(nodes):
-        # What is left of the budget, shared by the layers still to do.
-        share = max(0.0, seconds - (time.monotonic() - started)) / (len(nodes) - i)
-        weights = graph.tensors[node.inputs[1]].data.astype(np.float64)
-        bias = (graph.tensors[node.inputs[2]].data.astype(np.float64)
-                if len(node.inputs) > 2 and node.inputs[2] else None)
-        inputs = np.concatenate(collected[node.inputs[0]])
-        set_constant(result, node.inputs[1],
-                     _round_layer(node, weights, bias, inputs, share, rng))
-    return result, len(nodes)
+    done = 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # small layers: threads cost more than they give (2 shared cores)
+    try:
+        for node in nodes:
+            if time.monotonic() - started > seconds:
+                break
+            weights = graph.tensors[node.inputs[1]].data.astype(np.float64)
+            bias = (graph.tensors[node.inputs[2]].data.astype(np.float64)
+                    if len(node.inputs) > 2 and node.inputs[2] else None)
+            inputs = np.concatenate(collected[node.inputs[0]])
+            set_constant(result, node.inputs[1],
+                         _round_layer(node, weights, bias, inputs, iterations, rng))
+            done += 1
+    finally:
+        torch.set_num_threads(threads)
+    return result, done
