@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mbgen import ir
+from mbgen.errors import UserError
 from mbgen.quantize.augment import SMALL_SET, augment, copies_for
 from mbgen.quantize.ptq import PtqSettings, quantize_float
 
@@ -44,13 +45,17 @@ def settings_for(options, real_data: bool) -> PtqSettings:
     per tensor and bias correction (the measured best, benchmarks/ACCURACY.md)."""
     method = getattr(options, "range_method", None)
     correction = getattr(options, "bias_correction", None)
-    if getattr(options, "calib_percentile", None) is not None and method is None:
-        method = "minmax"       # the percentile of --calib-percentile is applied by quantize()
+    cle, adaround = bool(getattr(options, "cle", False)), bool(getattr(options, "adaround", False))
+    if getattr(options, "calib_percentile", None) is not None:
+        # The converter's plain path with one clipping percentile for every tensor.
+        if method is not None or correction or cle or adaround:
+            raise UserError("--calib-percentile clips every range at one percentile with "
+                            "nothing else; for the methods use --range-method percentile")
+        return PtqSettings("minmax")
     return PtqSettings(
         range_method=method or (DEFAULT_WITH_PHOTOS if real_data else "minmax"),
         bias_correction=bool(correction) if correction is not None else real_data,
-        cle=bool(getattr(options, "cle", False)),
-        adaround=bool(getattr(options, "adaround", False)))
+        cle=cle, adaround=adaround)
 
 
 def _split(samples: list[np.ndarray], fraction: float) -> tuple[list, list]:

@@ -95,6 +95,9 @@ def test_warnings_sources_input_range_and_fidelity(tmp_path, capsys):
     assert main(["compile", model, "--calib", str(tmp_path / "none*.png"),
                  "-o", str(tmp_path / "o2")]) == 2
     assert "matches no file" in capsys.readouterr().err
+    assert main(["compile", model, "--calib", str(folder), "--calib-percentile", "99.9",
+                 "--cle", "-o", str(tmp_path / "o3")]) == 2
+    assert "--range-method percentile" in capsys.readouterr().err
 
 
 def test_verify_float_prints_layers_worst_first(tmp_path, capsys):
