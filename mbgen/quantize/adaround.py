@@ -33,6 +33,7 @@ from mbgen.quantize.quantizer import WEIGHT_QMAX
 
 ITERATIONS = 300
 BATCH = 8
+MAX_INPUTS = 16    # calibration inputs whose layer inputs are kept (memory: all layers at once)
 LEARNING_RATE = 5e-2   # large: a few hundred steps, not the paper's 10k
 REG_WEIGHT = 0.01
 ZETA, GAMMA = 1.1, -0.1
@@ -139,11 +140,13 @@ def adaround(graph: ir.Graph, calib_inputs: Sequence[np.ndarray], seconds: float
     rng = np.random.default_rng(seed)
     names = sorted({n.inputs[0] for n in nodes})
     collected: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    for sample in calib_inputs:
-        values = run_float(graph, {graph.inputs[0]: np.asarray(sample, np.float32)},
+    chosen = np.unique(np.linspace(0, len(calib_inputs) - 1,
+                                   min(MAX_INPUTS, len(calib_inputs))).round().astype(int))
+    for index in chosen:
+        values = run_float(graph, {graph.inputs[0]: np.asarray(calib_inputs[index], np.float32)},
                            keep_all=True)
         for name in names:
-            collected[name].append(values[name].astype(np.float64))
+            collected[name].append(values[name])
     result = graph.copy()
     started = time.monotonic()
     done = 0
@@ -156,7 +159,7 @@ def adaround(graph: ir.Graph, calib_inputs: Sequence[np.ndarray], seconds: float
             weights = graph.tensors[node.inputs[1]].data.astype(np.float64)
             bias = (graph.tensors[node.inputs[2]].data.astype(np.float64)
                     if len(node.inputs) > 2 and node.inputs[2] else None)
-            inputs = np.concatenate(collected[node.inputs[0]])
+            inputs = np.concatenate(collected[node.inputs[0]]).astype(np.float64)
             set_constant(result, node.inputs[1],
                          _round_layer(node, weights, bias, inputs, iterations, rng))
             done += 1

@@ -38,8 +38,8 @@ from mbgen.quantize.quantizer import (
 )
 
 METHODS = ("minmax", "percentile", "mse", "kl", "auto")
-SAMPLE_CAP = 1 << 16              # values kept per tensor per input (seeded subsample)
-TOTAL_CAP = 1 << 17               # values the methods search on per tensor (seeded subsample)
+TOTAL_CAP = 1 << 17    # values kept per tensor over the whole set (a seeded subsample):
+                       # bounded memory and search time whatever the model and set size
 SOFTMAX_HEADROOM_SIGMAS = 3.0
 SOFTMAX_HEADROOM_MIN = 0.25       # at least 25 % above the observed maximum
 _SHRINK_GRID = np.linspace(0.3, 1.0, 15)
@@ -51,7 +51,8 @@ Range = tuple[float, float]
 class TensorValues:
     """What calibration keeps of one tensor: exact extremes, per-sample maxima, a subsample."""
 
-    def __init__(self) -> None:
+    def __init__(self, per_input: int = TOTAL_CAP) -> None:
+        self.per_input = per_input
         self.minimum, self.maximum = np.inf, -np.inf
         self.sample_max: list[float] = []
         self.parts: list[np.ndarray] = []
@@ -61,19 +62,15 @@ class TensorValues:
         self.minimum = min(self.minimum, float(flat.min()))
         self.maximum = max(self.maximum, float(flat.max()))
         self.sample_max.append(float(flat.max()))
-        if flat.size > SAMPLE_CAP:
-            flat = flat[rng.choice(flat.size, SAMPLE_CAP, replace=False)]
-        self.parts.append(flat)
+        if flat.size > self.per_input:
+            flat = flat[rng.choice(flat.size, self.per_input, replace=False)]
+        self.parts.append(flat.astype(np.float32))
         self._values: np.ndarray | None = None
 
     @property
     def values(self) -> np.ndarray:
         if self._values is None:
-            values = np.concatenate(self.parts)
-            if values.size > TOTAL_CAP:
-                rng = np.random.default_rng(values.size)
-                values = values[rng.choice(values.size, TOTAL_CAP, replace=False)]
-            self._values = values
+            self._values = np.concatenate(self.parts).astype(np.float64)
         return self._values
 
 
@@ -84,7 +81,8 @@ def observe(float_graph: ir.Graph, calib_inputs: Sequence[np.ndarray], seed: int
     if len(calib_inputs) == 0:
         raise UserError("calibration needs at least one input")
     names = _calibrated_tensors(float_graph)
-    observed = {name: TensorValues() for name in names}
+    per_input = max(1, TOTAL_CAP // len(calib_inputs))
+    observed = {name: TensorValues(per_input) for name in names}
     rng = np.random.default_rng(seed)
     input_name = float_graph.inputs[0]
     for sample in calib_inputs:
