@@ -44,6 +44,7 @@ SOFTMAX_HEADROOM_SIGMAS = 3.0
 SOFTMAX_HEADROOM_MIN = 0.25       # at least 25 % above the observed maximum
 _SHRINK_GRID = np.linspace(0.3, 1.0, 15)
 _KL_BINS = 2048
+_SOFTMAX_LOW_GRID = np.linspace(0.0, 1.0, 21)    # softmax input: bottom = observed min * f
 
 Range = tuple[float, float]
 
@@ -196,12 +197,29 @@ def softmax_inputs(graph: ir.Graph) -> set[str]:
     return found
 
 
-def with_headroom(observed: TensorValues) -> Range:
-    """A softmax input's range: min/max with the top raised for logits not seen yet."""
+def _softmax_rows(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def with_headroom(observed: TensorValues, size: int, channels: int) -> Range:
+    """A softmax input's range: the top raised for logits not seen yet; the bottom, which only
+    decides how finely the top is resolved, chosen by the softmax output error it gives
+    (sum |p_int8 - p_float| over the calibration inputs; values far below the winner add
+    next to nothing to a softmax, so clipping them costs less than a coarser step)."""
     maxima = np.asarray(observed.sample_max)
     spread = SOFTMAX_HEADROOM_SIGMAS * float(maxima.std()) if maxima.size > 1 else 0.0
     top = observed.maximum + max(spread, SOFTMAX_HEADROOM_MIN * abs(observed.maximum))
-    return observed.minimum, top
+    if observed.minimum >= 0 or any(part.size != size for part in observed.parts):
+        return observed.minimum, top
+    rows = np.concatenate(observed.parts).astype(np.float64).reshape(-1, channels)
+    want = _softmax_rows(rows)
+
+    def error(low: float) -> float:
+        return float(np.abs(_softmax_rows(round_trip(rows, (low, top))) - want).sum(axis=1).mean())
+
+    low = min((observed.minimum * f for f in _SOFTMAX_LOW_GRID), key=error)
+    return low, top
 
 
 def choose_ranges(float_graph: ir.Graph, calib_inputs: Sequence[np.ndarray], method: str,
@@ -223,7 +241,9 @@ def choose_ranges(float_graph: ir.Graph, calib_inputs: Sequence[np.ndarray], met
         if name in float_graph.inputs and input_range is not None:
             ranges[name], chosen[name] = input_range, "input"
         elif name in logits and method != "minmax":
-            ranges[name], chosen[name] = with_headroom(values), "softmax-headroom"
+            tensor = float_graph.tensors[name]
+            ranges[name] = with_headroom(values, tensor.size, int(tensor.shape[-1]))
+            chosen[name] = "softmax-headroom"
         else:
             chosen[name], ranges[name] = pick(values, method)
     if echo is not None:
