@@ -119,6 +119,8 @@ def summary_lines(fidelity: dict) -> list[str]:
             f"{fidelity['top5']}/{n}; mean |delta top-1 prob| "
             f"{fidelity['mean_abs_delta_top1_prob']:.3f}; output cosine "
             f"{fidelity['mean_cosine']:.4f} (min {fidelity['min_cosine']:.4f})")
+        if "measured_on" in fidelity:
+            lines.append(f"  (measured on {fidelity['measured_on']})")
     worst = sorted(fidelity.get("layers", []), key=lambda r: r["sqnr_db"])[:1]
     if worst:
         lines.append(f"  worst layer SQNR {worst[0]['sqnr_db']:.1f} dB ({worst[0]['tensor']}); "

@@ -76,7 +76,7 @@ def test_warnings_sources_input_range_and_fidelity(tmp_path, capsys):
                  "--input-range", "0,1", "-o", str(out)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert "only 7 calibration inputs" in captured.err and "augmented copies" in captured.err
+    assert "only 8 calibration inputs" in captured.err and "augmented copies" in captured.err
     assert "fidelity on 1 held-out calibration inputs" in captured.out
     assert "worst layer SQNR" in captured.out
     report = json.loads((out / "report.json").read_text())
@@ -84,7 +84,9 @@ def test_warnings_sources_input_range_and_fidelity(tmp_path, capsys):
     x = report["interface"]["input"]
     assert x["zero_point"] == -128 and x["scale"] == pytest.approx(1 / 255, rel=1e-3)
     fidelity = report["fidelity"]
-    assert fidelity["calibration_inputs"] == 7 * (1 + 5)       # 7 kept, 5 copies each
+    # Measured on a model calibrated on 7 (+5 copies each); compiled on all 8 (+4 copies each).
+    assert "other 42" in fidelity["measured_on"] and fidelity["calibration_inputs"] == 8 * 5
+    assert "(measured on a model calibrated on the other 42" in captured.out
     assert fidelity["methods"] == "ranges auto, bias correction"
     assert {row["op"] for row in fidelity["layers"]} >= {"Conv2D", "FullyConnected"}
     assert all(np.isfinite(row["sqnr_db"]) or row["sqnr_db"] == float("inf")
