@@ -131,7 +131,8 @@ def preprocessing_of(graph: ir.Graph, options: CompileOptions) -> Preprocessing:
 
 
 def to_int8_graph(float_graph: ir.Graph, options: CompileOptions,
-                  preprocessing: Preprocessing | None = None, trained: bool = False):
+                  preprocessing: Preprocessing | None = None, trained: bool = False
+                  ) -> ir.Graph:
     """Canonicalise a float graph and quantise it with calibration data."""
     return quantize_float_model(float_graph, options, preprocessing, trained).graph
 

@@ -71,8 +71,7 @@ def quantize_float(float_graph: ir.Graph, calib_inputs: Sequence[np.ndarray],
         for how in chosen.values():
             counts[how] = counts.get(how, 0) + 1
         notes["range_choices"] = dict(sorted(counts.items()))
-        int8 = quantize(graph, calib_inputs, ranges=ranges,
-                        method=f"{settings.describe()} over {len(calib_inputs)} inputs")
+        int8 = quantize(graph, calib_inputs, ranges=ranges, method=settings.describe())
     if echo is not None:
         echo(f"quantised: {settings.describe()}")
     return PtqResult(int8, equivalent, notes)
