@@ -27,7 +27,7 @@ from mbgen.quantize.ptq import PtqSettings, quantize_float
 
 MIN_FOR_HOLDOUT = 5
 SYNTHETIC_HELD_OUT = 2
-DEFAULT_WITH_PHOTOS = "auto"  # range method when real calibration data is given
+DEFAULT_WITH_PHOTOS = "mse"   # range method with real calibration data (benchmarks/ACCURACY.md)
 
 
 def warn(message: str) -> None:
@@ -41,8 +41,8 @@ class Quantized:
 
 
 def settings_for(options, real_data: bool) -> PtqSettings:
-    """The options' methods; with real photos and no choice made, MSE/percentile ranges picked
-    per tensor and bias correction (the measured best, benchmarks/ACCURACY.md)."""
+    """The options' methods; with real photos and no choice made, MSE ranges and bias
+    correction (the best measured on the shared photos, benchmarks/ACCURACY.md)."""
     method = getattr(options, "range_method", None)
     correction = getattr(options, "bias_correction", None)
     cle, adaround = bool(getattr(options, "cle", False)), bool(getattr(options, "adaround", False))

@@ -31,7 +31,7 @@ def _photos(folder):
 
 def _fidelity(graph, calib, test):
     data = augment(calib, copies_for(len(calib)), seed=0, low=-1.0, high=1.0)
-    int8 = quantize_float(graph, data, PtqSettings("auto", bias_correction=True),
+    int8 = quantize_float(graph, data, PtqSettings("mse", bias_correction=True),
                           input_range=(-1.0, 1.0)).graph
     q_in, q_out = interface_of(int8, int8.inputs[0]), interface_of(int8, int8.outputs[0])
     floats = [run_float(graph, x)[graph.outputs[0]] for x in test]

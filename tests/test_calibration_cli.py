@@ -87,7 +87,7 @@ def test_warnings_sources_input_range_and_fidelity(tmp_path, capsys):
     # Measured on a model calibrated on 7 (+5 copies each); compiled on all 8 (+4 copies each).
     assert "other 42" in fidelity["measured_on"] and fidelity["calibration_inputs"] == 8 * 5
     assert "(measured on a model calibrated on the other 42" in captured.out
-    assert fidelity["methods"] == "ranges auto, bias correction"
+    assert fidelity["methods"] == "ranges mse, bias correction"
     assert {row["op"] for row in fidelity["layers"]} >= {"Conv2D", "FullyConnected"}
     assert all(np.isfinite(row["sqnr_db"]) or row["sqnr_db"] == float("inf")
                for row in fidelity["layers"])
