@@ -3,9 +3,9 @@ whole table): calibrated as `compile --calib` does by default on 5 photos, the f
 stays the unique int8 top-1 on >= 90 % of 13 unseen photos with mean |delta p| <= 0.065, and the
 reverse; calibrated on 13 of the 18, mean |delta p| <= 0.05 on the other 5 (rotating).
 
-One bar is NOT met and the test says so rather than hide it: calibrated on the 13 and tested on
-the 5, the float top-1 is the unique int8 top-1 on 4 of 5 (80 %, bar 90 %): no_person.bmp, whose
-float top-1 has probability 0.042, loses it (with every augmentation seed tried)."""
+The margins are thin: with other augmentation seeds the 13 -> 5 direction gives 5/5, 3/5, 5/5
+(ACCURACY.md), and the default (MSE + bias correction) was chosen on these same photos, so these
+figures are a best case for this data, not a held-out estimate of the choice."""
 
 from __future__ import annotations
 
@@ -47,9 +47,9 @@ def test_accuracy_bars_of_issue_13(shared_dir):
         pytest.skip("needs ../shared/calib and the float MobileNet")
     graph = passes.optimize(strip_float_io(load_graph(resolve_model(str(model)))))
     a, b = _photos(shared_dir / "images"), _photos(shared_dir / "calib")
-    for calib, test, share in ((a, b, 0.9), (b, a, 0.8)):   # 0.8: the bar not met, above
+    for calib, test in ((a, b), (b, a)):
         result = _fidelity(graph, calib, test)
-        assert result["unique_top1"] >= share * result["inputs"], result
+        assert result["unique_top1"] >= 0.9 * result["inputs"], result
         assert result["mean_abs_delta_top1_prob"] <= 0.065, result
     every = a + b
     deltas = []
