@@ -59,7 +59,9 @@ def _compile_options(args: argparse.Namespace):
         target=target, board=board,
         board_input=Path(args.input) if getattr(args, "input", None) else None,
         out_dir=Path(args.output) if args.output else None, name=args.name,
-        kernels=args.kernels, calib_dir=Path(args.calib) if args.calib else None,
+        kernels=args.kernels, calib_sources=tuple(args.calib or ()),
+        range_method=args.range_method, bias_correction=args.bias_correction, cle=args.cle,
+        adaround=args.adaround, augment=args.augment, holdout=args.holdout,
         calib_percentile=args.calib_percentile, force=args.force, ram_bytes=args.ram,
         flash_bytes=args.flash, weight_layout=args.weight_layout, optimize=args.optimize,
         cmsis_nn=Path(args.cmsis_nn) if args.cmsis_nn else None,
@@ -121,7 +123,7 @@ def print_summary(compiled) -> None:
 def compile_json(compiled) -> dict:
     r = compiled.report
     keys = ("model", "target", "kernels", "macs", "params", "memory", "preprocessing",
-            "interface", "fallback_layers")
+            "interface", "fallback_layers", "fidelity")
     return {"out_dir": str(compiled.out_dir), "layers": len(r["layers"]),
             **{k: r.get(k) for k in keys}, "budget": compiled.budget}
 
@@ -133,6 +135,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(json.dumps(compile_json(compiled), indent=2))
         return EXIT_OK
     print_summary(compiled)
+    from mbgen.fidelity import summary_lines
+    for line in summary_lines(compiled.report.get("fidelity") or {}):
+        print(line)
     if args.emit_tflite:
         print(f"  tflite  {args.emit_tflite}")
     return EXIT_OK
@@ -275,7 +280,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from mbgen.verify import verify_model
     outcome = verify_model(args.model, _compile_options(args), reference=args.reference,
                            images=Path(args.images) if args.images else None,
-                           count=args.count, echo=(lambda _line: None) if args.json else print)
+                           count=args.count, echo=(lambda _line: None) if args.json else print,
+                           float_layers=args.float)
     if args.json:
         print(json.dumps({"ok": outcome.ok, "comparisons": [
             {"input": c.label, "what": c.what, "exact": c.exact, "detail": c.detail}
@@ -309,7 +315,23 @@ def _add_compile_args(p: argparse.ArgumentParser, output_help: str) -> None:
     p.add_argument("-o", "--output", help=output_help)
     p.add_argument("--name", default="model", help="C prefix of the API (default: model)")
     p.add_argument("--kernels", help="kernel set: portable, mbgen, cmsis-nn")
-    p.add_argument("--calib", metavar="DIR", help="calibration images (png/jpg/bmp) or .npy")
+    p.add_argument("--calib", metavar="DIR|FILE|GLOB", action="append",
+                   help="calibration images (png/jpg/bmp) or .npy: a folder, a file or a glob "
+                        "pattern; repeat to combine")
+    p.add_argument("--range-method", choices=["minmax", "percentile", "mse", "kl", "auto"],
+                   help="activation ranges: auto picks per tensor by the error "
+                        "(default with --calib: auto; without: minmax)")
+    p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
+                   help="correct biases for weight rounding (default: on with --calib)")
+    p.add_argument("--cle", action="store_true",
+                   help="cross-layer equalisation of conv pairs without ReLU6 between them")
+    p.add_argument("--adaround", action="store_true",
+                   help="AdaRound weight rounding (PyTorch on CPU; about 2 minutes)")
+    p.add_argument("--augment", type=int, metavar="N",
+                   help="augmented copies per calibration photo (default: automatic for "
+                        "fewer than 32; 0: none)")
+    p.add_argument("--holdout", type=float, default=0.2, metavar="FRACTION",
+                   help="share of --calib held back to measure fidelity (default 0.2; 0: none)")
     p.add_argument("--calib-percentile", type=float, metavar="P",
                    help="clip activation ranges at the P-th percentile instead of min/max")
     p.add_argument("--force", action="store_true",
@@ -435,6 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "for .tflite files incl. legacy uint8 ones)")
     p.add_argument("--images", metavar="DIR", help="photos to use as inputs (and synthetic ones)")
     p.add_argument("--count", type=int, default=3, help="synthetic inputs (default: 3)")
+    p.add_argument("--float", action="store_true",
+                   help="also print the per-layer SQNR against the float graph, worst first")
     p.add_argument("--json", action="store_true", help="print the comparisons as one JSON object")
     p.set_defaults(func=cmd_verify)
 

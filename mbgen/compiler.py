@@ -10,8 +10,6 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-
 from mbgen import budget, ir, output_folder, progress
 from mbgen.budget import BudgetOverflow
 from mbgen.errors import RunFailure, UserError
@@ -58,6 +56,15 @@ class CompileOptions:
     board: str | None = None            # a board port: a complete firmware project for it
     board_input: Path | None = None     # raw input its harness runs on (default: test pattern)
     io: str | None = None               # "arena" | "external"; None: the target's default
+    # Calibration (mbgen.calibrate): more sources after calib_dir, the methods (None: the
+    # default for the data given), augmented copies (None: automatic), held-back fraction.
+    calib_sources: tuple[str, ...] = ()
+    range_method: str | None = None
+    bias_correction: bool | None = None
+    cle: bool = False
+    adaround: bool = False
+    augment: int | None = None
+    holdout: float = 0.2
 
 
 @dataclass
@@ -125,27 +132,22 @@ def preprocessing_of(graph: ir.Graph, options: CompileOptions) -> Preprocessing:
                    quantized_input=graph.is_quantized, channels=int(shape[-1]))
 
 
-def calibration_inputs(graph: ir.Graph, options: CompileOptions,
-                       preprocessing: Preprocessing | None = None) -> list[np.ndarray]:
-    from mbgen.quantize import calibration
-    shape = input_shape(graph)
-    preprocessing = preprocessing or preprocessing_of(graph, options)
-    if options.calib_dir is not None:
-        mode = "minus1_1" if preprocessing.is_default_float else preprocessing.float_input
-        return calibration.load_calibration_dir(options.calib_dir, shape, mode)
-    return [preprocessing.from_unit(x)
-            for x in calibration.synthetic_inputs(shape, count=options.calib_count, seed=0)]
-
-
 def to_int8_graph(float_graph: ir.Graph, options: CompileOptions,
-                  preprocessing: Preprocessing | None = None) -> ir.Graph:
+                  preprocessing: Preprocessing | None = None, trained: bool = False
+                  ) -> ir.Graph:
     """Canonicalise a float graph and quantise it with calibration data."""
+    return quantize_float_model(float_graph, options, preprocessing, trained).graph
+
+
+def quantize_float_model(float_graph: ir.Graph, options: CompileOptions,
+                         preprocessing: Preprocessing | None = None, trained: bool = False):
+    """mbgen.calibrate.Quantized: the int8 graph and its fidelity record."""
     from mbgen import passes
-    from mbgen.quantize.quantizer import quantize
+    from mbgen.calibrate import quantize_model
     optimized = passes.optimize(float_graph)
+    preprocessing = preprocessing or preprocessing_of(optimized, options)
     with progress.stage("calibrating"):
-        return quantize(optimized, calibration_inputs(optimized, options, preprocessing),
-                        percentile=options.calib_percentile)
+        return quantize_model(optimized, options, preprocessing, trained)
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,7 @@ class PreparedModel:
     float_graph: ir.Graph | None   # None when the model arrived already int8 (TFLite)
     graph: ir.Graph                # the int8 graph the C computes
     preprocessing: Preprocessing | None = None   # what the model expects of an image
+    fidelity: dict | None = None   # mbgen.calibrate: int8 vs float on held-back inputs
 
 
 def prepare(spec: str, options: CompileOptions) -> PreparedModel:
@@ -173,8 +176,11 @@ def prepare(spec: str, options: CompileOptions) -> PreparedModel:
     if graph.is_quantized:
         prepared = PreparedModel(source, None, passes.optimize(graph), preprocessing)
     else:
-        prepared = PreparedModel(source, graph, to_int8_graph(graph, options, preprocessing),
-                                 preprocessing)
+        # Trained weights: a model file, or a zoo model given --weights (not a seeded one).
+        trained = source.kind != "zoo" or options.weights is not None
+        quantized = quantize_float_model(graph, options, preprocessing, trained)
+        prepared = PreparedModel(source, graph, quantized.graph, preprocessing,
+                                 quantized.fidelity)
     check_int8_graph(prepared.graph)  # what no kernel set can compute is refused here, once
     return prepared
 
@@ -314,7 +320,8 @@ def io_report(prepared: PreparedModel) -> dict:
     from mbgen.preprocessing import interface_of
     graph = prepared.graph
     preprocessing = prepared.preprocessing or preprocessing_of(graph, CompileOptions())
-    return {"preprocessing": preprocessing.as_report(),
+    fidelity = {"fidelity": prepared.fidelity} if prepared.fidelity else {}
+    return {**fidelity, "preprocessing": preprocessing.as_report(),
             "interface": {"input": interface_of(graph, graph.inputs[0]).as_report(),
                           "output": interface_of(graph, graph.outputs[0]).as_report(),
                           "output_op": ir.op_name(graph.producer(graph.outputs[0]).op)}}

@@ -152,7 +152,8 @@ def _litert(compiled: CompiledModel):
 
 def verify_model(spec: str, options: CompileOptions, reference: str = "numpy",
                  images: Path | None = None, count: int = 3,
-                 echo: Callable[[str], None] = print) -> VerifyOutcome:
+                 echo: Callable[[str], None] = print, float_layers: bool = False
+                 ) -> VerifyOutcome:
     from mbgen import runner, targets
     from mbgen.reference import run_int8
 
@@ -229,8 +230,30 @@ def verify_model(spec: str, options: CompileOptions, reference: str = "numpy",
                 record(Comparison(item.label, "int8 vs float model", None,
                                   f"cosine {cosine(got, reference_float):.4f}, top-1 "
                                   f"{'same' if same_top1 else 'differs'}"))
+        if float_layers:
+            _print_layer_sqnr(compiled, options, inputs, echo)
         failed = sum(c.exact is False for c in outcome.comparisons)
         exact = sum(c.exact is True for c in outcome.comparisons)
         echo(f"{exact} bit-exact, {failed} mismatched" + ("" if failed else ": OK"))
         return outcome
 
+
+
+def _print_layer_sqnr(compiled: CompiledModel, options: CompileOptions,
+                      inputs: list[VerifyInput], echo: Callable[[str], None]) -> None:
+    """``verify --float``: per-layer SQNR of the int8 graph against the float graph, worst
+    layers first, on the verify inputs (the photos of --images and the synthetic ones)."""
+    from mbgen import passes
+    from mbgen.fidelity import layer_table, measure
+    if compiled.float_graph is None:
+        raise UserError("--float needs a float model (this one arrived already int8)")
+    float_graph = passes.optimize(compiled.float_graph)
+    layer_graph = float_graph
+    if options.cle:   # compare like with like: the tensors between equalised layers rescale
+        from mbgen.quantize.equalize import equalize
+        layer_graph = equalize(float_graph)[0]
+    floats = [item.float_nhwc for item in inputs if item.float_nhwc is not None]
+    result = measure(float_graph, compiled.graph, floats, layer_graph)
+    echo(f"per-layer SQNR against the float graph on {len(floats)} inputs (worst first):")
+    for line in layer_table(result["layers"]):
+        echo(line)

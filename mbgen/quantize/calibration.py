@@ -113,3 +113,40 @@ def load_calibration_dir(path: str | Path, shape_nhwc: tuple[int, ...],
         kinds = ", ".join(s.lstrip(".") for s in IMAGE_SUFFIXES + (NPY_SUFFIX,))
         raise UserError(f"no calibration inputs ({kinds}) in {folder}")
     return samples
+
+
+def _load_file(file: Path, shape_nhwc: tuple[int, ...], mode) -> list[np.ndarray]:
+    suffix = file.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return [load_image(file, shape_nhwc, mode)]
+    if suffix == NPY_SUFFIX:
+        return _load_npy(file, shape_nhwc)
+    kinds = ", ".join(s.lstrip(".") for s in IMAGE_SUFFIXES + (NPY_SUFFIX,))
+    raise UserError(f"calibration file {file} is not one of {kinds}")
+
+
+def load_calibration(sources, shape_nhwc: tuple[int, ...], mode="minus1_1") -> list[np.ndarray]:
+    """Calibration inputs from several sources, in the order given: a folder (its images and
+    arrays in file-name order), an image or ``.npy`` file, or a glob pattern (``photos/*.jpg``,
+    matches in name order)."""
+    import glob
+
+    shape_nhwc = tuple(int(d) for d in shape_nhwc)
+    samples: list[np.ndarray] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            samples.extend(load_calibration_dir(path, shape_nhwc, mode))
+        elif path.is_file():
+            samples.extend(_load_file(path, shape_nhwc, mode))
+        elif glob.has_magic(str(source)):
+            matches = sorted(Path(m) for m in glob.glob(str(source)) if Path(m).is_file())
+            if not matches:
+                raise UserError(f"--calib {source}: the pattern matches no file")
+            for file in matches:
+                samples.extend(_load_file(file, shape_nhwc, mode))
+        else:
+            raise UserError(f"--calib {source}: no such folder, file or pattern")
+    if not samples:
+        raise UserError("no calibration inputs in " + ", ".join(map(str, sources)))
+    return samples

@@ -298,11 +298,15 @@ def _quantize_constant_operand(builder: _Builder, node: ir.Node, name: str) -> s
 
 
 def quantize(float_graph: ir.Graph, calib_inputs: Sequence[np.ndarray],
-             percentile: float | None = None) -> ir.Graph:
+             percentile: float | None = None,
+             ranges: dict[str, tuple[float, float]] | None = None,
+             method: str | None = None) -> ir.Graph:
     """The int8 graph of ``float_graph``, calibrated on ``calib_inputs`` (float32 NHWC arrays
     shaped like the model input). ``percentile`` P: clip ranges to the (100-P)th..Pth
-    percentile instead of min/max. The input graph is not modified."""
-    ranges = calibrate(float_graph, calib_inputs, percentile)
+    percentile instead of min/max. ``ranges``: ranges already chosen (mbgen.quantize.ranges),
+    described by ``method`` in the metadata. The input graph is not modified."""
+    ranges = dict(ranges) if ranges is not None else calibrate(float_graph, calib_inputs,
+                                                               percentile)
     ranges.update(_concatenation_ranges(float_graph, ranges))
     builder = _Builder(float_graph)
     input_name = float_graph.inputs[0]
@@ -326,8 +330,8 @@ def quantize(float_graph: ir.Graph, calib_inputs: Sequence[np.ndarray],
         else:
             builder.activation(out, activation_quant(*ranges[out]))
         nodes.append(ir.Node(node.name, op, inputs, list(node.outputs)))
-    how = (f"percentile {percentile:g}" if percentile is not None and percentile < 100
-           else "min/max")
+    how = method or (f"percentile {percentile:g}" if percentile is not None and percentile < 100
+                     else "min/max")
     metadata = dict(float_graph.metadata)
     metadata["calibration"] = f"{how} over {len(calib_inputs)} inputs"
     graph = ir.Graph(float_graph.name, builder.tensors, nodes, [input_name],
