@@ -107,6 +107,10 @@ def lower_graph(graph: ir.Graph, plan: GraphPlan, prefix: str, kernels: str,
     ctx = LoweringContext(graph, plan, prefix, target, flash_budget, weight_layout)
     layers = []
     for index, node in enumerate(graph.nodes):
+        if isinstance(node.op, ir.StreamedStage):   # mbgen.streaming: band calls + moves
+            from mbgen.codegen.lower_stage import lower_stage
+            layers.append(lower_stage(ctx, index, node, chosen, fallback))
+            continue
         call, used = chosen.lower(ctx, index, node), chosen.name
         if call is None and chosen is not fallback:
             call, used = fallback.lower(ctx, index, node), fallback.name
@@ -128,7 +132,8 @@ def _unique_constants(layers: list[Layer]) -> list[ConstArray]:
     seen: set[str] = set()
     constants = []
     for layer in layers:
-        for array in constants_of(layer.call):
+        inner = getattr(layer.call, "kernels", ())   # a streamed stage's band kernels
+        for array in constants_of(layer.call) + [a for k in inner for a in constants_of(k.call)]:
             if array.symbol not in seen:
                 seen.add(array.symbol)
                 constants.append(array)
@@ -154,7 +159,9 @@ def generate(graph: ir.Graph, plan: GraphPlan, out_dir: Path, *, name: str = "mo
     env = environment()
     x, y = graph.tensors[graph.inputs[0]], graph.tensors[graph.outputs[0]]
     base = {"prefix": name, "PREFIX": name.upper()}
-    template_names = list(dict.fromkeys(layer.call.template for layer in layers))
+    template_names = list(dict.fromkeys(
+        t for layer in layers
+        for t in (*getattr(layer.call, "inner_templates", ()), layer.call.template)))
     kernel_templates = {t: env.get_template(t).make_module(base) for t in template_names}
     context = dict(
         base,

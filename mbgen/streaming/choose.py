@@ -1,0 +1,194 @@
+"""The streaming pass: which chains become streamed stages, and with which bands.
+
+``stream(graph, kernels, options)`` is pure: it returns a new int8 graph in which some
+chains of convolutions are one ``ir.StreamedStage`` node each. It works greedily on the
+memory plan: while the arena's busiest node sits in a chain, it tries the stages around that
+node (2..MAX_STAGE_LAYERS layers, each with the band/slack of the smallest windows whose
+overhead fits the limit), plans each, and keeps the one with the smallest arena.
+
+Overhead. A stage computes every row once (no recompute: windows keep the rows the next
+layer still needs and move them down when full), so its MACs are the unstreamed ones. What
+it adds is memmoves and kernel calls; they are counted in MAC equivalents (a moved 4-byte
+word or CALL_COST_MACS per extra call) and must stay within ``max_recompute`` times the
+stage's MACs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mbgen import ir, planner
+from mbgen.streaming.schedule import Schedule, schedule
+from mbgen.streaming.stage import (band_graph, band_shapes, fuse, layer_rows,
+                                   stage_schedule, stage_tensors)
+
+MAX_STAGE_LAYERS = 6
+MAX_ROUNDS = 8
+CALL_COST_MACS = 64
+BAND_CHOICES = (1, 2, 4, 8)
+SLACK_CHOICES = (0, 2, 6)
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    enabled: bool = True
+    max_recompute: float = 0.10   # extra work allowed, as a fraction of the stage's MACs
+    row_align: int = 1            # every row of a stage starts this aligned (SIMD kernels)
+
+
+def layer_macs(tensors: dict[str, ir.Tensor], node: ir.Node) -> int:
+    out = tensors[node.outputs[0]].shape
+    k = tensors[node.inputs[1]].shape
+    depth = k[3] if isinstance(node.op, ir.Conv2D) else 1
+    return int(out[1] * out[2] * out[3] * k[1] * k[2] * depth)
+
+
+def overhead_macs(plan: Schedule) -> int:
+    """The stage's extra work in MAC equivalents: moved words and the calls beyond one per
+    layer."""
+    extra_calls = plan.calls() - len(plan.layers)
+    return -(-plan.moved_bytes() // 4) + CALL_COST_MACS * extra_calls
+
+
+# ----------------------------------------------------------------------------- candidates
+
+
+def _chains(graph: ir.Graph, options: StreamOptions) -> list[list[int]]:
+    """Maximal runs of consecutive streamable nodes, each reading the one before, whose
+    tensors in between have no other reader and are not the graph's output."""
+    chains: list[list[int]] = []
+    for i, node in enumerate(graph.nodes):
+        rows = layer_rows(graph.tensors, node)
+        if rows is None or (options.row_align > 1 and (
+                rows.in_row_bytes % options.row_align or rows.out_row_bytes % options.row_align)):
+            continue
+        if chains and chains[-1][-1] == i - 1:
+            prev = graph.nodes[i - 1]
+            link = prev.outputs[0]
+            if (node.inputs[0] == link and link not in graph.outputs
+                    and len(graph.consumers(link)) == 1):
+                chains[-1].append(i)
+                continue
+        chains.append([i])
+    return [c for c in chains if len(c) >= 2]
+
+
+def best_bands(graph: ir.Graph, indices: list[int], options: StreamOptions
+               ) -> tuple[int, int, Schedule] | None:
+    """(band_rows, slack_rows, schedule) with the smallest windows whose overhead fits the
+    limit (ties: less overhead), or None when none fits."""
+    rows = tuple(layer_rows(graph.tensors, graph.nodes[i]) for i in indices)
+    macs = sum(layer_macs(graph.tensors, graph.nodes[i]) for i in indices)
+    best = None
+    for band in BAND_CHOICES:
+        for slack in SLACK_CHOICES:
+            plan = schedule(rows, band, slack)
+            cost = overhead_macs(plan)
+            if cost > options.max_recompute * macs:
+                continue
+            key = (plan.windows_total, cost)
+            if best is None or key < best[0]:
+                best = (key, band, slack, plan)
+    return None if best is None else best[1:]
+
+
+def _peak_node(arena_plan: planner.GraphPlan) -> int:
+    """The node at which the most arena bytes are live."""
+    times = sorted({b.first_use for b in arena_plan.buffers})
+    return max(times, key=lambda t: (sum(b.size for b in arena_plan.buffers
+                                          if b.first_use <= t <= b.last_use), -t))
+
+
+def stream(graph: ir.Graph, kernels: str, options: StreamOptions = StreamOptions()
+           ) -> ir.Graph:
+    """``graph`` with the stages that shrink its arena most (see the module docstring)."""
+    if not options.enabled:
+        return graph
+    current = graph
+    arena = planner.plan_graph(current, scratch_requirements(current, kernels))
+    for round_ in range(MAX_ROUNDS):
+        if not arena.buffers:
+            break
+        peak = _peak_node(arena)
+        best: tuple[int, ir.Graph, planner.GraphPlan] | None = None
+        for chain in _chains(current, options):
+            for i in range(len(chain)):
+                for j in range(i + 1, min(len(chain), i + MAX_STAGE_LAYERS)):
+                    indices = chain[i:j + 1]
+                    if not indices[0] - 1 <= peak <= indices[-1] + 1:
+                        continue
+                    choice = best_bands(current, indices, options)
+                    if choice is None:
+                        continue
+                    band, slack, _ = choice
+                    names = "+".join(current.nodes[k].name for k in indices)
+                    fused = fuse(current, indices, band, slack, f"stream{round_}:{names}")
+                    fused_plan = planner.plan_graph(fused,
+                                                    scratch_requirements(fused, kernels))
+                    if best is None or fused_plan.arena_size < best[0]:
+                        best = (fused_plan.arena_size, fused, fused_plan)
+        if best is None or best[0] >= arena.arena_size:
+            break
+        _, current, arena = best
+    return current
+
+
+# ----------------------------------------------------------------------------- scratch
+
+
+def stage_scratch_layout(graph: ir.Graph, op: ir.StreamedStage, kernels: str
+                         ) -> tuple[int, int]:
+    """(kernel scratch bytes, total): the band kernels' largest scratch comes first in the
+    stage's scratch, the windows after it."""
+    from mbgen.codegen import kernel_sets
+    from mbgen.streaming.schedule import WINDOW_ALIGNMENT
+    chosen = kernel_sets.get(kernels)
+    plan = stage_schedule(graph, op)
+    kernel = 0
+    for shape in band_shapes(plan):
+        band, node = band_graph(graph, op, shape)
+        kernel = max(kernel, chosen.scratch_bytes(band, node))
+    kernel = -(-kernel // WINDOW_ALIGNMENT) * WINDOW_ALIGNMENT
+    return kernel, kernel + plan.windows_total
+
+
+def scratch_requirements(graph: ir.Graph, kernels: str) -> dict[str, int]:
+    """``kernel_sets.scratch_requirements`` for a graph that may hold stages."""
+    from mbgen.codegen import kernel_sets
+    chosen = kernel_sets.get(kernels)
+    needs = {}
+    for node in graph.nodes:
+        if isinstance(node.op, ir.StreamedStage):
+            needs[node.name] = stage_scratch_layout(graph, node.op, kernels)[1]
+        else:
+            needs[node.name] = chosen.scratch_bytes(graph, node)
+    return {name: n for name, n in needs.items() if n > 0}
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def stages_report(graph: ir.Graph) -> list[dict]:
+    """report.json's "streaming": each stage's layers, bands, windows and overhead."""
+    out = []
+    for node in graph.nodes:
+        if not isinstance(node.op, ir.StreamedStage):
+            continue
+        op = node.op
+        plan = stage_schedule(graph, op)
+        tensors = stage_tensors(graph, op)
+        layers = []
+        for j, inner in enumerate(op.nodes):
+            layers.append({
+                "name": inner.name, "op": ir.op_name(inner.op),
+                "output_shape": list(tensors[inner.outputs[0]].shape),
+                "macs": layer_macs(tensors, inner), "recompute_macs": 0,
+                "calls": plan.calls(j),
+                "window_rows": plan.capacities[j] if j < len(plan.capacities) else None,
+                "window_bytes": plan.window_bytes[j] if j < len(plan.capacities) else None,
+                "moved_bytes": plan.moved_bytes(j) if j < len(plan.capacities) else 0,
+            })
+        out.append({"name": node.name, "band_rows": op.band_rows,
+                    "slack_rows": op.slack_rows, "window_bytes": plan.windows_total,
+                    "overhead_macs": overhead_macs(plan), "layers": layers})
+    return out
