@@ -65,7 +65,9 @@ def _compile_options(args: argparse.Namespace):
         cmsis_nn=Path(args.cmsis_nn) if args.cmsis_nn else None,
         emit_tflite=Path(args.emit_tflite) if getattr(args, "emit_tflite", None) else None,
         input_range=args.input_range, mean=args.mean, std=args.std,
-        weights=Path(args.weights) if args.weights else None)
+        weights=Path(args.weights) if args.weights else None,
+        stream=not getattr(args, "no_stream", False),
+        max_recompute=getattr(args, "max_recompute", 0.10))
 
 
 def _room(used: int, budget: int | None) -> str:
@@ -98,6 +100,10 @@ def print_summary(compiled) -> None:
               "(the example main.c not counted)")
     else:
         print(f"  weights {_kib(memory['weights_bytes'])}")
+    for stage in r.get("streaming", []):
+        layers = " -> ".join(layer["name"] for layer in stage["layers"])
+        print(f"  stream  {layers}: {stage['band_rows']}-row bands, windows "
+              f"{_kib(stage['window_bytes'])}, overhead {stage['overhead_macs']} MAC-eq")
     if "note" in budget:
         print(f"  note    {budget['note']}")
     if "board" in r:
@@ -325,7 +331,22 @@ def _add_compile_args(p: argparse.ArgumentParser, output_help: str) -> None:
     p.add_argument("--mean", metavar="M[,M,M]",
                    help="instead of --input-range: input = (p - mean) / std, in pixel units")
     p.add_argument("--std", metavar="S[,S,S]", help="see --mean (default 1)")
+    p.add_argument("--no-stream", action="store_true",
+                   help="compute every layer whole (no streamed stages of conv/dw/pw chains)")
+    p.add_argument("--max-recompute", type=_fraction, default=0.10, metavar="F",
+                   help="streamed stages may add at most this fraction of their MACs in "
+                        "extra work: recomputed MACs, row moves, extra calls (default 0.10)")
     _add_common(p)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 10.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction between 0 and 10")
+    return value
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:

@@ -56,6 +56,8 @@ class CompileOptions:
     weights: Path | None = None         # a zoo model's trained weights from a float .tflite
     board: str | None = None            # a board port: a complete firmware project for it
     board_input: Path | None = None     # raw input its harness runs on (default: test pattern)
+    stream: bool = True                 # streamed stages (mbgen.streaming); --no-stream: off
+    max_recompute: float = 0.10         # their extra work, as a fraction of their MACs
 
 
 @dataclass
@@ -240,12 +242,15 @@ def emit(prepared: PreparedModel, options: CompileOptions) -> CompiledModel:
 
 def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels: str,
                out_dir: Path) -> CompiledModel:
-    from mbgen import board_project, codegen, planner
+    from mbgen import board_project, codegen, planner, streaming
     from mbgen.codegen.generator import write_report
 
     graph = prepared.graph
     project = board_project.for_options(options)   # None without --board
-    plan = planner.plan_graph(graph, scratch=codegen.scratch_requirements(graph, kernels))
+    # Streamed stages: the C computes ``lowered`` (bit-identical to ``graph``, which the
+    # references and the exporters keep seeing).
+    lowered = streaming.streamed(graph, kernels, options.stream, options.max_recompute)
+    plan = planner.plan_graph(lowered, scratch=streaming.scratch_requirements(lowered, kernels))
     limits = budget.budget_for(project.board if project else target, options.ram_bytes,
                                options.flash_bytes)
     use = budget.MemoryUse(arena_bytes=int(plan.arena_size), io_bytes=io_bytes(graph),
@@ -253,7 +258,7 @@ def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels
     budget.check(use, limits)  # what is known before generating: refuse early
     with tempfile.TemporaryDirectory(prefix="mbgen-") as tmp:
         staging = Path(tmp) / (out_dir.resolve().name or "out")
-        report = codegen.generate(graph, plan, staging, name=options.name, target=target.name,
+        report = codegen.generate(lowered, plan, staging, name=options.name, target=target.name,
                                   kernels=kernels, flash_budget=limits.flash_bytes or None,
                                   weight_layout=options.weight_layout,
                                   **(project.generate_options() if project else {}))
@@ -279,6 +284,7 @@ def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels
             project.check_image(firmware)
         report["memory"] = budget.as_report(use, limits)
         report.update(io_report(prepared))
+        report["streaming"] = streaming.stages_report(lowered)
         if firmware is not None:
             report["memory"]["example_firmware"] = {
                 "text": firmware.text, "data": firmware.data, "bss": firmware.bss,

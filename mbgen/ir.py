@@ -268,6 +268,7 @@ class StreamedStage:
     tensors: tuple[Tensor, ...]
     band_rows: int          # output rows of the last layer per call
     slack_rows: int         # rows each window holds beyond the minimum (fewer moves)
+    chunk_rows: int = 0     # most rows an inner layer computes per call (0: as asked)
 
 
 OpAttrs = Union[Conv2D, DepthwiseConv2D, FullyConnected, Add, Mul, AveragePool2D, Mean,

@@ -22,11 +22,12 @@ from mbgen.streaming.schedule import Schedule, schedule
 from mbgen.streaming.stage import (band_graph, band_shapes, fuse, layer_rows,
                                    stage_schedule, stage_tensors)
 
-MAX_STAGE_LAYERS = 6
+MAX_STAGE_LAYERS = 12
 MAX_ROUNDS = 8
 CALL_COST_MACS = 64
 BAND_CHOICES = (1, 2, 4, 8)
 SLACK_CHOICES = (0, 2, 6)
+CHUNK_CHOICES = (1, 2, 0)
 
 
 @dataclass(frozen=True)
@@ -74,21 +75,22 @@ def _chains(graph: ir.Graph, options: StreamOptions) -> list[list[int]]:
 
 
 def best_bands(graph: ir.Graph, indices: list[int], options: StreamOptions
-               ) -> tuple[int, int, Schedule] | None:
-    """(band_rows, slack_rows, schedule) with the smallest windows whose overhead fits the
-    limit (ties: less overhead), or None when none fits."""
+               ) -> tuple[int, int, int, Schedule] | None:
+    """(band_rows, slack_rows, chunk_rows, schedule) with the smallest windows whose
+    overhead fits the limit (ties: less overhead), or None when none fits."""
     rows = tuple(layer_rows(graph.tensors, graph.nodes[i]) for i in indices)
     macs = sum(layer_macs(graph.tensors, graph.nodes[i]) for i in indices)
     best = None
     for band in BAND_CHOICES:
         for slack in SLACK_CHOICES:
-            plan = schedule(rows, band, slack)
-            cost = overhead_macs(plan)
-            if cost > options.max_recompute * macs:
-                continue
-            key = (plan.windows_total, cost)
-            if best is None or key < best[0]:
-                best = (key, band, slack, plan)
+            for chunk in CHUNK_CHOICES:
+                plan = schedule(rows, band, slack, chunk)
+                cost = overhead_macs(plan)
+                if cost > options.max_recompute * macs:
+                    continue
+                key = (plan.windows_total, cost)
+                if best is None or key < best[0]:
+                    best = (key, band, slack, chunk, plan)
     return None if best is None else best[1:]
 
 
@@ -120,9 +122,10 @@ def stream(graph: ir.Graph, kernels: str, options: StreamOptions = StreamOptions
                     choice = best_bands(current, indices, options)
                     if choice is None:
                         continue
-                    band, slack, _ = choice
+                    band, slack, chunk, _ = choice
                     names = "+".join(current.nodes[k].name for k in indices)
-                    fused = fuse(current, indices, band, slack, f"stream{round_}:{names}")
+                    fused = fuse(current, indices, band, slack, chunk,
+                                 f"stream{round_}:{names}")
                     fused_plan = planner.plan_graph(fused,
                                                     scratch_requirements(fused, kernels))
                     if best is None or fused_plan.arena_size < best[0]:
@@ -189,6 +192,6 @@ def stages_report(graph: ir.Graph) -> list[dict]:
                 "moved_bytes": plan.moved_bytes(j) if j < len(plan.capacities) else 0,
             })
         out.append({"name": node.name, "band_rows": op.band_rows,
-                    "slack_rows": op.slack_rows, "window_bytes": plan.windows_total,
+                    "slack_rows": op.slack_rows, "chunk_rows": op.chunk_rows, "window_bytes": plan.windows_total,
                     "overhead_macs": overhead_macs(plan), "layers": layers})
     return out

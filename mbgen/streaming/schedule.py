@@ -113,23 +113,27 @@ class Schedule:
         return sum(1 for s in self.steps if isinstance(s, Band) and layer in (None, s.layer))
 
 
-def schedule(layers: tuple[LayerRows, ...], band_rows: int, slack_rows: int = 0
-             ) -> Schedule:
+def schedule(layers: tuple[LayerRows, ...], band_rows: int, slack_rows: int = 0,
+             chunk_rows: int = 0) -> Schedule:
     """The steps that compute the chain's last output ``band_rows`` rows at a time, with
-    windows ``slack_rows`` rows larger than the minimum (fewer, larger moves)."""
-    if band_rows < 1 or slack_rows < 0 or len(layers) < 2:
-        raise ValueError("a stage needs two layers, band_rows >= 1 and slack_rows >= 0")
+    windows ``slack_rows`` rows larger than the minimum (fewer, larger moves). The layers
+    before the last compute at most ``chunk_rows`` rows per call (0: all their consumer
+    asks for at once); small chunks keep the windows upstream small."""
+    if band_rows < 1 or slack_rows < 0 or chunk_rows < 0 or len(layers) < 2:
+        raise ValueError("a stage needs two layers, band_rows >= 1, slack_rows >= 0 "
+                         "and chunk_rows >= 0")
     for producer, consumer in zip(layers, layers[1:]):
         if producer.out_h != consumer.in_h or producer.out_row_bytes != consumer.in_row_bytes:
             raise ValueError("the layers of a stage must form a chain")
     # First with windows that compact at every step: the rows each must hold at once.
-    needed = _walk(layers, band_rows, None)[0]
+    needed = _walk(layers, band_rows, chunk_rows, None)[0]
     caps = tuple(min(layers[i].out_h, n + slack_rows) for i, n in enumerate(needed))
-    return Schedule(tuple(layers), band_rows, caps, _walk(layers, band_rows, caps)[1])
+    return Schedule(tuple(layers), band_rows, caps,
+                    _walk(layers, band_rows, chunk_rows, caps)[1])
 
 
-def _walk(layers: tuple[LayerRows, ...], band_rows: int, caps: tuple[int, ...] | None
-          ) -> tuple[list[int], tuple[Step, ...]]:
+def _walk(layers: tuple[LayerRows, ...], band_rows: int, chunk_rows: int,
+          caps: tuple[int, ...] | None) -> tuple[list[int], tuple[Step, ...]]:
     """Run the stage on row numbers. ``caps`` None: compact whenever rows can be dropped.
     Returns the most rows each window held at once and the steps."""
     count = len(layers) - 1
@@ -150,15 +154,18 @@ def _walk(layers: tuple[LayerRows, ...], band_rows: int, caps: tuple[int, ...] |
             return
         if a >= hi[i]:                      # nothing held is needed any more
             lo[i] = hi[i] = a
-        elif a > lo[i] and (caps is None or b - lo[i] > caps[i]):
-            steps.append(Move(i, a - lo[i], hi[i] - a))
-            lo[i] = a
-        if caps is not None and b - lo[i] > caps[i]:
-            raise AssertionError(f"window {i} of {caps[i]} rows cannot hold rows [{a}, {b})")
-        most[i] = max(most[i], b - lo[i])
-        start = hi[i]
-        produce(i, start, b, start - lo[i])
-        hi[i] = b
+        while hi[i] < b:
+            end = min(b, hi[i] + chunk_rows) if chunk_rows else b
+            if a > lo[i] and (caps is None or end - lo[i] > caps[i]):
+                steps.append(Move(i, a - lo[i], hi[i] - a))
+                lo[i] = a
+            if caps is not None and end - lo[i] > caps[i]:
+                raise AssertionError(f"window {i} of {caps[i]} rows cannot hold "
+                                     f"rows [{lo[i]}, {end})")
+            most[i] = max(most[i], end - lo[i])
+            start = hi[i]
+            produce(i, start, end, start - lo[i])
+            hi[i] = end
 
     last = layers[-1]
     for first in range(0, last.out_h, band_rows):

@@ -47,7 +47,7 @@ def stage_schedule(graph: ir.Graph, op: ir.StreamedStage) -> Schedule:
     tensors = stage_tensors(graph, op)
     rows = tuple(layer_rows(tensors, node) for node in op.nodes)
     assert all(r is not None for r in rows), "a stage holds only streamable layers"
-    return schedule(rows, op.band_rows, op.slack_rows)
+    return schedule(rows, op.band_rows, op.slack_rows, op.chunk_rows)
 
 
 def stage_write_order(graph: ir.Graph, op: ir.StreamedStage) -> WriteOrder:
@@ -57,7 +57,7 @@ def stage_write_order(graph: ir.Graph, op: ir.StreamedStage) -> WriteOrder:
 
 
 def fuse(graph: ir.Graph, indices: list[int], band_rows: int, slack_rows: int,
-         name: str) -> ir.Graph:
+         chunk_rows: int, name: str) -> ir.Graph:
     """``graph`` with its nodes ``indices`` (a chain, consecutive in execution order)
     replaced by one stage node called ``name``."""
     inner = [graph.nodes[i] for i in indices]
@@ -67,7 +67,7 @@ def fuse(graph: ir.Graph, indices: list[int], band_rows: int, slack_rows: int,
     node = ir.Node(name, ir.StreamedStage(
         nodes=tuple(ir.Node(n.name, n.op, list(n.inputs), list(n.outputs)) for n in inner),
         tensors=tuple(graph.tensors[t] for t in middle),
-        band_rows=band_rows, slack_rows=slack_rows),
+        band_rows=band_rows, slack_rows=slack_rows, chunk_rows=chunk_rows),
         [inner[0].inputs[0], *dict.fromkeys(constants)], [inner[-1].outputs[0]])
     fused = graph.copy()
     for t in middle:
