@@ -23,7 +23,7 @@ from mbgen.streaming.stage import (band_graph, band_shapes, fuse, layer_rows,
                                    stage_schedule, stage_tensors)
 
 MAX_STAGE_LAYERS = 12
-MAX_ROUNDS = 8
+MAX_ROUNDS = 24
 CALL_COST_MACS = 64
 BAND_CHOICES = (1, 2, 4, 8)
 SLACK_CHOICES = (0, 2, 6)
@@ -94,6 +94,11 @@ def best_bands(graph: ir.Graph, indices: list[int], options: StreamOptions
     return None if best is None else best[1:]
 
 
+def _live_byte_steps(arena_plan: planner.GraphPlan) -> int:
+    """Bytes live summed over the nodes: on equal arenas, the stage that frees more."""
+    return sum(b.size * (b.last_use - b.first_use + 1) for b in arena_plan.buffers)
+
+
 def _peak_node(arena_plan: planner.GraphPlan) -> int:
     """The node at which the most arena bytes are live."""
     times = sorted({b.first_use for b in arena_plan.buffers})
@@ -112,7 +117,7 @@ def stream(graph: ir.Graph, kernels: str, options: StreamOptions = StreamOptions
         if not arena.buffers:
             break
         peak = _peak_node(arena)
-        best: tuple[int, ir.Graph, planner.GraphPlan] | None = None
+        best: tuple[tuple[int, int], ir.Graph, planner.GraphPlan] | None = None
         for chain in _chains(current, options):
             for i in range(len(chain)):
                 for j in range(i + 1, min(len(chain), i + MAX_STAGE_LAYERS)):
@@ -128,9 +133,10 @@ def stream(graph: ir.Graph, kernels: str, options: StreamOptions = StreamOptions
                                  f"stream{round_}:{names}")
                     fused_plan = planner.plan_graph(fused,
                                                     scratch_requirements(fused, kernels))
-                    if best is None or fused_plan.arena_size < best[0]:
-                        best = (fused_plan.arena_size, fused, fused_plan)
-        if best is None or best[0] >= arena.arena_size:
+                    key = (fused_plan.arena_size, _live_byte_steps(fused_plan))
+                    if best is None or key < best[0]:
+                        best = (key, fused, fused_plan)
+        if best is None or best[0] >= (arena.arena_size, _live_byte_steps(arena)):
             break
         _, current, arena = best
     return current
