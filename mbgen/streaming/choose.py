@@ -106,39 +106,69 @@ def _peak_node(arena_plan: planner.GraphPlan) -> int:
                                           if b.first_use <= t <= b.last_use), -t))
 
 
+@dataclass(frozen=True)
+class _Choice:
+    """A stage the pass took: its nodes by name, so it can be re-applied to any graph."""
+
+    nodes: tuple[str, ...]
+    band_rows: int
+    slack_rows: int
+    chunk_rows: int
+    name: str
+
+
+def _apply(graph: ir.Graph, choices: list[_Choice]) -> ir.Graph:
+    for choice in choices:
+        position = {n.name: i for i, n in enumerate(graph.nodes)}
+        graph = fuse(graph, [position[n] for n in choice.nodes], choice.band_rows,
+                     choice.slack_rows, choice.chunk_rows, choice.name)
+    return graph
+
+
+def _plan(graph: ir.Graph, kernels: str) -> planner.GraphPlan:
+    return planner.plan_graph(graph, scratch_requirements(graph, kernels))
+
+
 def stream(graph: ir.Graph, kernels: str, options: StreamOptions = StreamOptions()
            ) -> ir.Graph:
     """``graph`` with the stages that shrink its arena most (see the module docstring)."""
     if not options.enabled:
         return graph
-    current = graph
-    arena = planner.plan_graph(current, scratch_requirements(current, kernels))
+    current, taken = graph, []
+    arena = _plan(current, kernels)
     for round_ in range(MAX_ROUNDS):
         if not arena.buffers:
             break
         peak = _peak_node(arena)
-        best: tuple[tuple[int, int], ir.Graph, planner.GraphPlan] | None = None
+        best: tuple[tuple[int, int], _Choice, ir.Graph, planner.GraphPlan] | None = None
         for chain in _chains(current, options):
             for i in range(len(chain)):
                 for j in range(i + 1, min(len(chain), i + MAX_STAGE_LAYERS)):
                     indices = chain[i:j + 1]
                     if not indices[0] - 1 <= peak <= indices[-1] + 1:
                         continue
-                    choice = best_bands(current, indices, options)
-                    if choice is None:
+                    bands = best_bands(current, indices, options)
+                    if bands is None:
                         continue
-                    band, slack, chunk, _ = choice
-                    names = "+".join(current.nodes[k].name for k in indices)
-                    fused = fuse(current, indices, band, slack, chunk,
-                                 f"stream{round_}:{names}")
-                    fused_plan = planner.plan_graph(fused,
-                                                    scratch_requirements(fused, kernels))
+                    nodes = tuple(current.nodes[k].name for k in indices)
+                    choice = _Choice(nodes, *bands[:3], f"stream{round_}:{'+'.join(nodes)}")
+                    fused = _apply(current, [choice])
+                    fused_plan = _plan(fused, kernels)
                     key = (fused_plan.arena_size, _live_byte_steps(fused_plan))
                     if best is None or key < best[0]:
-                        best = (key, fused, fused_plan)
+                        best = (key, choice, fused, fused_plan)
+        # Equal arenas too, when bytes are freed elsewhere: the peak may move to where the
+        # next stage can take it. Stages that end up not helping are dropped below.
         if best is None or best[0] >= (arena.arena_size, _live_byte_steps(arena)):
             break
-        _, current, arena = best
+        _, choice, current, arena = best
+        taken.append(choice)
+    # Every stage costs instructions: drop each one the arena does not need, last first.
+    for choice in reversed(list(taken)):
+        rest = [c for c in taken if c is not choice]
+        without = _apply(graph, rest)
+        if _plan(without, kernels).arena_size <= arena.arena_size:
+            taken, current = rest, without
     return current
 
 
