@@ -77,12 +77,18 @@ def _room(used: int, budget: int | None) -> str:
             f"{_kib(budget - used)} left for the application)")
 
 
+def _model_layers(report: dict) -> int:
+    """The model's layers: a streamed stage is one generated layer of several."""
+    stages = report.get("streaming", [])
+    return len(report["layers"]) - len(stages) + sum(len(s["layers"]) for s in stages)
+
+
 def print_summary(compiled) -> None:
     r = compiled.report
     memory = r["memory"]
     budget = compiled.budget
     print(f"{r['model']} -> {compiled.out_dir}  (target {r['target']}, kernels {r['kernels']})")
-    print(f"  layers  {len(r['layers'])}")
+    print(f"  layers  {_model_layers(r)}")
     print(f"  MACs    {r['macs'] / 1e6:.2f} M")
     print(f"  params  {r['params'] / 1e6:.3f} M")
     parts = [f"arena {_kib(memory['arena_bytes'])}", f"input+output {_kib(memory['io_bytes'])}"]
@@ -121,7 +127,7 @@ def compile_json(compiled) -> dict:
     r = compiled.report
     keys = ("model", "target", "kernels", "macs", "params", "memory", "preprocessing",
             "interface", "fallback_layers")
-    return {"out_dir": str(compiled.out_dir), "layers": len(r["layers"]),
+    return {"out_dir": str(compiled.out_dir), "layers": _model_layers(r),
             **{k: r.get(k) for k in keys}, "budget": compiled.budget}
 
 
