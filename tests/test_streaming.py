@@ -262,3 +262,26 @@ def test_person_detect_streamed_in_qemu_cortex_m7(person_detect_streamed, tmp_pa
     np.testing.assert_array_equal(result.output_int8().ravel(),
                                   run_int8(graph, x)[graph.outputs[0]].ravel())
     assert len(result.layer_instructions) == len(compiled.report["layers"])
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+@pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None, reason="needs arm-none-eabi-gcc")
+def test_streamed_folders_build_with_werror_for_every_arm_kernel_set(tmp_path):
+    """A stage's band calls through the DSP, Helium and CMSIS-NN lowerings (the stand-in
+    headers for CMSIS-NN) compile warning-free with each target's flags."""
+    from test_warnings_clean import build_commands, run_command
+    from mbgen import targets
+    graph, stage = _random_chain(4)
+    commands = []
+    for target_name, kernels in (("cortex-m4", "mbgen"), ("cortex-m55", "mbgen"),
+                                 ("cortex-m7", "cmsis-nn")):
+        target = targets.get(target_name)
+        lowered = fuse(graph, stage, 1, 0, 1, "stage")
+        plan = plan_graph(lowered, streaming.scratch_requirements(lowered, kernels))
+        folder = tmp_path / f"{target_name}-{kernels}"
+        report = codegen.generate(lowered, plan, folder, target=target_name, kernels=kernels)
+        assert report["layers"][1]["op"] == "StreamedStage"
+        commands += build_commands(folder, target, "c99")
+    failures = [f for f in map(run_command, commands) if f]
+    assert not failures, "\n\n".join(failures[:3])
