@@ -285,3 +285,23 @@ def test_streamed_folders_build_with_werror_for_every_arm_kernel_set(tmp_path):
         commands += build_commands(folder, target, "c99")
     failures = [f for f in map(run_command, commands) if f]
     assert not failures, "\n\n".join(failures[:3])
+
+
+@pytest.mark.slow
+def test_cli_flags_switch_streaming(shared_dir, tmp_path, capsys):
+    from mbgen.cli import main
+    model = str(shared_dir / "models" / "person_detect.tflite")
+    assert main(["compile", model, "-o", str(tmp_path / "on")]) == 0
+    summary = capsys.readouterr().out
+    on = json.loads((tmp_path / "on" / "report.json").read_text())
+    assert on["streaming"] and "  stream  " in summary
+    assert f"layers  {len(on['layers']) - 1 + len(on['streaming'][0]['layers'])}" in summary
+    assert main(["compile", model, "-o", str(tmp_path / "off"), "--no-stream"]) == 0
+    off = json.loads((tmp_path / "off" / "report.json").read_text())
+    assert off["streaming"] == [] and "  stream  " not in capsys.readouterr().out
+    assert on["arena_bytes"] < off["arena_bytes"]
+    assert main(["compile", model, "-o", str(tmp_path / "zero"), "--max-recompute", "0"]) == 0
+    assert json.loads((tmp_path / "zero" / "report.json").read_text())["streaming"] == []
+    with pytest.raises(SystemExit) as exit_:
+        main(["compile", model, "--max-recompute", "lots"])
+    assert exit_.value.code == 2
