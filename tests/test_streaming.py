@@ -122,26 +122,27 @@ def test_write_order_never_promises_input_still_read():
 
 
 def _random_chain(seed: int) -> tuple[ir.Graph, list[int]]:
-    """conv -> [stage: conv/dw/pw mix, kernels 3/5, strides 1/2, SAME/VALID] -> dw, odd
-    sizes; returns the graph and the indices of the stage's nodes."""
+    """conv -> [stage: conv k3/k5 s2, dw k5/k3 (multiplier 2 for seed 1), pw, dw s2, pw,
+    SAME or VALID by seed] -> dw, odd sizes and random channels; returns the graph and the
+    indices of the stage's nodes."""
     rng = np.random.default_rng(seed)
     b = GraphBuilder(seed, f"chain{seed}")
-    x = b.input((1, int(rng.integers(13, 24)), int(rng.integers(7, 16)), 3))
+    x = b.input((1, 2 * int(rng.integers(8, 13)) + 1, 2 * int(rng.integers(4, 8)) + 1, 3))
     t = b.conv(x, 5, k=(1, 1))                        # before the stage: arena input
-    for _ in range(int(rng.integers(3, 6))):
-        k = int(rng.choice([3, 5]))
-        stride = (int(rng.choice([1, 2])),) * 2
-        _, h, w, _ = b.shape(t)
-        pad = ir.Padding() if rng.random() < 0.4 and min(h, w) > k else None
-        kind = rng.integers(0, 3)
-        act = [A.RELU6, A.RELU, A.NONE][int(rng.integers(0, 3))]
-        if kind == 0:
-            t = b.conv(t, int(rng.integers(3, 9)), k=(k, k), stride=stride, padding=pad,
-                       act=act)
-        elif kind == 1:
-            t = b.depthwise(t, k=(k, k), stride=stride, padding=pad, act=act)
-        else:
-            t = b.conv(t, int(rng.integers(3, 9)), k=(1, 1), act=act)
+
+    def padding(valid: bool) -> ir.Padding | None:
+        return ir.Padding() if valid else None        # None: TF 'SAME'
+
+    acts = [A.RELU6, A.RELU, A.NONE]
+    k = (3, 5)[seed % 2]
+    t = b.conv(t, int(rng.integers(3, 9)), k=(k, k), stride=(2, 2),
+               padding=padding(seed % 2 == 1), act=acts[seed % 3])
+    k = (5, 3)[seed % 2]
+    t = b.depthwise(t, multiplier=2 if seed == 1 else 1, k=(k, k), padding=padding(seed == 2),
+                    act=acts[(seed + 1) % 3])
+    t = b.conv(t, int(rng.integers(3, 9)), k=(1, 1), act=acts[(seed + 2) % 3])
+    t = b.depthwise(t, k=(3, 3), stride=(2, 2), padding=padding(seed == 0))
+    t = b.conv(t, int(rng.integers(3, 9)), k=(1, 1))
     t = b.depthwise(t)                                # after: the stage output in the arena
     graph = b.graph(t)
     return graph, list(range(1, len(graph.nodes) - 1))
