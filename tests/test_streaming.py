@@ -198,6 +198,11 @@ def test_pass_picks_stages_that_shrink_the_arena(tmp_path):
     assert report["arena_bytes"] == after
     stages = streaming.stages_report(lowered)
     assert stages and all(l["recompute_macs"] == 0 for s in stages for l in s["layers"])
+    # codegen's own scratch_requirements knows stages; a plan without their windows is refused
+    assert codegen.scratch_requirements(lowered, "portable") == \
+        streaming.scratch_requirements(lowered, "portable")
+    with pytest.raises(ir.GraphError, match="scratch"):
+        codegen.generate(lowered, plan_graph(lowered), tmp_path / "bad")
     # off: the same graph back
     assert streaming.streamed(graph, "portable", enabled=False) is graph
     # no overhead allowed: no stage

@@ -60,6 +60,9 @@ def portable() -> KernelSet:
 
 def scratch_requirements(graph: ir.Graph, kernels: str) -> dict[str, int]:
     """Scratch bytes per node for ``plan_graph(graph, scratch)`` with this kernel set."""
+    if any(isinstance(node.op, ir.StreamedStage) for node in graph.nodes):
+        from mbgen.streaming import scratch_requirements as with_stages
+        return with_stages(graph, kernels)   # a stage's windows and its band kernels'
     chosen = get(kernels)
     needs = {node.name: chosen.scratch_bytes(graph, node) for node in graph.nodes}
     return {name: n for name, n in needs.items() if n > 0}

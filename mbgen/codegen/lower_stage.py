@@ -94,9 +94,14 @@ def lower_stage(ctx: LoweringContext, index: int, node: ir.Node, chosen, fallbac
     graph, op = ctx.graph, node.op
     plan = stage_schedule(graph, op)
     tensors = stage_tensors(graph, op)
-    kernel_scratch, _ = stage_scratch_layout(graph, op, chosen.name)
+    kernel_scratch, needed = stage_scratch_layout(graph, op, chosen.name)
     scratch = ctx.scratch(node.name)
-    base = BufferRef(BufferKind.ARENA, scratch.offset if scratch else 0)
+    planned = {b.name: b.size for b in ctx.plan.buffers}.get(SCRATCH_PREFIX + node.name, 0)
+    if scratch is None or planned < needed:
+        raise ir.GraphError(f"{node.name}: the stage needs {needed} scratch bytes but the "
+                            f"memory plan has {planned}; plan with "
+                            "codegen.scratch_requirements(graph, kernels)")
+    base = BufferRef(BufferKind.ARENA, scratch.offset)
     windows = [_moved(base, kernel_scratch + off) for off in plan.window_offsets]
     stage_in, stage_out = ctx.buffer(node.inputs[0]), ctx.buffer(node.outputs[0])
     last = len(op.nodes) - 1
@@ -117,7 +122,7 @@ def lower_stage(ctx: LoweringContext, index: int, node: ir.Node, chosen, fallbac
         offsets = {name: ref.offset for name, ref in ((x, src), (y, dst)) if ref.is_arena}
         band_plan = GraphPlan(arena_size=ctx.plan.arena_size, offsets=offsets,
                               external=external,
-                              scratch_offsets={band_node.name: base.offset} if scratch else {},
+                              scratch_offsets={band_node.name: base.offset},
                               lifetimes={}, peak_live_bytes=0, copies=[],
                               # what a kernel set may check its scratch against
                               buffers=(Buffer(SCRATCH_PREFIX + band_node.name,
