@@ -5,6 +5,7 @@ numpy and TFLM on the host and once in QEMU."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 import shutil
 from pathlib import Path
 
@@ -311,3 +312,40 @@ def test_cli_flags_switch_streaming(shared_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["compile", model, "--max-recompute", "lots"])
     assert exit_.value.code == 2
+
+
+def test_fold_loops_makes_the_same_calls():
+    """Folding steady-state runs into loops keeps every call and every pointer."""
+    from mbgen.codegen.lower_stage import BandCall, MoveCall
+    from mbgen.codegen.records import BufferKind, BufferRef
+    from mbgen.codegen.stage_loops import StepLoop, fold_loops, unfold
+
+    @dataclass(frozen=True)
+    class FakeCall:
+        input: BufferRef
+        output: BufferRef
+
+    def band(ident: str, src: int, dst: int, kind=BufferKind.ARENA) -> BandCall:
+        return BandCall(1, ident, ident, FakeCall(BufferRef(kind, src),
+                                                  BufferRef(BufferKind.ARENA, dst)))
+
+    def move(size: int) -> MoveCall:
+        return MoveCall(BufferRef(BufferKind.ARENA, 0), BufferRef(BufferKind.ARENA, 64), size)
+
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        steps = [band("first", 0, 100, BufferKind.INPUT)]
+        period = int(rng.integers(1, 5))
+        for i in range(int(rng.integers(0, 9))):
+            for j in range(period):
+                steps.append(band(f"k{j}", 10 * i + j, 1000 + 7 * i))
+            if rng.random() < 0.7:
+                steps.append(move(32))
+        steps += [band("last", int(rng.integers(0, 50)), 5, BufferKind.INPUT), move(16)]
+        folded = fold_loops(tuple(steps))
+        assert unfold(folded) == unfold(tuple(steps))
+        assert len(folded) <= len(steps)
+    # a long steady state becomes one loop
+    steps = [band("a", 40 * i, 8 * i) for i in range(20)]
+    folded = fold_loops(tuple(steps))
+    assert len(folded) == 1 and isinstance(folded[0], StepLoop) and folded[0].count == 20

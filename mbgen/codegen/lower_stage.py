@@ -17,6 +17,7 @@ from mbgen import ir
 from mbgen.codegen.lowering import LoweringContext
 from mbgen.codegen.records import BufferKind, BufferRef, ConstArray, Layer
 from mbgen.codegen.report import layer_params
+from mbgen.codegen.stage_loops import LOOP_COUNTER, StepLoop, fold_loops
 from mbgen.errors import UserError
 from mbgen.planner import _SCRATCH_PREFIX as SCRATCH_PREFIX
 from mbgen.planner import Buffer, GraphPlan
@@ -65,7 +66,12 @@ class StageCall:
     template: ClassVar[str] = "kernels/stage.c.j2"
     function: ClassVar[str] = "stage"
     kernels: tuple[BandKernel, ...]
-    steps: tuple[BandCall | MoveCall, ...]
+    steps: tuple[BandCall | MoveCall | StepLoop, ...]   # steady-state runs folded in loops
+    counter: ClassVar[str] = LOOP_COUNTER
+
+    @property
+    def has_loops(self) -> bool:
+        return any(isinstance(s, StepLoop) for s in self.steps)
 
     @property
     def inner_templates(self) -> tuple[str, ...]:
@@ -162,7 +168,7 @@ def lower_stage(ctx: LoweringContext, index: int, node: ir.Node, chosen, fallbac
     kernel_set = chosen.name if chosen.name in used_sets else fallback.name
     return Layer(
         index=index, name=node.name, op=ir.op_name(op), kernel_set=kernel_set,
-        call=StageCall(tuple(kernels.values()), tuple(steps)),
+        call=StageCall(tuple(kernels.values()), fold_loops(tuple(steps))),
         input_shape=tuple(graph.tensors[node.inputs[0]].shape),
         output_shape=tuple(out.shape),
         macs=sum(layer_macs(tensors, n) for n in op.nodes),
