@@ -250,7 +250,7 @@ def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels
     # Streamed stages: the C computes ``lowered`` (bit-identical to ``graph``, which the
     # references and the exporters keep seeing).
     lowered = streaming.streamed(graph, kernels, options.stream, options.max_recompute)
-    plan = planner.plan_graph(lowered, scratch=streaming.scratch_requirements(lowered, kernels))
+    plan = planner.plan_graph(lowered, scratch=codegen.scratch_requirements(lowered, kernels))
     limits = budget.budget_for(project.board if project else target, options.ram_bytes,
                                options.flash_bytes)
     use = budget.MemoryUse(arena_bytes=int(plan.arena_size), io_bytes=io_bytes(graph),

@@ -198,7 +198,8 @@ def test_pass_picks_stages_that_shrink_the_arena(tmp_path):
     report = _compile_and_compare(graph, lowered, "portable", tmp_path / "out", [x_in])
     assert report["arena_bytes"] == after
     stages = streaming.stages_report(lowered)
-    assert stages and all(l["recompute_macs"] == 0 for s in stages for l in s["layers"])
+    assert stages and all(layer["recompute_macs"] == 0
+                          for s in stages for layer in s["layers"])
     # codegen's own scratch_requirements knows stages; a plan without their windows is refused
     assert codegen.scratch_requirements(lowered, "portable") == \
         streaming.scratch_requirements(lowered, "portable")
@@ -240,7 +241,7 @@ def test_person_detect_streamed_equals_numpy_and_tflm(person_detect_streamed, sh
     model, graph, compiled, out = person_detect_streamed
     report = json.loads((out / "report.json").read_text())
     assert report["streaming"], "person_detect's first layers should stream"
-    assert any(l["op"] == "StreamedStage" for l in report["layers"])
+    assert any(layer["op"] == "StreamedStage" for layer in report["layers"])
     exe = build_folder(out)
     inputs = [load_image(shared_dir / "images" / "person.bmp", (1, 96, 96, 1),
                          "uint8_minus128", xor_0x80=True).astype(np.int8),

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import ClassVar
 
-
 from mbgen import ir
 from mbgen.codegen.lowering import LoweringContext
 from mbgen.codegen.records import BufferKind, BufferRef, ConstArray, Layer

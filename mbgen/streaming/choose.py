@@ -2,9 +2,11 @@
 
 ``stream(graph, kernels, options)`` is pure: it returns a new int8 graph in which some
 chains of convolutions are one ``ir.StreamedStage`` node each. It works greedily on the
-memory plan: while the arena's busiest node sits in a chain, it tries the stages around that
-node (2..MAX_STAGE_LAYERS layers, each with the band/slack of the smallest windows whose
-overhead fits the limit), plans each, and keeps the one with the smallest arena.
+memory plan: each round it tries the stages around the arena's busiest node (2 to
+MAX_STAGE_LAYERS layers of a chain, each with the band/slack/chunk of the smallest windows
+whose overhead fits the limit), plans each, and keeps the one with the smallest arena (on
+equal arenas, the one that frees most bytes over time, so the peak can move to where the next
+stage takes it). At the end, every stage the final arena does not need is dropped again.
 
 Overhead. A stage computes every row once (no recompute: windows keep the rows the next
 layer still needs and move them down when full), so its MACs are the unstreamed ones. What
@@ -38,10 +40,9 @@ class StreamOptions:
 
 
 def layer_macs(tensors: dict[str, ir.Tensor], node: ir.Node) -> int:
-    out = tensors[node.outputs[0]].shape
-    k = tensors[node.inputs[1]].shape
-    depth = k[3] if isinstance(node.op, ir.Conv2D) else 1
-    return int(out[1] * out[2] * out[3] * k[1] * k[2] * depth)
+    """codegen.report's MACs of a node whose tensors are in ``tensors`` (a stage's too)."""
+    from mbgen.codegen.report import layer_macs as macs
+    return macs(ir.Graph("", tensors, [], [], []), node)
 
 
 def overhead_macs(plan: Schedule) -> int:
@@ -228,6 +229,7 @@ def stages_report(graph: ir.Graph) -> list[dict]:
                 "moved_bytes": plan.moved_bytes(j) if j < len(plan.capacities) else 0,
             })
         out.append({"name": node.name, "band_rows": op.band_rows,
-                    "slack_rows": op.slack_rows, "chunk_rows": op.chunk_rows, "window_bytes": plan.windows_total,
+                    "slack_rows": op.slack_rows, "chunk_rows": op.chunk_rows,
+                    "window_bytes": plan.windows_total,
                     "overhead_macs": overhead_macs(plan), "layers": layers})
     return out
