@@ -200,6 +200,12 @@ def test_pass_picks_stages_that_shrink_the_arena(tmp_path):
     stages = streaming.stages_report(lowered)
     assert stages and all(layer["recompute_macs"] == 0
                           for s in stages for layer in s["layers"])
+    # the planner's view of a stage: it reads its input and writes its output in ascending rows
+    for node in lowered.nodes:
+        if isinstance(node.op, ir.StreamedStage):
+            order = streaming.stage_write_order(lowered, node.op)
+            assert order.input_bytes == lowered.tensors[node.inputs[0]].nbytes
+            assert order.output_bytes == lowered.tensors[node.outputs[0]].nbytes
     # codegen's own scratch_requirements knows stages; a plan without their windows is refused
     assert codegen.scratch_requirements(lowered, "portable") == \
         streaming.scratch_requirements(lowered, "portable")
