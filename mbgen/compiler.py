@@ -65,10 +65,13 @@ class CompiledModel:
     source: ModelSource
     float_graph: ir.Graph | None       # None when the model arrived already int8 (TFLite)
     graph: ir.Graph                    # the int8 graph the C computes
-    plan: object                       # planner.GraphPlan
+    plan: object                       # planner.GraphPlan (of ``lowered``)
     report: dict
     out_dir: Path
     budget: dict = field(default_factory=dict)
+    # ``graph`` with its streamed stages (mbgen.streaming): what the plan and the C follow;
+    # ``graph`` itself when nothing streams
+    lowered: ir.Graph | None = None
 
 
 # ----------------------------------------------------------------------------- loading
@@ -297,7 +300,7 @@ def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels
     summary = {"ram_bytes": limits.ram_bytes, "flash_bytes": limits.flash_bytes,
                "folder": change.summary()}
     return CompiledModel(prepared.source, prepared.float_graph, graph, plan, report, out_dir,
-                         summary)
+                         summary, lowered)
 
 
 def io_report(prepared: PreparedModel) -> dict:
