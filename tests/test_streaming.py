@@ -381,3 +381,18 @@ def test_random_chains_streamed_with_mbgen_kernels_in_qemu(target_name, tmp_path
         np.testing.assert_array_equal(result.output_int8().ravel(),
                                       run_int8(graph, x)[graph.outputs[0]].ravel(),
                                       err_msg=f"{target_name} seed {seed}")
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+@pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None, reason="needs arm-none-eabi-gcc")
+def test_mbv1_128_fits_the_cortex_m4_budget_once_streamed(prepared, tmp_path):
+    """Unstreamed it needs about 148 KB of the part's 128 KB (tests/test_budget.py)."""
+    from mbgen import targets
+    from mbgen.compiler import CompileOptions, emit
+    compiled = emit(prepared("mbv1_0.25_128"),
+                    CompileOptions(target="cortex-m4", out_dir=tmp_path / "m4"))
+    memory = compiled.report["memory"]
+    assert compiled.report["streaming"]
+    assert memory["sram_bytes"] <= targets.get("cortex-m4").ram_bytes
+    assert memory["arena_bytes"] < 40_000
