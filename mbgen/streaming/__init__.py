@@ -11,9 +11,9 @@ windows; its walk over its input: ``stage_write_order``).
 
 from __future__ import annotations
 
-from mbgen import ir
 from collections.abc import Callable
 
+from mbgen import ir
 from mbgen.planner import GraphPlan
 from mbgen.streaming.choose import StreamOptions, stage_macs, stages_report, stream
 from mbgen.streaming.stage import stage_write_order
@@ -29,13 +29,10 @@ def options_for(kernels: str, enabled: bool = True,
 
 
 def streamed(graph: ir.Graph, kernels: str, enabled: bool = True,
-             max_recompute: float = DEFAULT_MAX_RECOMPUTE,
-             plan_of: Callable[[ir.Graph], GraphPlan] | None = None) -> ir.Graph:
+             max_recompute: float = DEFAULT_MAX_RECOMPUTE, *,
+             plan_of: Callable[[ir.Graph], GraphPlan]) -> ir.Graph:
     """``graph`` with the stages that shrink its arena (``graph`` if none); ``plan_of``:
-    the planner candidates are judged with (default: codegen's, external I/O)."""
-    if plan_of is None:
-        from mbgen.codegen.program import planner_for   # codegen imports this package
-        plan_of = planner_for(kernels)
+    the real planner candidates are judged with (codegen.program.planner_for)."""
     return stream(graph, kernels, options_for(kernels, enabled, max_recompute), plan_of)
 
 
