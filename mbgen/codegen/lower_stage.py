@@ -89,11 +89,17 @@ def _renamed(value, refs: dict[tuple[BufferKind, str], BufferRef], scratch: Buff
         new = refs.get((value.kind, value.name))
         return value if new is None else _moved(new, value.offset)
     if isinstance(value, tuple):
-        return tuple(_renamed(v, refs, scratch) for v in value)
+        renamed = tuple(_renamed(v, refs, scratch) for v in value)
+        return renamed if any(a is not b for a, b in zip(renamed, value)) else value
     if is_dataclass(value) and not isinstance(value, type):
-        changes = {f.name: _renamed(getattr(value, f.name), refs, scratch)
-                   for f in fields(value) if f.init}
-        return replace(value, **changes)
+        changes = {}
+        for f in fields(value):
+            if f.init:
+                old = getattr(value, f.name)
+                new = _renamed(old, refs, scratch)
+                if new is not old:
+                    changes[f.name] = new
+        return replace(value, **changes) if changes else value   # constants stay shared
     return value
 
 
