@@ -53,14 +53,15 @@ def _kernel_set_names(requested: Sequence[str] | None, cmsis_nn: str | os.PathLi
 
 def _bench_one(graph, target, kernels: str, x: np.ndarray, expected: np.ndarray,
                cmsis_nn: str | os.PathLike | None) -> dict:
-    from mbgen import codegen
+    from mbgen import codegen, streaming
     from mbgen.runner import build_firmware, run_elf
     label = kernels
     kernels, layout = LAYOUT_VARIANTS.get(label, (label, "auto"))
     with tempfile.TemporaryDirectory(prefix="mbgen-bench-") as tmp:
         out = Path(tmp) / "out"
+        # streamed as compile streams them (the default options)
         report = codegen.generate(graph, out, target=target.name, kernels=kernels,
-                                  weight_layout=layout)
+                                  weight_layout=layout, stream=streaming.options_for(kernels))
         firmware = build_firmware(out, target, Path(tmp) / "build",
                                   cmsis_nn=Path(cmsis_nn) if cmsis_nn is not None else None)
         result = run_elf(firmware.elf, target, x.tobytes(), timeout=QEMU_TIMEOUT)

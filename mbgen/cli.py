@@ -68,7 +68,9 @@ def _compile_options(args: argparse.Namespace):
         emit_tflite=Path(args.emit_tflite) if getattr(args, "emit_tflite", None) else None,
         input_range=args.input_range, mean=args.mean, std=args.std,
         weights=Path(args.weights) if args.weights else None,
-        io=getattr(args, "io", None))
+        io=getattr(args, "io", None),
+        stream=not getattr(args, "no_stream", False),
+        max_recompute=getattr(args, "max_recompute", 0.10))
 
 
 def _room(used: int, budget: int | None) -> str:
@@ -78,12 +80,18 @@ def _room(used: int, budget: int | None) -> str:
             f"{_kib(budget - used)} left for the application)")
 
 
+def _model_layers(report: dict) -> int:
+    """The model's layers: a streamed stage is one generated layer of several."""
+    stages = report.get("streaming", [])
+    return len(report["layers"]) - len(stages) + sum(len(s["layers"]) for s in stages)
+
+
 def print_summary(compiled) -> None:
     r = compiled.report
     memory = r["memory"]
     budget = compiled.budget
     print(f"{r['model']} -> {compiled.out_dir}  (target {r['target']}, kernels {r['kernels']})")
-    print(f"  layers  {len(r['layers'])}")
+    print(f"  layers  {_model_layers(r)}")
     print(f"  MACs    {r['macs'] / 1e6:.2f} M")
     print(f"  params  {r['params'] / 1e6:.3f} M")
     parts = [f"arena {_kib(memory['arena_bytes'])}"
@@ -107,6 +115,10 @@ def print_summary(compiled) -> None:
         print(f"  weights {_kib(memory['weights_bytes'])}")
     if "weight_layout" in budget:
         print(f"  layout  {budget['weight_layout']}")
+    for stage in r.get("streaming", []):
+        layers = " -> ".join(layer["name"] for layer in stage["layers"])
+        print(f"  stream  {layers}: {stage['band_rows']}-row bands, windows "
+              f"{_kib(stage['window_bytes'])}, overhead {stage['overhead_macs']} MAC-eq")
     if "note" in budget:
         print(f"  note    {budget['note']}")
     if "board" in r:
@@ -124,7 +136,7 @@ def compile_json(compiled) -> dict:
     r = compiled.report
     keys = ("model", "target", "kernels", "macs", "params", "memory", "preprocessing",
             "interface", "fallback_layers", "fidelity")
-    return {"out_dir": str(compiled.out_dir), "layers": len(r["layers"]),
+    return {"out_dir": str(compiled.out_dir), "layers": _model_layers(r),
             **{k: r.get(k) for k in keys}, "budget": compiled.budget}
 
 
@@ -362,7 +374,22 @@ def _add_compile_args(p: argparse.ArgumentParser, output_help: str) -> None:
     p.add_argument("--mean", metavar="M[,M,M]",
                    help="instead of --input-range: input = (p - mean) / std, in pixel units")
     p.add_argument("--std", metavar="S[,S,S]", help="see --mean (default 1)")
+    p.add_argument("--no-stream", action="store_true",
+                   help="compute every layer whole (no streamed stages of conv/dw/pw chains)")
+    p.add_argument("--max-recompute", type=_fraction, default=0.10, metavar="F",
+                   help="streamed stages may add at most this fraction of their MACs in "
+                        "extra work: recomputed MACs, row moves, extra calls (default 0.10)")
     _add_common(p)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 10.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction between 0 and 10")
+    return value
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:

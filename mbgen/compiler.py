@@ -65,6 +65,8 @@ class CompileOptions:
     adaround: bool = False
     augment: int | None = None
     holdout: float = 0.2
+    stream: bool = True                 # streamed stages (mbgen.streaming); --no-stream: off
+    max_recompute: float = 0.10         # their extra work, as a fraction of their MACs
 
 
 @dataclass
@@ -72,10 +74,13 @@ class CompiledModel:
     source: ModelSource
     float_graph: ir.Graph | None       # None when the model arrived already int8 (TFLite)
     graph: ir.Graph                    # the int8 graph the C computes
-    plan: object                       # planner.GraphPlan
+    plan: object                       # planner.GraphPlan (of ``lowered``)
     report: dict
     out_dir: Path
     budget: dict = field(default_factory=dict)
+    # ``graph`` with its streamed stages (mbgen.streaming): what the plan and the C follow;
+    # ``graph`` itself when nothing streams
+    lowered: ir.Graph | None = None
 
 
 # ----------------------------------------------------------------------------- loading
@@ -251,7 +256,7 @@ def emit(prepared: PreparedModel, options: CompileOptions) -> CompiledModel:
 
 def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels: str,
                out_dir: Path) -> CompiledModel:
-    from mbgen import board_project, codegen
+    from mbgen import board_project, codegen, streaming
     from mbgen.codegen.generator import write_report
     from mbgen.codegen.kernels_mbgen_policy import layout_note, lowering_layout
 
@@ -264,14 +269,17 @@ def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels
         graph, prefix=options.name, kernels=kernels, target=target.name,
         io=options.io or codegen.default_io(target.name),
         flash_budget=limits.flash_bytes or None,
-        weight_layout=lowering_layout(options.weight_layout, options.optimize))
-    plan = program.plan
+        weight_layout=lowering_layout(options.weight_layout, options.optimize),
+        stream=streaming.options_for(kernels, options.stream, options.max_recompute))
+    plan, lowered = program.plan, program.graph
     use = budget.MemoryUse(arena_bytes=int(plan.arena_size), io_bytes=io_bytes(graph, plan.io),
                            weights_bytes=constant_bytes(graph))
     budget.check(use, limits)  # what is known before generating: refuse early
     with tempfile.TemporaryDirectory(prefix="mbgen-") as tmp:
         staging = Path(tmp) / (out_dir.resolve().name or "out")
-        report = codegen.render(graph, program, staging, name=options.name,
+        # the C computes ``program.graph`` (with its streamed stages, bit-identical to
+        # ``graph``, which the references and the exporters keep seeing)
+        report = codegen.render(program.graph, program, staging, name=options.name,
                                 target=target.name, kernels=kernels,
                                 **(project.generate_options() if project else {}))
         if project:
@@ -296,6 +304,7 @@ def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels
             project.check_image(firmware)
         report["memory"] = budget.as_report(use, limits)
         report.update(io_report(prepared))
+        report["streaming"] = streaming.stages_report(lowered)
         if firmware is not None:
             report["memory"]["example_firmware"] = {
                 "text": firmware.text, "data": firmware.data, "bss": firmware.bss,
@@ -312,7 +321,7 @@ def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels
             graph, lowering_layout(options.weight_layout, options.optimize),
             limits.flash_bytes or target.flash_bytes)
     return CompiledModel(prepared.source, prepared.float_graph, graph, plan, report, out_dir,
-                         summary)
+                         summary, lowered)
 
 
 def io_report(prepared: PreparedModel) -> dict:

@@ -285,10 +285,27 @@ class DequantizedMean:
     requantization: Requantization = Requantization.ONNXRUNTIME
 
 
+@dataclass(frozen=True, eq=False)
+class StreamedStage:
+    """A chain of Conv2D / DepthwiseConv2D nodes computed in row bands (mbgen.streaming):
+    only the chain's input and its last output exist whole; each tensor in between lives in
+    a window of rows in the stage's scratch. Made just before lowering, never seen by the
+    references or the exporters. inputs: x, then the inner nodes' constants; outputs: the
+    last inner node's output. ``nodes`` read ``tensors`` (the intermediates) and the
+    graph's constants."""
+
+    nodes: tuple[Node, ...]
+    tensors: tuple[Tensor, ...]
+    band_rows: int          # output rows of the last layer per call
+    slack_rows: int         # rows each window holds beyond the minimum (fewer moves)
+    chunk_rows: int = 0     # most rows an inner layer computes per call (0: as asked)
+
+
 OpAttrs = Union[Conv2D, DepthwiseConv2D, FullyConnected, Add, Mul, AveragePool2D, Mean,
                 Reshape, Pad, Softmax, ActivationOp, HardSwish, Logistic, BatchNorm,
                 Identity, Quantize, Dequantize, Concatenation, MaxPool2D,
-                StridedSlice, Transpose, PadND, DequantizedActivation, DequantizedMean]
+                StridedSlice, Transpose, PadND, DequantizedActivation, DequantizedMean,
+                StreamedStage]
 
 OP_TYPES: tuple[type, ...] = OpAttrs.__args__  # type: ignore[attr-defined]
 

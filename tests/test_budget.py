@@ -34,12 +34,13 @@ def test_mbv1_128_over_a_ram_budget_once_everything_is_counted(prepared, tmp_pat
     with pytest.raises(UserError, match=r"needs at least 1\d\d\d\d\d bytes of RAM .*"
                                         r"arena .* \+ input\+output 50152\) .*bytes over"):
         emit(model, CompileOptions(target="cortex-m4", out_dir=tmp_path / "m4", io="external",
+                                   stream=False,
                                    ram_bytes=100_000))
     assert not (tmp_path / "m4").exists()
 
     # With the budget lifted, the figure it would have needed equals the linked firmware.
     compiled = emit(model, CompileOptions(target="cortex-m4", out_dir=tmp_path / "m4",
-                                          ram_bytes=1 << 20, io="external"))
+                                          ram_bytes=1 << 20, io="external", stream=False))
     memory = compiled.report["memory"]
     assert memory["sram_bytes"] > 100_000
     firmware = build_firmware(tmp_path / "m4", targets.get("cortex-m4"), tmp_path / "build")

@@ -59,11 +59,12 @@ def test_report_pictures_the_plan(prepared, tmp_path):
     report, plan = compiled.report, compiled.plan
     page = _Svg()
     page.feed(write_report(tmp_path / "out").read_text())
-    names = [node.name for node in graph.nodes]
+    names = [layer["name"] for layer in report["layers"]]   # a streamed stage is one layer
     # Every layer is named under the picture, in order.
     assert [label.split(" ", 1)[1] for label in page.layer_labels] == names
     # One rectangle per planned buffer, each at its arena offset (residuals included).
-    assert len(page.rects) == len(report["buffers"]) == len(plan.lifetimes)
+    assert len(page.rects) == len(report["buffers"]) == \
+        len(plan.lifetimes) + len(plan.scratch_offsets)   # streamed stages' windows too
     arena_rects = [r for r in page.rects if "arena offset" in r["title"]]
     scale = 320 / plan.arena_size
     for rect, buffer in zip(page.rects, report["buffers"]):

@@ -83,7 +83,8 @@ def _unique_constants(layers: list[Layer]) -> list[ConstArray]:
     seen: set[str] = set()
     constants = []
     for layer in layers:
-        for array in constants_of(layer.call):
+        inner = getattr(layer.call, "kernels", ())   # a streamed stage's band kernels
+        for array in constants_of(layer.call) + [a for k in inner for a in constants_of(k.call)]:
             if array.symbol not in seen:
                 seen.add(array.symbol)
                 constants.append(array)
@@ -101,7 +102,7 @@ def generate(graph: ir.Graph, out_dir: Path, *, name: str = "model",
              target: str = "host", kernels: str = "portable", io: str | None = None,
              harness: bool = True, flash_budget: int | None = None,
              weight_layout: str = "auto", harness_template: str | None = None,
-             harness_context: dict | None = None) -> dict:
+             harness_context: dict | None = None, stream=None) -> dict:
     """Write model.h/.c, model_weights.h/.c, model_kernels.h/.c, main.c and report.json
     (``model`` replaced by ``name``) into ``out_dir``; return the report.
 
@@ -110,11 +111,12 @@ def generate(graph: ir.Graph, out_dir: Path, *, name: str = "model",
     ``flash_budget`` overrides the target's flash for layout decisions; ``weight_layout``
     forces a kernel set's weight format ("int16" pairs: faster, "int8": half the flash).
     ``harness_template`` (with ``harness_context``) replaces the target's main.c template,
-    e.g. a board port's (mbgen/board_project.py)."""
+    e.g. a board port's (mbgen/board_project.py). ``stream``: mbgen.streaming's options
+    (None: no streamed stages)."""
     program = build_program(graph, prefix=name, kernels=kernels, target=target,
                             io=io or default_io(target), flash_budget=flash_budget,
-                            weight_layout=weight_layout)
-    return render(graph, program, out_dir, name=name, target=target, kernels=kernels,
+                            weight_layout=weight_layout, stream=stream)
+    return render(program.graph, program, out_dir, name=name, target=target, kernels=kernels,
                   harness=harness, harness_template=harness_template,
                   harness_context=harness_context)
 
@@ -133,7 +135,9 @@ def render(graph: ir.Graph, program: Program, out_dir: Path, *, name: str = "mod
     env = environment()
     x, y = graph.tensors[graph.inputs[0]], graph.tensors[graph.outputs[0]]
     base = {"prefix": name, "PREFIX": name.upper()}
-    template_names = list(dict.fromkeys(layer.call.template for layer in layers))
+    template_names = list(dict.fromkeys(
+        t for layer in layers
+        for t in (*getattr(layer.call, "inner_templates", ()), layer.call.template)))
     kernel_templates = {t: env.get_template(t).make_module(base) for t in template_names}
     context = dict(
         base,

@@ -1,5 +1,7 @@
 """The one pipeline from an int8 graph to bound call records: lower, plan, bind.
 
+0. **Stream** (optional): ``mbgen.streaming`` fuses conv chains into streamed stages,
+   judging its candidates with this pipeline's own lowering and planner (``planner_for``).
 1. **Lower**: each node becomes a ``KernelInstance``: the chosen kernel set's call record
    (else the portable one) with symbolic buffers, the arena scratch it asked for
    (``LoweringContext.scratch``), the walks its kernel declares over its inputs
@@ -13,16 +15,19 @@ bench, verify and the tests all come through here, so no size is computed twice.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass, replace
 
-from mbgen import ir
+from mbgen import ir, streaming
 from mbgen.codegen import kernel_sets
+from mbgen.codegen.lower_stage import lower_stage
 from mbgen.codegen.lowering import LoweringContext, is_valid_c_name
 from mbgen.codegen.records import (AliasCall, BufferKind, BufferRef, CallRecord, CopyCall,
                                    Layer)
 from mbgen.codegen.report import layer_macs, layer_params
 from mbgen.errors import UserError
 from mbgen.planner import GraphPlan, NodeNeeds, plan_graph
+from mbgen.streaming import StreamOptions
 from mbgen.write_order import WriteOrder
 
 
@@ -58,6 +63,7 @@ class Program:
     instances: tuple[KernelInstance, ...]
     plan: GraphPlan
     layers: tuple[Layer, ...]
+    graph: ir.Graph | None = None   # what the C computes: the input graph, streamed
 
 
 def _walks_of(kernel_set, call: CallRecord) -> tuple[tuple[str, WriteOrder], ...]:
@@ -68,41 +74,76 @@ def _walks_of(kernel_set, call: CallRecord) -> tuple[tuple[str, WriteOrder], ...
     return tuple((ref.name, order) for ref, order in declare(call))
 
 
-def lower(ctx: LoweringContext, kernels: str) -> list[KernelInstance]:
-    """One kernel instance per node: the chosen kernel set's, else the portable one."""
+def lower_node(ctx: LoweringContext, index: int, node: ir.Node, kernels: str
+               ) -> KernelInstance:
+    """One node's kernel instance: the chosen kernel set's, else the portable one; a
+    streamed stage is one instance too (codegen.lower_stage)."""
     chosen = kernel_sets.get(kernels)
     fallback = kernel_sets.portable()
-    instances = []
-    for index, node in enumerate(ctx.graph.nodes):
-        for kernel_set in dict.fromkeys((chosen, fallback)):
-            call = kernel_set.lower(ctx, index, node)
-            if call is not None:
-                break
-            ctx.scratch_requests.pop(node.name, None)   # a refusing set's request is void
-        if call is None:
-            raise UserError(f"layer {node.name!r}: {ir.op_name(node.op)} with these shapes "
-                            "has no int8 C kernel in mbgen")
-        instances.append(KernelInstance(
-            index=index, node=node, kernel_set=kernel_set.name, call=call,
-            scratch_bytes=ctx.scratch_requests.get(node.name, 0),
-            walks=_walks_of(kernel_set, call)))
-    return instances
+    if isinstance(node.op, ir.StreamedStage):
+        call, used, walks = lower_stage(ctx, index, node, chosen, fallback)
+        return KernelInstance(index, node, used, call,
+                              ctx.scratch_requests.get(node.name, 0), walks)
+    for kernel_set in dict.fromkeys((chosen, fallback)):
+        call = kernel_set.lower(ctx, index, node)
+        if call is not None:
+            break
+        ctx.scratch_requests.pop(node.name, None)   # a refusing set's request is void
+    if call is None:
+        raise UserError(f"layer {node.name!r}: {ir.op_name(node.op)} with these shapes "
+                        "has no int8 C kernel in mbgen")
+    return KernelInstance(
+        index=index, node=node, kernel_set=kernel_set.name, call=call,
+        scratch_bytes=ctx.scratch_requests.get(node.name, 0),
+        walks=_walks_of(kernel_set, call))
+
+
+def lower(ctx: LoweringContext, kernels: str) -> list[KernelInstance]:
+    """One kernel instance per node."""
+    return [lower_node(ctx, index, node, kernels)
+            for index, node in enumerate(ctx.graph.nodes)]
+
+
+def planner_for(kernels: str, *, prefix: str = "model", target: str = "host",
+                io: str = "external", flash_budget: int | None = None,
+                weight_layout: str = "auto") -> Callable[[ir.Graph], GraphPlan]:
+    """The real plan of any variant of one graph (the streaming pass's candidates): the
+    nodes' declarations (scratch, walks) as lowering makes them, the planner with its
+    overlays and io mode. A node's needs are lowered once (by name; a stage by its bands)."""
+    cache: dict[tuple, NodeNeeds] = {}
+
+    def plan_of(graph: ir.Graph) -> GraphPlan:
+        ctx = LoweringContext(graph, prefix, target, flash_budget, weight_layout)
+        needs = {}
+        for index, node in enumerate(graph.nodes):
+            op = node.op
+            key = ((node.name, tuple(n.name for n in op.nodes), op.band_rows, op.slack_rows,
+                    op.chunk_rows) if isinstance(op, ir.StreamedStage) else (node.name,))
+            if key not in cache:
+                cache[key] = lower_node(ctx, index, node, kernels).needs
+            needs[node.name] = cache[key]
+        return plan_graph(graph, needs, io=io)
+    return plan_of
 
 
 def _resolve(ref: BufferRef, plan: GraphPlan) -> BufferRef:
+    """A symbolic ref at its planned place; its own ``offset`` (rows into a tensor or into
+    scratch) is added, and a subclass (a stage loop's SteppedRef) keeps its stride."""
     if ref.kind is BufferKind.SCRATCH:
-        return BufferRef(BufferKind.ARENA, int(plan.scratch_offsets[ref.name]))
+        return replace(ref, kind=BufferKind.ARENA, name="",
+                       offset=int(plan.scratch_offsets[ref.name]) + ref.offset)
     if ref.kind is not BufferKind.TENSOR:
         return ref
     offset = plan.offsets.get(ref.name)
     role = (plan.io_roles or {}).get(ref.name)
     if role is not None:
         # the model's input/output pointer (the caller's, or the arena's with io "arena")
+        # (its offset counts from that pointer: rows into the input of a streamed stage)
         kind = BufferKind.INPUT if role == "input" else BufferKind.OUTPUT
-        return BufferRef(kind, int(offset) if offset is not None else 0)
+        return replace(ref, kind=kind, name="")
     if offset is None:
         raise ir.GraphError(f"activation {ref.name!r} has no place in the memory plan")
-    return BufferRef(BufferKind.ARENA, int(offset))
+    return replace(ref, kind=BufferKind.ARENA, name="", offset=int(offset) + ref.offset)
 
 
 def _bind_value(value, plan: GraphPlan):
@@ -139,7 +180,18 @@ def _same_bytes(a: BufferRef, b: BufferRef, plan: GraphPlan) -> bool:
         return True
     in_arena = (BufferKind.ARENA, BufferKind.INPUT, BufferKind.OUTPUT)
     return plan.io == "arena" and a.kind in in_arena and b.kind in in_arena \
-        and a.offset == b.offset
+        and _arena_offset(a, plan) == _arena_offset(b, plan)
+
+
+def _arena_offset(ref: BufferRef, plan: GraphPlan) -> int:
+    """A bound pointer's offset from the arena (io "arena": the model's input and output
+    pointers are at their tensors' planned offsets)."""
+    if ref.kind is BufferKind.ARENA:
+        return ref.offset
+    role = "input" if ref.kind is BufferKind.INPUT else "output"
+    base = next(plan.offsets[name] for name, r in plan.io_roles.items()
+                if r == role and name in plan.offsets)
+    return int(base) + ref.offset
 
 
 def check_graph(graph: ir.Graph, name: str) -> None:
@@ -158,9 +210,15 @@ def check_graph(graph: ir.Graph, name: str) -> None:
 
 def build_program(graph: ir.Graph, *, prefix: str = "model", kernels: str = "portable",
                   target: str = "host", io: str = "external",
-                  flash_budget: int | None = None, weight_layout: str = "auto") -> Program:
-    """Lower every node, plan the arena from the instances' declarations, bind the plan."""
+                  flash_budget: int | None = None, weight_layout: str = "auto",
+                  stream: StreamOptions | None = None) -> Program:
+    """Stream (``stream``: the options of mbgen.streaming, None: no stages), lower every
+    node, plan the arena from the instances' declarations, bind the plan."""
     check_graph(graph, prefix)
+    if stream is not None and stream.enabled:
+        graph = streaming.stream(graph, kernels, stream, planner_for(
+            kernels, prefix=prefix, target=target, io=io, flash_budget=flash_budget,
+            weight_layout=weight_layout))
     ctx = LoweringContext(graph, prefix, target, flash_budget, weight_layout)
     instances = lower(ctx, kernels)
     plan = plan_graph(graph, {i.node.name: i.needs for i in instances}, io=io)
@@ -173,7 +231,13 @@ def build_program(graph: ir.Graph, *, prefix: str = "model", kernels: str = "por
             kernel_set=instance.kernel_set, call=bind(instance, plan),
             input_shape=tuple(graph.tensors[node.inputs[0]].shape),
             output_shape=tuple(out.shape),
-            macs=layer_macs(graph, node), params=layer_params(graph, node),
+            macs=_macs(graph, node), params=layer_params(graph, node),
             arena_offset=plan.offsets.get(node.outputs[0]),
             output_bytes=out.nbytes))
-    return Program(tuple(instances), plan, tuple(layers))
+    return Program(tuple(instances), plan, tuple(layers), graph)
+
+
+def _macs(graph: ir.Graph, node: ir.Node) -> int:
+    if isinstance(node.op, ir.StreamedStage):
+        return streaming.stage_macs(graph, node.op)
+    return layer_macs(graph, node)
