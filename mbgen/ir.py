@@ -266,7 +266,8 @@ class DequantizedActivation:
     """inputs: x. int8 ONNX only: an activation onnxruntime computes in float32 between a
     DequantizeLinear and a QuantizeLinear. ``function`` "HardSigmoid" is
     max(0, min(1, alpha * x + beta)); "HardSwish" is x * HardSigmoid(x) (alpha 1/6, beta 0.5);
-    "Identity" is x (a requantisation to the output's parameters).
+    "Sigmoid" is onnxruntime's logistic (also com.microsoft QLinearSigmoid, whose kernel
+    builds the same table); "Identity" is x (a requantisation to the output's parameters).
     The kernels look the int8 result up in a 256-entry table (quantize/onnxruntime_params)."""
 
     function: str

@@ -5,16 +5,17 @@ taken as stored:
 
 * **QOperator**: QuantizeLinear, QLinearConv (group 1 or depthwise), QLinearMatMul,
   com.microsoft QGemm / QLinearAdd / QLinearMul / QLinearGlobalAveragePool /
-  QLinearAveragePool, Flatten/Reshape on int8 tensors, DequantizeLinear.
+  QLinearAveragePool / QLinearSigmoid, Flatten/Reshape on int8 tensors, DequantizeLinear.
 * **QDQ**: float Conv / Gemm / MatMul / Add / Mul / GlobalAveragePool / AveragePool whose
   inputs come from DequantizeLinear and whose output goes to one QuantizeLinear.
   onnxruntime fuses such groups into the QOperator kernels above, so they become the same
   IR ops; Flatten/Reshape between a DequantizeLinear and a QuantizeLinear with equal
   parameters is a reshape.
-* **Both**: DequantizeLinear -> HardSigmoid / HardSwish -> QuantizeLinear, which onnxruntime
-  computes in float32 (no QLinear kernel exists): ir.DequantizedActivation, a 256-entry
-  table of those float32 results; DequantizeLinear -> QuantizeLinear with other parameters
-  likewise; DequantizeLinear -> ReduceMean (H, W) -> QuantizeLinear is ir.DequantizedMean.
+* **Both**: DequantizeLinear -> HardSigmoid / HardSwish / Sigmoid -> QuantizeLinear, which
+  onnxruntime computes in float32, and com.microsoft QLinearSigmoid (a table of the same
+  float32 results): ir.DequantizedActivation, a 256-entry table of those results;
+  DequantizeLinear -> QuantizeLinear with other parameters likewise;
+  DequantizeLinear -> ReduceMean (H, W) -> QuantizeLinear is ir.DequantizedMean.
   QLinearConcat / Concat, MaxPool, Split, Slice and the channel shuffle:
   ``onnx_quantized_graph_ops``.
 
@@ -22,7 +23,8 @@ Every int8 op gets ``requantization=ONNXRUNTIME`` (float32 scales, round half to
 ``mbgen/quantize/onnxruntime_params.py``). Activations may be int8 or uint8 (quantize_static's
 default); uint8 tensors become int8 with value and zero point minus 128, which is exact for
 every op here, and the add, mul and average pool, whose float arithmetic sees stored
-values, are ``ONNXRUNTIME_UINT8``. Weights must be int8.
+values, are ``ONNXRUNTIME_UINT8``. Weights must be int8. quantize_dynamic models
+(MatMulInteger, ConvInteger) are refused: see ``_refuse_integer_ops``.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ from mbgen.frontends.onnx_quantized_layers import ORT, QuantizedLayers
 QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul",
                            "QGemm", "QLinearAdd", "QLinearGlobalAveragePool", "MatMulInteger",
                            "QLinearMul", "QLinearAveragePool", "QLinearSigmoid",
-                           "QLinearConcat"})
+                           "QLinearConcat", "ConvInteger", "DynamicQuantizeLinear"})
+# What quantize_dynamic writes: integer ops with int32 outputs rescaled in float.
+_INTEGER_OPS = ("MatMulInteger", "ConvInteger")
 _DOMAINS = ("", "ai.onnx", "com.microsoft")
 
 
@@ -192,6 +196,7 @@ class _QuantizedConverter(QuantizedGraphOps, QuantizedLayers, _Converter):
     # ------------------------------------------------------------------ driver
 
     def convert(self) -> ir.Graph:
+        _refuse_integer_ops(self.onnx_nodes)
         self.float_tensors.add(self._declare_graph_input())
         for node in self.onnx_nodes:
             if node.label not in self.absorbed:
@@ -348,6 +353,25 @@ class _QuantizedConverter(QuantizedGraphOps, QuantizedLayers, _Converter):
         return self._shape(node.proto.output[0], node)
 
 
+def _refuse_integer_ops(nodes: list[_OnnxNode]) -> None:
+    """MatMulInteger / ConvInteger give an int32 result that only float ops (Cast, Mul by
+    the scales) turn back into values: no int8 consumer exists, so there is no static int8
+    graph to compile. quantize_dynamic writes them after a DynamicQuantizeLinear, whose scale
+    is computed from each input at run time."""
+    node = next((n for n in nodes if n.op_type in _INTEGER_OPS), None)
+    dynamic = any(n.op_type == "DynamicQuantizeLinear" for n in nodes)
+    if node is None:
+        if not dynamic:
+            return
+        node = next(n for n in nodes if n.op_type == "DynamicQuantizeLinear")
+    why = ("comes from dynamic quantization (quantize_dynamic): its activations are quantised "
+           "at run time in float, so this is not a static int8 graph" if dynamic else
+           "has an int32 output that only float ops rescale; mbgen compiles static int8 "
+           "graphs")
+    raise UserError(f"ONNX {node.op_type} {node.where()} {why}; quantise the float model "
+                    "with onnxruntime.quantization.quantize_static (QOperator or QDQ) instead")
+
+
 def _check_constants(graph: ir.Graph) -> None:
     """Refuse, naming the layer, parameters onnxruntime's kernels would not compute with
     (scales that are not positive finite float32s, non-zero weight zero points, ...)."""
@@ -392,6 +416,8 @@ _HANDLERS = {
     "Identity": _QuantizedConverter._reshape,
     "HardSigmoid": _QuantizedConverter._qdq_activation,
     "HardSwish": _QuantizedConverter._qdq_activation,
+    "Sigmoid": _QuantizedConverter._qdq_activation,
+    "QLinearSigmoid": _QuantizedConverter._qlinear_sigmoid,
     "QLinearConcat": _QuantizedConverter._qlinear_concat,
     "Concat": _QuantizedConverter._qdq_concat,
     "ReduceMean": _QuantizedConverter._qdq_reduce_mean,

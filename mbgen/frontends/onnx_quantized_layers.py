@@ -254,8 +254,9 @@ class QuantizedLayers:
     # ------------------------------------------------------------------ float activations
 
     def _qdq_activation(self, node: _OnnxNode) -> None:
-        """DequantizeLinear -> HardSigmoid / HardSwish -> QuantizeLinear (both formats: no
-        QLinear op exists, onnxruntime runs the chain in float32)."""
+        """DequantizeLinear -> HardSigmoid / HardSwish / Sigmoid -> QuantizeLinear (both
+        formats: onnxruntime runs the chain in float32, or fuses a Sigmoid into
+        QLinearSigmoid, whose table holds the same float32 results)."""
         x = self._dq_input(node, 0)
         if x.tensor is None:
             raise UserError(f"ONNX {node.op_type} {node.where()} of a constant is not "
@@ -266,9 +267,23 @@ class QuantizedLayers:
             beta = float(np.float32(node.attrs.get("beta", 0.5)))
             op = ir.DequantizedActivation("HardSigmoid", alpha, beta)
         else:
-            op = ir.DequantizedActivation("HardSwish")
+            op = ir.DequantizedActivation(node.op_type)
         name = self._int8_activation(out, self.layouts[node.inputs[0]], y_scale, y_zp)
         self.nodes.append(ir.Node(self._unique_node_name(node.label), op, [x.tensor], [name]))
+
+    def _qlinear_sigmoid(self, node: _OnnxNode) -> None:
+        """com.microsoft QLinearSigmoid (X, X_scale, X_zp, Y_scale, Y_zp): onnxruntime looks
+        the result up in a table of MLAS's float32 logistic of the 256 dequantised codes."""
+        if len(node.inputs) not in (4, 5):
+            raise UserError(f"ONNX QLinearSigmoid {node.where()} has {len(node.inputs)} inputs; "
+                            "it takes X, X_scale, X_zero_point, Y_scale, Y_zero_point")
+        x_scale, x_zp = self._scale_zp(node, 1, "input")
+        x = self._int8_input(node, 0, x_scale, x_zp)
+        y_scale, y_zp = self._scale_zp(node, 3, "output")
+        name = self._int8_activation(node.proto.output[0], self.layouts[node.inputs[0]],
+                                     y_scale, y_zp)
+        self.nodes.append(ir.Node(self._unique_node_name(node.label),
+                                  ir.DequantizedActivation("Sigmoid"), [x], [name]))
 
     def _qdq_reduce_mean(self, node: _OnnxNode) -> None:
         """DequantizeLinear -> ReduceMean over H and W -> QuantizeLinear (float32 in

@@ -18,7 +18,8 @@ the same operations in the same order (each step rounded to float32):
   ``OrtAveragePoolQuant``.
 * DequantizeLinear -> HardSigmoid / HardSwish -> QuantizeLinear, which onnxruntime runs in
   float32 (no QLinear kernel exists): ``activation_table`` evaluates the chain for the 256
-  codes (checked against onnxruntime for every code in tests/test_onnx_quantized_v3.py).
+  codes (checked against onnxruntime for every code in tests/test_onnx_quantized_v3.py);
+  QLinearSigmoid's own table likewise (tests/test_onnx_qlinear_sigmoid.py).
 * DequantizeLinear -> ReduceMean over H, W -> QuantizeLinear (float32 in onnxruntime):
   ``OrtDequantizedMeanQuant``; the summation order is ``eigen_sum_order``'s.
 
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mbgen import ir
+from mbgen.quantize.mlas_logistic import logistic
 
 INT8_MIN, INT8_MAX = -128, 127
 _F32 = np.float32
@@ -221,15 +223,16 @@ def quantize_params(graph: ir.Graph, node: ir.Node) -> tuple[np.float32, int]:
     return _per_tensor(graph, node.outputs[0], node)
 
 
-DEQUANTIZED_FUNCTIONS = ("HardSigmoid", "HardSwish", "Identity")
+DEQUANTIZED_FUNCTIONS = ("HardSigmoid", "HardSwish", "Sigmoid", "Identity")
 
 
 def activation_table(graph: ir.Graph, node: ir.Node) -> np.ndarray:
     """ir.DequantizedActivation as onnxruntime computes it, for the 256 int8 codes (index =
     code + 128): DequantizeLinear ``float32(q - x_zp) * x_scale``; HardSigmoid (Eigen, no
     fused multiply-add) ``max(min(alpha * x + beta, 1), 0)``, HardSwish ``x * that`` with
-    alpha 1/6 and beta 0.5 (its ONNX function body), Identity ``x`` (a requantisation: a
-    QLinearConcat input's table); then QuantizeLinear. uint8 storage
+    alpha 1/6 and beta 0.5 (its ONNX function body), Sigmoid MLAS's logistic
+    (``mlas_logistic``: QLinearSigmoid builds its table so), Identity ``x`` (a
+    requantisation: a QLinearConcat input's table); then QuantizeLinear. uint8 storage
     changes nothing: every step sees ``q - zero_point``, and the output clamp is shifted
     with the zero point."""
     op: ir.DequantizedActivation = node.op
@@ -240,6 +243,8 @@ def activation_table(graph: ir.Graph, node: ir.Node) -> np.ndarray:
     codes = np.arange(INT8_MIN, INT8_MAX + 1, dtype=np.int32)
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
         x = (codes - np.int32(x_zp)).astype(np.float32) * x_scale
+        if op.function == "Sigmoid":
+            return quantize_linear_int8(logistic(x), y_scale, y_zp)
         hard = np.maximum(np.minimum(_F32(op.alpha) * x + _F32(op.beta), _F32(1)), _F32(0))
         y = {"HardSigmoid": hard, "HardSwish": x * hard, "Identity": x}[op.function]
         return quantize_linear_int8(y, y_scale, y_zp)
