@@ -288,3 +288,28 @@ def _greedy_overlays(buffers: list[Buffer], candidates: list[tuple[Overlay, tupl
         if floor <= bound:
             chosen, bound = trial, floor
     return chosen
+
+
+def free_bytes_beside(plan: GraphPlan, graph: ir.Graph) -> dict[str, int]:
+    """Per node: the largest gap of the planned arena while it runs, its own scratch taken
+    out, i.e. how much scratch it could have without the arena growing if every other
+    buffer stayed where it is."""
+    placed = []   # (first_use, last_use, start, end) of every arena buffer
+    for b in plan.buffers:
+        if b.name.startswith(_SCRATCH_PREFIX):
+            offset = plan.scratch_offsets.get(b.name[len(_SCRATCH_PREFIX):])
+        else:
+            offset = plan.offsets.get(b.name)
+        if offset is not None:
+            placed.append((b.first_use, b.last_use, offset, offset + b.size, b.name))
+    free = {}
+    for i, node in enumerate(graph.nodes):
+        own = _SCRATCH_PREFIX + node.name
+        spans = sorted((start, end) for first, last, start, end, name in placed
+                       if first <= i <= last and name != own)
+        gap, cursor = 0, 0
+        for start, end in spans:
+            gap = max(gap, start - cursor)
+            cursor = max(cursor, end)
+        free[node.name] = max(gap, plan.arena_size - cursor)
+    return free

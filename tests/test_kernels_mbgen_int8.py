@@ -41,10 +41,9 @@ def int8_mode(request, monkeypatch):
     """ram: the whole stream widened at the start, the layer's own block code; chunks:
     widened per chunk of 2 blocks (several chunks, the last holding the partial block);
     size: the widened stream run by the shared per-depth block (any depth here)."""
-    # these one-layer graphs' activations are small: the mode is forced, not chosen
-    monkeypatch.setattr(mb, "_ram_stream_fits", lambda *args: request.param != "chunks")
-    if request.param == "chunks":
-        monkeypatch.setattr(mb, "MAX_CHUNK_BLOCKS", 2)
+    # these one-layer graphs' arenas have little room beside the layer: the mode is forced
+    chunks = request.param == "chunks"
+    monkeypatch.setattr(mb, "int8_widening", lambda *args: (False, 2) if chunks else (True, 0))
     if request.param == "size":
         monkeypatch.setattr(mb_records, "SHARED_MIN_DEPTH", 0)
     return request.param

@@ -74,12 +74,9 @@ NAME = "mbgen"
 CHUNK_COLUMN_BYTES = 16 * 1024
 # ... and at most this many 4-pixel blocks per chunk (64 pixels: widening < 2% per MAC).
 MAX_CHUNK_BLOCKS = 16
-# int8-weight GEMM layers whose whole int16-pair stream fits this many bytes (and a quarter
-# of the graph's activation peak), or fits beside the layer's activations under that peak
-# (the arena is at least that, so it does not grow), widen it into the scratch once per
-# inference and then run exactly the int16 code (no per-chunk widening, no shared block's
-# register-offset stores).
-RAM_STREAM_BYTES = 20 * 1024
+# Both only as far as the arena's free bytes beside the layer allow (``ctx.spare``): bigger
+# chunks, or the whole int16-pair stream widened into the scratch once per inference
+# (``ram_stream``: then exactly the int16 code runs), never a bigger arena.
 
 
 
@@ -181,9 +178,10 @@ class MbgenKernels:
         return None
 
 
-def gemm_scratch_bytes(graph: ir.Graph, node: ir.Node) -> int:
+def gemm_scratch_bytes(graph: ir.Graph, node: ir.Node, spare: int = 0) -> int:
     """Arena bytes the GEMM kernel for ``node`` uses: widened columns, the widened record or
-    whole stream, im2col bytes."""
+    whole stream, im2col bytes; the int8 layers' chunks and stream only as ``spare`` bytes
+    of the arena allow."""
     op = node.op
     if not ir.uses_tflite_int8_arithmetic(op):
         return 0  # TFLite fixed-point kernels only: portable takes onnxruntime layers
@@ -191,51 +189,42 @@ def gemm_scratch_bytes(graph: ir.Graph, node: ir.Node) -> int:
         shape = _gemm_shape(graph, node)
         if shape is None:
             return 0
-        _, depth, _ = shape
+        _, depth, out_c = shape
         depth_padded = -(-depth // 4) * 4
         block = 1 if isinstance(op, ir.FullyConnected) else 4
-        gather = 0 if _is_contiguous(graph, node) else depth_padded * block
+        gather = _align(0 if _is_contiguous(graph, node) else depth_padded * block, 8)
         if block == 1:
-            return _align(depth_padded * 2 * block, 8) + _align(gather, 8)
-        # int8 weights: the whole widened stream, or a chunk of columns and one widened
-        # record (int16 weights need less)
-        record = 2 + depth_padded + 6 + 1
-        _, _, out_c = shape
-        if _ram_stream_fits(graph, node, depth_padded, out_c):
-            return (_align(depth_padded * 2 * block, 8) + _align(gather, 8)
-                    + ram_stream_bytes(depth_padded, out_c))
-        chunk = chunk_blocks(depth_padded)
-        return (_align(chunk * depth_padded * 2 * block, 8) + _align(4 * record, 8)
-                + _align(gather, 8))
+            return _align(depth_padded * 2 * block, 8) + gather
+        ram, chunk = int8_widening(depth_padded, out_c, gather, spare)
+        if ram:
+            return _align(depth_padded * 2 * block, 8) + gather + ram_stream_bytes(
+                depth_padded, out_c)
+        # int8 weights: a chunk of columns and one widened record (int16 weights need less)
+        return _align(chunk * depth_padded * 2 * block, 8) + _record_bytes(depth_padded) + gather
     return 0
 
 
-def _activation_peak(graph: ir.Graph) -> int:
-    """The most bytes any node's activation inputs and outputs take together: a lower bound
-    of the arena, so scratch that fits beside a node's own activations under it is free."""
-    peak = 0
-    for node in graph.nodes:
-        names = {n for n in (*node.inputs, *node.outputs)
-                 if n and n in graph.tensors and not graph.tensors[n].is_const}
-        peak = max(peak, sum(graph.tensors[n].nbytes for n in names))
-    return peak
+def _record_bytes(depth_padded: int) -> int:
+    """One channel pair's widened record in the scratch."""
+    return _align(4 * (2 + depth_padded + 6 + 1), 8)
 
 
-def _ram_stream_fits(graph: ir.Graph, node: ir.Node, depth_padded: int, out_c: int) -> bool:
-    """Whether an int8 4x2 GEMM layer widens its whole stream into the scratch."""
-    ram = ram_stream_bytes(depth_padded, out_c)
-    peak = _activation_peak(graph)
-    if ram <= min(RAM_STREAM_BYTES, peak // 4):   # small: at most a quarter more arena
-        return True
-    own = sum(graph.tensors[n].nbytes for n in {node.inputs[0], node.outputs[0]})
-    columns = depth_padded * 2 * 4 * 2   # 4-pixel columns and an im2col block, at most
-    return own + columns + ram <= peak
+def int8_widening(depth_padded: int, out_c: int, gather: int, spare: int) -> tuple[bool, int]:
+    """How an int8 4x2 GEMM layer widens its weights within ``spare`` arena bytes (its
+    ``gather`` bytes of im2col counted): (the whole stream once per inference, 0) when it
+    fits beside the 4-pixel columns, else (False, 4-pixel blocks per chunk)."""
+    columns = _align(depth_padded * 2 * 4, 8)
+    if columns + gather + ram_stream_bytes(depth_padded, out_c) <= spare:
+        return True, 0
+    return False, chunk_blocks(depth_padded, spare - _record_bytes(depth_padded) - gather)
 
 
-def chunk_blocks(depth_padded: int) -> int:
-    """4-pixel blocks per chunk of an int8-weight GEMM layer of this padded depth."""
+def chunk_blocks(depth_padded: int, room: int) -> int:
+    """4-pixel blocks per chunk of an int8-weight GEMM layer of this padded depth whose
+    columns may take ``room`` bytes (at least one block)."""
     per_block = depth_padded * 2 * 4   # int16 columns of 4 pixels
-    return max(1, min(MAX_CHUNK_BLOCKS, CHUNK_COLUMN_BYTES // per_block))
+    return max(1, min(MAX_CHUNK_BLOCKS, CHUNK_COLUMN_BYTES // per_block, room // per_block))
+
 
 
 def _is_contiguous(graph: ir.Graph, node: ir.Node) -> bool:
@@ -294,13 +283,15 @@ def _lower_gemm(ctx: LoweringContext, index: int, node: ir.Node,
     # int8 weights of a multi-pixel layer are widened per chunk; the columns are doubled
     # instead of the weights (int8 cannot hold 2w), so the accumulator is doubled too.
     chunk = 0
-    scratch = _request_scratch(ctx, node, gemm_scratch_bytes(ctx.graph, node))
-    ram = (not int16 and block_pixels == 4 and scratch is not None
-           and _ram_stream_fits(ctx.graph, node, depth_padded, out_c))
+    spare = ctx.spare(node.name) if not int16 and block_pixels == 4 else 0
+    scratch = _request_scratch(ctx, node, gemm_scratch_bytes(ctx.graph, node, spare))
+    gather_bytes = _align(depth_padded * 4, 8) if gather is Gather.IM2COL else 0
+    ram, most_blocks = int8_widening(depth_padded, out_c, gather_bytes, spare)
+    ram = ram and not int16 and block_pixels == 4 and scratch is not None
     if not int16 and block_pixels == 4 and not ram:
-        # chunks of equal size: as few as the column budget allows
+        # chunks of equal size: as few as the columns the scratch holds allow
         blocks = -(-pixels // block_pixels)
-        chunks = -(-blocks // chunk_blocks(depth_padded))
+        chunks = -(-blocks // most_blocks)
         chunk = -(-blocks // chunks)
     widened = chunk > 0 or ram
     requant, table = plan_requant(q, out_c, acc_lo, acc_hi, acc_doubled=int16 or widened)

@@ -85,9 +85,10 @@ def _lower_depthwise(ctx: LoweringContext, index: int, node: ir.Node,
     else:
         groups = [ChannelGroup(-1, 0, out_c)]
     channel_words = record.shape[1]
-    scratch = _request_scratch(ctx, node, depthwise_scratch_bytes(ctx.graph, node))
+    spare = ctx.spare(node.name) if unrolled else 0
+    scratch = _request_scratch(ctx, node, depthwise_scratch_bytes(ctx.graph, node, spare))
     records_offset = None
-    if unrolled and scratch is not None:
+    if unrolled and scratch is not None and _records_in_ram(ctx.graph, node, spare):
         # flash keeps the int8 taps; the records above are rebuilt in the scratch per call
         records_offset = _align(geometry[0] * 2, 8)
         channels = ctx.const_values(
@@ -132,16 +133,29 @@ def compact_records(taps: np.ndarray, folded: np.ndarray, table: np.ndarray,
     return wrap_int32(compact)
 
 
-def depthwise_scratch_bytes(graph: ir.Graph, node: ir.Node) -> int:
-    """The ring, and for the unrolled 3x3 the channel records rebuilt from flash."""
+def depthwise_scratch_bytes(graph: ir.Graph, node: ir.Node, spare: int = 0) -> int:
+    """The ring, and for the unrolled 3x3 the channel records rebuilt from flash when they
+    fit the arena's ``spare`` bytes beside the layer (else flash holds them whole)."""
     geometry = _depthwise_geometry(graph, node)
     if geometry is None:
         return 0
     ring = _align(geometry[0] * 2, 8)
-    if not _unrolled_3x3(graph, node):
-        return ring
+    with_records = ring + _ram_records_bytes(graph, node)
+    return with_records if _records_in_ram(graph, node, spare) else ring
+
+
+def _ram_records_bytes(graph: ir.Graph, node: ir.Node) -> int:
     out_c = graph.tensors[node.outputs[0]].shape[-1]
-    return ring + out_c * (DW3_WEIGHT_WORDS + 5) * 4   # taps, bias, (m, c, R), channel
+    return out_c * (DW3_WEIGHT_WORDS + 5) * 4   # taps, bias, (m, c, R), channel
+
+
+def _records_in_ram(graph: ir.Graph, node: ir.Node, spare: int) -> bool:
+    """Whether the unrolled 3x3's channel records are rebuilt in the scratch (compact int8
+    taps in flash) because the arena has that much free beside the layer anyway."""
+    geometry = _depthwise_geometry(graph, node)
+    if geometry is None or not _unrolled_3x3(graph, node):
+        return False
+    return _align(geometry[0] * 2, 8) + _ram_records_bytes(graph, node) <= spare
 
 
 def _unrolled_3x3(graph: ir.Graph, node: ir.Node) -> bool:

@@ -129,12 +129,15 @@ def lower_stage(ctx: LoweringContext, index: int, node: ir.Node, chosen, fallbac
     shared: dict[int, dict[tuple, ConstArray]] = {}
     used_sets = set()
     kernel_scratch = 0
+    # what the bands' kernels may spend on faster scratch: the stage's spare beside its windows
+    band_spare = max(0, ctx.spare(node.name) - plan.windows_total - WINDOW_ALIGNMENT)
     for number, shape in enumerate(band_shapes(plan)):
         band, band_node = band_graph(graph, op, shape)
         sub_index = STAGE_INDEX_BASE * (index + 1) + number
         for kernel_set in dict.fromkeys((chosen, fallback)):
             # its own scratch requests: summed into the stage's one request below
-            band_ctx = replace(ctx, graph=band, scratch_requests={})
+            band_ctx = replace(ctx, graph=band, scratch_requests={},
+                               spare_bytes={band_node.name: band_spare}, spare_asked=set())
             call = kernel_set.lower(band_ctx, sub_index, band_node)
             if call is not None:
                 break

@@ -29,6 +29,10 @@ class LoweringContext:
     flash_budget: int | None = None  # bytes of flash the user allows (None: the target's)
     weight_layout: str = "auto"      # "auto" | "int16" | "int8": a kernel set's weight format
     scratch_requests: dict[str, int] = field(default_factory=dict)   # node -> bytes
+    # node -> arena bytes free while it runs under a plan made without it (program.py's
+    # second lowering); a kernel may spend them on faster scratch without growing the arena
+    spare_bytes: dict[str, int] = field(default_factory=dict)
+    spare_asked: set[str] = field(default_factory=set)   # nodes whose kernels asked
     _tensor_arrays: dict[str, ConstArray] = field(default_factory=dict)
     _symbols: set[str] = field(default_factory=set)
 
@@ -49,6 +53,12 @@ class LoweringContext:
             return None
         self.scratch_requests[node_name] = max(nbytes, self.scratch_requests.get(node_name, 0))
         return BufferRef(BufferKind.SCRATCH, name=node_name)
+
+    def spare(self, node_name: str) -> int:
+        """Arena bytes node ``node_name`` may add to its scratch for speed: 0 until the
+        program lowers again with a plan's free space (``spare_bytes``)."""
+        self.spare_asked.add(node_name)
+        return self.spare_bytes.get(node_name, 0)
 
     def _unique_symbol(self, stem: str) -> str:
         symbol = f"{self.prefix}_{stem}"

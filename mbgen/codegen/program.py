@@ -26,7 +26,7 @@ from mbgen.codegen.records import (AliasCall, BufferKind, BufferRef, CallRecord,
                                    Layer)
 from mbgen.codegen.report import layer_macs, layer_params
 from mbgen.errors import UserError
-from mbgen.planner import GraphPlan, NodeNeeds, plan_graph
+from mbgen.planner import GraphPlan, NodeNeeds, free_bytes_beside, plan_graph
 from mbgen.streaming import StreamOptions
 from mbgen.write_order import WriteOrder
 
@@ -219,9 +219,8 @@ def build_program(graph: ir.Graph, *, prefix: str = "model", kernels: str = "por
         graph = streaming.stream(graph, kernels, stream, planner_for(
             kernels, prefix=prefix, target=target, io=io, flash_budget=flash_budget,
             weight_layout=weight_layout))
-    ctx = LoweringContext(graph, prefix, target, flash_budget, weight_layout)
-    instances = lower(ctx, kernels)
-    plan = plan_graph(graph, {i.node.name: i.needs for i in instances}, io=io)
+    instances, plan = _lower_and_plan(graph, prefix, kernels, target, io, flash_budget,
+                                      weight_layout)
     layers = []
     for instance in instances:
         node = instance.node
@@ -235,6 +234,30 @@ def build_program(graph: ir.Graph, *, prefix: str = "model", kernels: str = "por
             arena_offset=plan.offsets.get(node.outputs[0]),
             output_bytes=out.nbytes))
     return Program(tuple(instances), plan, tuple(layers), graph)
+
+
+def _lower_and_plan(graph: ir.Graph, prefix: str, kernels: str, target: str, io: str,
+                    flash_budget: int | None, weight_layout: str
+                    ) -> tuple[list[KernelInstance], GraphPlan]:
+    """Lower with the least scratch, plan; then, if a kernel would run faster with more
+    (``ctx.spare``), lower again offering each node the arena's free bytes beside it and
+    keep that only if the arena did not grow (with all of them, else half of them)."""
+    def attempt(spare: dict[str, int]) -> tuple[LoweringContext, list, GraphPlan]:
+        ctx = LoweringContext(graph, prefix, target, flash_budget, weight_layout,
+                              spare_bytes=spare)
+        instances = lower(ctx, kernels)
+        return ctx, instances, plan_graph(graph, {i.node.name: i.needs for i in instances},
+                                          io=io)
+
+    ctx, instances, plan = attempt({})
+    if not ctx.spare_asked:
+        return instances, plan
+    free = free_bytes_beside(plan, graph)
+    for share in (1, 2):
+        _, faster, faster_plan = attempt({n: free[n] // share for n in ctx.spare_asked})
+        if faster_plan.arena_size <= plan.arena_size:
+            return faster, faster_plan
+    return instances, plan
 
 
 def _macs(graph: ir.Graph, node: ir.Node) -> int:
