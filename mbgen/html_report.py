@@ -2,8 +2,9 @@
 
 It shows the memory plan as a picture (each buffer a rectangle: the layers it lives across
 times its place in the arena; the caller's input/output buffers in a band of their own;
-outputs written in place over their input in a colour of their own), a
-per-layer table and the RAM/flash budget bars. Everything is computed here from report.json
+outputs written in place over their input, and the buffers of streamed stages, each in a
+colour of their own), a per-layer table, the streamed stages' layers with their recompute,
+and the RAM/flash budget bars. Everything is computed here from report.json
 into small records; the Jinja template only prints them.
 """
 
@@ -22,7 +23,7 @@ BAND_HEIGHT = 40          # px of the caller's-buffers band below the arena
 LABEL_HEIGHT = 150        # px below the plot for the rotated layer names
 LEFT = 70                 # px for the offset axis
 COLOURS = {"arena": "#4a7dbf", "scratch": "#e08a2c", "input": "#6aa84f", "output": "#a64d79",
-           "in_place": "#2a9d8f"}
+           "in_place": "#2a9d8f", "streamed": "#7b5ea7"}
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ def timeline(report: dict) -> tuple[list[Rect], list[Tick], list[Tick], float]:
     arena = max(report["arena_bytes"], 1)
     scale = ARENA_HEIGHT / arena
     band_top = ARENA_HEIGHT + 10
+    stages = {stage["name"]: stage for stage in report.get("streaming", [])}
     rects = []
     for b in report["buffers"]:
         x = LEFT + b["first_use"] * column
@@ -102,6 +104,12 @@ def timeline(report: dict) -> tuple[list[Rect], list[Tick], list[Tick], float]:
         if b.get("over"):   # written in place over its input (the two overlap on purpose)
             colour = COLOURS["in_place"]
             title += f", written in place over {b['over']}"
+        stage = stages.get(b["layer"])
+        if stage is not None:   # made by a streamed stage: its output, or its windows
+            colour = COLOURS["streamed"]
+            title += (f", streamed stage of {len(stage['layers'])} layers in "
+                      f"{stage['band_rows']}-row bands (windows {stage['window_bytes']:,} "
+                      f"bytes)")
         label = b["layer"] if width >= 7 * len(b["layer"]) and height >= 12 else ""
         rects.append(Rect(x, y, width, height, colour, title, label))
     height = band_top + BAND_HEIGHT

@@ -21,7 +21,9 @@ class _Svg(HTMLParser):
         self.layer_labels: list[str] = []
         self.budget_bars = 0
         self.table_rows = 0
+        self.stage_rows = 0
         self._in: str | None = None
+        self._table: str | None = None
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -35,6 +37,10 @@ class _Svg(HTMLParser):
             self._in = "layer"
         elif tag == "svg" and a.get("class") == "budget":
             self.budget_bars += 1
+        elif tag == "table":
+            self._table = a.get("class")
+        elif tag == "tr" and self._table == "stage":
+            self.stage_rows += 1
         elif tag == "tr":
             self.table_rows += 1
 
@@ -79,6 +85,25 @@ def test_report_pictures_the_plan(prepared, tmp_path):
     with pytest.raises(UserError, match="not written by mbgen"):
         write_report(tmp_path / "out", tmp_path / "mine.html")
     assert (tmp_path / "mine.html").read_text() == "<html>mine</html>"
+
+
+def test_report_marks_streamed_stages_and_lists_their_layers(prepared, tmp_path):
+    """mbv1_0.25_128 on M7 streams its first blocks by default: the stage's output and row
+    windows are drawn in the streamed colour, and its layers are listed with their windows
+    and recompute."""
+    from mbgen.html_report import COLOURS
+    compiled = emit(prepared("mbv1_0.25_128"), CompileOptions(target="cortex-m7",
+                                                              out_dir=tmp_path / "out"))
+    stages = compiled.report["streaming"]
+    assert stages
+    page = _Svg()
+    page.feed(write_report(tmp_path / "out").read_text())
+    streamed = [r for r in page.rects if r["fill"] == COLOURS["streamed"]]
+    made_by_stage = [b for b in compiled.report["buffers"]
+                     if b["layer"] in {s["name"] for s in stages}]
+    assert len(streamed) == len(made_by_stage) >= 2 * len(stages)   # output + windows each
+    assert all("streamed stage of" in r["title"] for r in streamed)
+    assert page.stage_rows == sum(len(s["layers"]) + 1 for s in stages)
 
 
 def test_report_needs_a_generated_folder(tmp_path):
