@@ -132,7 +132,10 @@ class FuzzRun:
 
 
 def check_mutants(samples: list[tuple[str, bytes]], work: Path,
-                  referee: TflmReferee, builder: SanitizedBuilder) -> FuzzRun:
+                  referee: TflmReferee, builder: SanitizedBuilder,
+                  stream: bool = True) -> FuzzRun:
+    """Compile every sample for the host (``stream``: with the streaming pass, as compile
+    does by default), build it with the sanitizers and compare it with TFLM."""
     from mbgen import compiler
     counts: Counter = Counter()
     failures: list[str] = []
@@ -144,7 +147,8 @@ def check_mutants(samples: list[tuple[str, bytes]], work: Path,
         out = work / f"out{index}"
         try:
             prepared = compiler.prepare(str(path), compiler.CompileOptions())
-            compiler.emit(prepared, compiler.CompileOptions(target="host", out_dir=out))
+            compiler.emit(prepared, compiler.CompileOptions(target="host", out_dir=out,
+                                                            stream=stream))
         except UserError as exc:
             if "\n" in str(exc) or not str(exc):
                 failures.append(f"{label}: message not one line: {exc!r}")

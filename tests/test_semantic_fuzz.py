@@ -65,8 +65,8 @@ def _person() -> bytes:
 
 
 def _fuzz(model: bytes, count: int, seed: int, tmp_path: Path, referee, builder,
-          label: str = "person_detect") -> FuzzRun:
-    result = check_mutants(mutants(model, count, seed), tmp_path, referee, builder)
+          label: str = "person_detect", stream: bool = True) -> FuzzRun:
+    result = check_mutants(mutants(model, count, seed), tmp_path, referee, builder, stream)
     print(f"\n{count} mutants of {label} (seed {seed}): {dict(result.counts)}")
     print("\n".join(result.notes))
     assert not result.failures, (f"{len(result.failures)} of {count} mutants failed:\n"
@@ -117,14 +117,16 @@ def test_block_option_sweep_is_refused_or_exact(tmp_path, referee, builder):
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2])
 def test_more_mutants(seed, tmp_path, referee, builder):
-    _fuzz(_person(), 250, seed, tmp_path, referee, builder)
+    # these check how the file is read; streamed stages are fuzzed by the 200 above
+    # (and tests/test_streaming.py), and would add about a second per compiled mutant
+    _fuzz(_person(), 250, seed, tmp_path, referee, builder, stream=False)
     _fuzz(_block_model(), 250, seed, tmp_path, referee, builder, "a small block graph")
 
 
 @pytest.mark.slow
 def test_person_detect_option_sweep(tmp_path, referee, builder):
     samples = option_sweep(_person())
-    result = check_mutants(samples, tmp_path, referee, builder)
+    result = check_mutants(samples, tmp_path, referee, builder, stream=False)   # as above
     print(f"\n{len(samples)} option edits of person_detect: {dict(result.counts)}")
     assert not result.failures, "\n".join(result.failures[:12])
 

@@ -115,7 +115,8 @@ def _shared_constants(call: object, seen: dict[tuple, ConstArray]) -> object:
     return replace(call, **changes) if changes else call
 
 
-def lower_stage(ctx: LoweringContext, index: int, node: ir.Node, chosen, fallback
+def lower_stage(ctx: LoweringContext, index: int, node: ir.Node, chosen, fallback,
+                needs_only: bool = False
                 ) -> tuple[StageCall, str, tuple[tuple[str, WriteOrder], ...]]:
     """The stage node as one kernel instance's parts: its StageCall (band calls and moves,
     symbolic buffers), the kernel set that ran its bands, its walk over its input. Its one
@@ -154,6 +155,11 @@ def lower_stage(ctx: LoweringContext, index: int, node: ir.Node, chosen, fallbac
     kernel_scratch = -(-kernel_scratch // WINDOW_ALIGNMENT) * WINDOW_ALIGNMENT
     total = kernel_scratch + plan.windows_total
     ctx.scratch(node.name, total)
+    # the chosen set when it ran any band (cmsis-nn folders need its build flags then)
+    kernel_set = chosen.name if chosen.name in used_sets else fallback.name
+    walks = ((node.inputs[0], stage_write_order(graph, op)),)
+    if needs_only:   # a streaming candidate: its scratch and walk are all the plan reads
+        return StageCall((), ()), kernel_set, walks
     windows = [_moved(symbolic_scratch, kernel_scratch + off) for off in plan.window_offsets]
     last = len(op.nodes) - 1
 
@@ -186,7 +192,4 @@ def lower_stage(ctx: LoweringContext, index: int, node: ir.Node, chosen, fallbac
                   step.out_row * rows.out_row_bytes)
         steps.append(BandCall(kernel[0].index, kernel[0].name, kernel[0].ident, call))
 
-    # the chosen set when it ran any band (cmsis-nn folders need its build flags then)
-    kernel_set = chosen.name if chosen.name in used_sets else fallback.name
-    walks = ((node.inputs[0], stage_write_order(graph, op)),)
     return (StageCall(band_kernels, fold_loops(tuple(steps))), kernel_set, walks)

@@ -74,14 +74,15 @@ def _walks_of(kernel_set, call: CallRecord) -> tuple[tuple[str, WriteOrder], ...
     return tuple((ref.name, order) for ref, order in declare(call))
 
 
-def lower_node(ctx: LoweringContext, index: int, node: ir.Node, kernels: str
-               ) -> KernelInstance:
+def lower_node(ctx: LoweringContext, index: int, node: ir.Node, kernels: str,
+               needs_only: bool = False) -> KernelInstance:
     """One node's kernel instance: the chosen kernel set's, else the portable one; a
-    streamed stage is one instance too (codegen.lower_stage)."""
+    streamed stage is one instance too (codegen.lower_stage; with ``needs_only`` without
+    its band calls, for the streaming pass that only plans it)."""
     chosen = kernel_sets.get(kernels)
     fallback = kernel_sets.portable()
     if isinstance(node.op, ir.StreamedStage):
-        call, used, walks = lower_stage(ctx, index, node, chosen, fallback)
+        call, used, walks = lower_stage(ctx, index, node, chosen, fallback, needs_only)
         return KernelInstance(index, node, used, call,
                               ctx.scratch_requests.get(node.name, 0), walks)
     for kernel_set in dict.fromkeys((chosen, fallback)):
@@ -120,7 +121,7 @@ def planner_for(kernels: str, *, prefix: str = "model", target: str = "host",
             key = ((node.name, tuple(n.name for n in op.nodes), op.band_rows, op.slack_rows,
                     op.chunk_rows) if isinstance(op, ir.StreamedStage) else (node.name,))
             if key not in cache:
-                cache[key] = lower_node(ctx, index, node, kernels).needs
+                cache[key] = lower_node(ctx, index, node, kernels, needs_only=True).needs
             needs[node.name] = cache[key]
         return plan_graph(graph, needs, io=io)
     return plan_of

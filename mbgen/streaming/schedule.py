@@ -17,6 +17,7 @@ how the stage walks its input and output.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from mbgen.write_order import WriteOrder
 
@@ -113,6 +114,8 @@ class Schedule:
         return sum(1 for s in self.steps if isinstance(s, Band) and layer in (None, s.layer))
 
 
+# pure, and asked again for the same chains while the streaming pass compares candidates
+@lru_cache(maxsize=4096)
 def schedule(layers: tuple[LayerRows, ...], band_rows: int, slack_rows: int = 0,
              chunk_rows: int = 0) -> Schedule:
     """The steps that compute the chain's last output ``band_rows`` rows at a time, with
