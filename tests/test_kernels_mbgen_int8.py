@@ -124,3 +124,28 @@ def test_int8_paths_at_O0(int8_mode, tmp_path: Path):
     x = test_inputs(graph, seed=4)[0]
     assert run_elf(elf, target, x.tobytes(), timeout=60).output == \
         run_int8(graph, x)[graph.outputs[0]].tobytes()
+
+
+@pytest.mark.parametrize("io", ["arena", "external"])
+def test_faster_scratch_only_from_free_arena_bytes(prepared, io):
+    """The widened streams, bigger chunks and RAM records are offered only the plan's free
+    gap beside each layer: the arena is no bigger than with the least scratch, every layer
+    that took more scratch took at most its gap, and on mbv1_0.25_128 some layers still
+    get the faster variants from that room."""
+    from mbgen.codegen.lowering import LoweringContext
+    from mbgen.codegen.program import lower
+    from mbgen.planner import free_bytes_beside, plan_graph
+    graph = prepared("mbv1_0.25_128").graph
+    least = {i.node.name: i for i in lower(
+        LoweringContext(graph, "model", "cortex-m7", weight_layout="int8"), mb.NAME)}
+    least_plan = plan_graph(graph, {name: i.needs for name, i in least.items()}, io=io)
+    program = codegen.build_program(graph, kernels=mb.NAME, target="cortex-m7", io=io,
+                                    weight_layout="int8")
+    assert program.plan.arena_size <= least_plan.arena_size
+    free = free_bytes_beside(least_plan, graph)
+    grown = [i for i in program.instances
+             if i.scratch_bytes > least[i.node.name].scratch_bytes]
+    assert grown
+    assert all(i.scratch_bytes <= free[i.node.name] for i in grown)
+    assert not any(getattr(i.call, "ram_stream", False) for i in least.values())
+    assert any(getattr(i.call, "ram_stream", False) for i in program.instances)
