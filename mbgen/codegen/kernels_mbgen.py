@@ -51,7 +51,7 @@ from mbgen.codegen import kernel_sets
 from mbgen.codegen import records as r
 from mbgen.codegen.kernels_mbgen_depthwise import _lower_depthwise
 from mbgen.codegen.kernels_mbgen_layout import (  # noqa: F401  (re-exported)
-    MIN_GROUP_PAIRS, _bias_values, _request_scratch, _requant_comment, direct_column_words,
+    MIN_GROUP_PAIRS, _request_scratch, _requant_comment, direct_column_words,
     gemm_stream, gemm_weights, pack_int16_pairs, ram_stream_bytes, shift_grouped_pairs,
     sxtb16_order)
 from mbgen.codegen.kernels_mbgen_records import (  # noqa: F401  (re-exported)
@@ -60,7 +60,7 @@ from mbgen.codegen.kernels_mbgen_records import (  # noqa: F401  (re-exported)
 from mbgen.codegen.kernels_mbgen_policy import (  # noqa: F401  (re-exported for tests)
     CODE_RESERVE_BYTES, balanced_allows_int16, choose_int16_layers)
 from mbgen.codegen.kernels_mbgen_policy import gemm_shape as _gemm_shape
-from mbgen.codegen.lowering import LoweringContext, nhwc
+from mbgen.codegen.lowering import LoweringContext, bias_values, nhwc
 from mbgen.quantize import params
 from mbgen.quantize.requant_proofs import (accumulator_range, fold_input_offset,
                                           plan_requant, wrap_int32)
@@ -276,7 +276,7 @@ def _lower_gemm(ctx: LoweringContext, index: int, node: ir.Node,
         raise ir.GraphError(f"{node.name}: {q.multipliers.size} weight scales for "
                             f"{out_c} output channels")
     weights = w.data.astype(np.int64).reshape(out_c, depth)
-    bias = fold_input_offset(_bias_values(ctx, node, out_c), weights, q.input_offset)
+    bias = fold_input_offset(bias_values(ctx, node, out_c), weights, q.input_offset)
     acc_lo, acc_hi = accumulator_range(bias, weights)
     int16 = fmt is WeightFormat.INT16_PAIRS
     depth_padded = _align(depth, 4)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 
 from mbgen import ir
-from mbgen.codegen.kernels_mbgen_layout import (_bias_values, _requant_comment,
+from mbgen.codegen.kernels_mbgen_layout import (_requant_comment,
                                                 _request_scratch, pack_int16_pairs)
 from mbgen.codegen.kernels_mbgen_records import (DW3_COMPACT_WORDS, DW3_WEIGHT_WORDS,
                                                  ChannelGroup, DepthwiseCall, _align)
-from mbgen.codegen.lowering import LoweringContext, nhwc
+from mbgen.codegen.lowering import LoweringContext, bias_values, nhwc
 from mbgen.quantize import params
 from mbgen.quantize.requant_proofs import (accumulator_range, fold_input_offset,
                                           plan_requant, wrap_int32)
@@ -55,7 +55,7 @@ def _lower_depthwise(ctx: LoweringContext, index: int, node: ir.Node,
     _, k_h, k_w, _ = w.shape
     q = params.conv_quant(ctx.graph, node)
     taps = w.data.astype(np.int64).reshape(k_h * k_w, out_c).T          # (out_c, taps)
-    bias = fold_input_offset(_bias_values(ctx, node, out_c), taps, q.input_offset)
+    bias = fold_input_offset(bias_values(ctx, node, out_c), taps, q.input_offset)
     acc_lo, acc_hi = accumulator_range(bias, taps)
     requant, table = plan_requant(q, out_c, acc_lo, acc_hi, acc_doubled=True)
     scale = 2 if requant.is_fast else 1

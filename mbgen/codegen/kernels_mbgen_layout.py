@@ -152,15 +152,6 @@ def ram_stream_bytes(depth_padded: int, out_c: int) -> int:
 # ----------------------------------------------------------------------------- lowering helpers
 
 
-def _bias_values(ctx: LoweringContext, node: ir.Node, channels: int) -> np.ndarray:
-    if len(node.inputs) > 2 and node.inputs[2]:
-        b = ctx.tensor(node.inputs[2])
-        if b.dtype != "int32" or b.size != channels:
-            raise ir.GraphError(f"{node.name}: bias must be {channels} int32 values")
-        return b.data.astype(np.int64).reshape(channels)
-    return np.zeros(channels, dtype=np.int64)
-
-
 def _request_scratch(ctx: LoweringContext, node: ir.Node, nbytes: int) -> r.BufferRef | None:
     """Ask the plan for the arena scratch the kernel uses; None (zero bytes): its stack."""
     return ctx.scratch(node.name, nbytes)

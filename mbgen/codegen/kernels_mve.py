@@ -38,7 +38,7 @@ import numpy as np
 
 from mbgen import ir
 from mbgen.codegen import records as r
-from mbgen.codegen.lowering import LoweringContext, nhwc
+from mbgen.codegen.lowering import LoweringContext, bias_values, nhwc
 from mbgen.quantize import params
 from mbgen.quantize.requant_proofs import (RequantScheme, accumulator_range, fold_input_offset,
                                           plan_requant)
@@ -191,15 +191,6 @@ def lower(ctx: LoweringContext, index: int, node: ir.Node) -> MveCall | None:
     return None
 
 
-def _bias(ctx: LoweringContext, node: ir.Node, channels: int) -> np.ndarray:
-    if len(node.inputs) > 2 and node.inputs[2]:
-        b = ctx.tensor(node.inputs[2])
-        if b.dtype != "int32" or b.size != channels:
-            raise ir.GraphError(f"{node.name}: bias must be {channels} int32 values")
-        return b.data.astype(np.int64).reshape(channels)
-    return np.zeros(channels, dtype=np.int64)
-
-
 def _requant_fields(ctx: LoweringContext, index: int, node: ir.Node, q: params.ConvQuant,
                     channels: int, acc_lo: np.ndarray, acc_hi: np.ndarray
                     ) -> dict[str, r.ConstArray | RequantScheme | int | None]:
@@ -245,7 +236,7 @@ def _lower_pointwise(ctx: LoweringContext, index: int, node: ir.Node,
         return None
     q = params.conv_quant(ctx.graph, node)
     weights = w.data.astype(np.int64).reshape(out_c, in_c)
-    raw_bias = _bias(ctx, node, out_c)
+    raw_bias = bias_values(ctx, node, out_c)
     bias = fold_input_offset(raw_bias, weights, q.input_offset)
     acc_lo, acc_hi = _full_range(raw_bias, weights, q.input_offset)
     return MvePointwiseCall(
@@ -269,7 +260,7 @@ def _lower_depthwise(ctx: LoweringContext, index: int, node: ir.Node,
     if not channels == in_c == out_c:
         return None
     q = params.conv_quant(ctx.graph, node)
-    bias = _bias(ctx, node, out_c)
+    bias = bias_values(ctx, node, out_c)
     taps = w.data.astype(np.int64).reshape(-1, out_c).T        # (channels, taps)
     acc_lo, acc_hi = _full_range(bias, taps, q.input_offset)
     requant = _requant_fields(ctx, index, node, q, out_c, acc_lo, acc_hi)

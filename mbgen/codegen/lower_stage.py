@@ -11,12 +11,12 @@ inside a window. Pointers stay symbolic until ``program.bind``; the template onl
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, is_dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import ClassVar
 
 from mbgen import ir
 from mbgen.codegen.lowering import LoweringContext
-from mbgen.codegen.records import BufferKind, BufferRef, ConstArray
+from mbgen.codegen.records import BufferKind, BufferRef, ConstArray, map_refs
 from mbgen.codegen.stage_loops import LOOP_COUNTER, StepLoop, fold_loops
 from mbgen.errors import UserError
 from mbgen.streaming.schedule import WINDOW_ALIGNMENT, Band, Move
@@ -83,24 +83,12 @@ def _moved(ref: BufferRef, offset: int) -> BufferRef:
 def _renamed(value, refs: dict[tuple[BufferKind, str], BufferRef], scratch: BufferRef):
     """``value`` (a band call record) with its tensor refs replaced by ``refs`` (plus their
     own row offsets) and every scratch ref moved into the stage's scratch."""
-    if isinstance(value, BufferRef):
-        if value.kind is BufferKind.SCRATCH:
-            return _moved(scratch, value.offset)
-        new = refs.get((value.kind, value.name))
-        return value if new is None else _moved(new, value.offset)
-    if isinstance(value, tuple):
-        renamed = tuple(_renamed(v, refs, scratch) for v in value)
-        return renamed if any(a is not b for a, b in zip(renamed, value)) else value
-    if is_dataclass(value) and not isinstance(value, type):
-        changes = {}
-        for f in fields(value):
-            if f.init:
-                old = getattr(value, f.name)
-                new = _renamed(old, refs, scratch)
-                if new is not old:
-                    changes[f.name] = new
-        return replace(value, **changes) if changes else value   # constants stay shared
-    return value
+    def rename(ref: BufferRef) -> BufferRef:
+        if ref.kind is BufferKind.SCRATCH:
+            return _moved(scratch, ref.offset)
+        new = refs.get((ref.kind, ref.name))
+        return ref if new is None else _moved(new, ref.offset)
+    return map_refs(value, rename)
 
 
 def _shared_constants(call: object, seen: dict[tuple, ConstArray]) -> object:

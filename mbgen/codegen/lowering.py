@@ -127,3 +127,13 @@ def nhwc(shape: tuple[int, ...]) -> tuple[int, int, int]:
 
 def is_valid_c_name(name: str) -> bool:
     return bool(C_IDENTIFIER.match(name))
+
+
+def bias_values(ctx: LoweringContext, node: ir.Node, channels: int) -> np.ndarray:
+    """A convolution's or fully connected layer's int32 bias as int64 (zeros without one)."""
+    if len(node.inputs) > 2 and node.inputs[2]:
+        b = ctx.tensor(node.inputs[2])
+        if b.dtype != "int32" or b.size != channels:
+            raise ir.GraphError(f"{node.name}: bias must be {channels} int32 values")
+        return b.data.astype(np.int64).reshape(channels)
+    return np.zeros(channels, dtype=np.int64)

@@ -16,14 +16,14 @@ bench, verify and the tests all come through here, so no size is computed twice.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields, is_dataclass, replace
+from dataclasses import dataclass, replace
 
 from mbgen import ir, streaming
 from mbgen.codegen import kernel_sets
 from mbgen.codegen.lower_stage import lower_stage
 from mbgen.codegen.lowering import LoweringContext, is_valid_c_name
 from mbgen.codegen.records import (AliasCall, BufferKind, BufferRef, CallRecord, CopyCall,
-                                   Layer)
+                                   Layer, map_refs)
 from mbgen.codegen.report import layer_macs, layer_params
 from mbgen.errors import UserError
 from mbgen.planner import GraphPlan, NodeNeeds, free_bytes_beside, plan_graph
@@ -147,28 +147,10 @@ def _resolve(ref: BufferRef, plan: GraphPlan) -> BufferRef:
     return replace(ref, kind=BufferKind.ARENA, name="", offset=int(offset) + ref.offset)
 
 
-def _bind_value(value, plan: GraphPlan):
-    if isinstance(value, BufferRef):
-        return _resolve(value, plan)
-    if isinstance(value, tuple):
-        bound = tuple(_bind_value(v, plan) for v in value)
-        return bound if any(b is not v for b, v in zip(bound, value)) else value
-    if is_dataclass(value) and not isinstance(value, type):
-        changes = {}
-        for f in fields(value):
-            if f.init:
-                old = getattr(value, f.name)
-                new = _bind_value(old, plan)
-                if new is not old:
-                    changes[f.name] = new
-        return replace(value, **changes) if changes else value
-    return value
-
-
 def bind(instance: KernelInstance, plan: GraphPlan) -> CallRecord:
     """The instance's call record with every buffer at its planned place; a copy whose
     two tensors the plan puts in the same bytes becomes an alias (nothing to run)."""
-    call = _bind_value(instance.call, plan)
+    call = map_refs(instance.call, lambda ref: _resolve(ref, plan))
     if isinstance(call, CopyCall) and _same_bytes(call.input, call.output, plan):
         return AliasCall(call.input, call.output)
     return call

@@ -10,7 +10,7 @@ adding records and templates.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import ClassVar, Union
 
 import numpy as np
@@ -388,3 +388,23 @@ class Layer:
     params: int
     arena_offset: int | None   # of the output; None when it is the caller's buffer
     output_bytes: int
+
+
+def map_refs(value, change):
+    """``value`` (a call record, or a tuple or field of one) with every BufferRef in it
+    replaced by ``change(ref)``; unchanged parts stay the same objects (constants shared)."""
+    if isinstance(value, BufferRef):
+        return change(value)
+    if isinstance(value, tuple):
+        mapped = tuple(map_refs(v, change) for v in value)
+        return mapped if any(a is not b for a, b in zip(mapped, value)) else value
+    if is_dataclass(value) and not isinstance(value, type):
+        changes = {}
+        for f in fields(value):
+            if f.init:
+                old = getattr(value, f.name)
+                new = map_refs(old, change)
+                if new is not old:
+                    changes[f.name] = new
+        return replace(value, **changes) if changes else value
+    return value
