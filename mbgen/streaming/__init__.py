@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 from mbgen import ir
 from mbgen.planner import GraphPlan
-from mbgen.streaming.choose import StreamOptions, stage_macs, stages_report, stream
+from mbgen.streaming.choose import (CALL_COST_MACS, SIMD_CALL_COST_MACS, StreamOptions,
+                                    stage_macs, stages_report, stream)
 from mbgen.streaming.stage import stage_write_order
 
 DEFAULT_MAX_RECOMPUTE = 0.10
@@ -23,9 +24,12 @@ DEFAULT_MAX_RECOMPUTE = 0.10
 
 def options_for(kernels: str, enabled: bool = True,
                 max_recompute: float = DEFAULT_MAX_RECOMPUTE) -> StreamOptions:
-    """Portable C reads rows at any address; the SIMD kernel sets get word-aligned rows."""
+    """Portable C reads rows at any address; the SIMD kernel sets get word-aligned rows, and
+    pay more per extra call (so they get taller bands)."""
+    portable = kernels == "portable"
     return StreamOptions(enabled=enabled, max_recompute=max_recompute,
-                         row_align=1 if kernels == "portable" else 4)
+                         row_align=1 if portable else 4,
+                         call_cost_macs=CALL_COST_MACS if portable else SIMD_CALL_COST_MACS)
 
 
 def streamed(graph: ir.Graph, kernels: str, enabled: bool = True,

@@ -11,7 +11,9 @@ stage takes it). At the end, every stage the final arena does not need is droppe
 Overhead. A stage computes every row once (no recompute: windows keep the rows the next
 layer still needs and move them down when full), so its MACs are the unstreamed ones. What
 it adds is memmoves and kernel calls; they are counted in MAC equivalents (a moved 4-byte
-word or CALL_COST_MACS per extra call) and must stay within ``max_recompute`` times the
+word, and per extra call the kernel set's ``call_cost_macs``: CALL_COST_MACS for portable
+C; the DSP and Helium kernels pay more per call, as they re-read their input rows into a
+ring and widen their weights each time) and must stay within ``max_recompute`` times the
 stage's MACs.
 """
 
@@ -26,7 +28,14 @@ from mbgen.streaming.stage import fuse, layer_rows, stage_schedule, stage_tensor
 
 MAX_STAGE_LAYERS = 12
 MAX_ROUNDS = 24
-CALL_COST_MACS = 64
+CALL_COST_MACS = 64          # per extra call of a portable kernel
+# ... of an mbgen / cmsis-nn / Helium kernel. Measured on mbv1_0.25_128's 1-row stage on M7
+# the real cost is higher (about 6,700 instructions per extra call: the depthwise ring refill
+# and the int8 weights widened per call); 1024 halves that stage's calls (13.80 M instead of
+# 14.58 M instructions, 50,752 B of SRAM instead of 50,200) while person_detect keeps its
+# small windows (24,736 B, 8.15 M instead of 8.36 M). Larger values cost person_detect's
+# SRAM (4096: 35.2 KB).
+SIMD_CALL_COST_MACS = 1024
 BAND_CHOICES = (1, 2, 4, 8)
 SLACK_CHOICES = (0, 2, 6)
 CHUNK_CHOICES = (1, 2, 0)
@@ -37,6 +46,7 @@ class StreamOptions:
     enabled: bool = True
     max_recompute: float = 0.10   # extra work allowed, as a fraction of the stage's MACs
     row_align: int = 1            # every row of a stage starts this aligned (SIMD kernels)
+    call_cost_macs: int = CALL_COST_MACS   # what one more kernel call costs
 
 
 def layer_macs(tensors: dict[str, ir.Tensor], node: ir.Node) -> int:
@@ -45,11 +55,11 @@ def layer_macs(tensors: dict[str, ir.Tensor], node: ir.Node) -> int:
     return macs(ir.Graph("", tensors, [], [], []), node)
 
 
-def overhead_macs(plan: Schedule) -> int:
+def overhead_macs(plan: Schedule, call_cost: int = CALL_COST_MACS) -> int:
     """The stage's extra work in MAC equivalents: moved words and the calls beyond one per
     layer."""
     extra_calls = plan.calls() - len(plan.layers)
-    return -(-plan.moved_bytes() // 4) + CALL_COST_MACS * extra_calls
+    return -(-plan.moved_bytes() // 4) + call_cost * extra_calls
 
 
 # ----------------------------------------------------------------------------- candidates
@@ -86,7 +96,7 @@ def best_bands(graph: ir.Graph, indices: list[int], options: StreamOptions
         for slack in SLACK_CHOICES:
             for chunk in CHUNK_CHOICES:
                 plan = schedule(rows, band, slack, chunk)
-                cost = overhead_macs(plan)
+                cost = overhead_macs(plan, options.call_cost_macs)
                 if cost > options.max_recompute * macs:
                     continue
                 key = (plan.windows_total, cost)
@@ -181,7 +191,7 @@ def stage_macs(graph: ir.Graph, op: ir.StreamedStage) -> int:
 # ----------------------------------------------------------------------------- report
 
 
-def stages_report(graph: ir.Graph) -> list[dict]:
+def stages_report(graph: ir.Graph, call_cost: int = CALL_COST_MACS) -> list[dict]:
     """report.json's "streaming": each stage's layers, bands, windows and overhead."""
     out = []
     for node in graph.nodes:
@@ -204,5 +214,5 @@ def stages_report(graph: ir.Graph) -> list[dict]:
         out.append({"name": node.name, "band_rows": op.band_rows,
                     "slack_rows": op.slack_rows, "chunk_rows": op.chunk_rows,
                     "window_bytes": plan.windows_total,
-                    "overhead_macs": overhead_macs(plan), "layers": layers})
+                    "overhead_macs": overhead_macs(plan, call_cost), "layers": layers})
     return out
