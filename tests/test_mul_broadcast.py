@@ -17,7 +17,7 @@ import pytest
 
 from helpers_c import build_folder, run
 from mbgen import codegen, ir
-from mbgen.codegen.kernels_portable import broadcast_strides
+from mbgen.codegen.lower_broadcast import broadcast_strides
 from mbgen.reference import run_int8
 
 pytest.importorskip("tflite_micro.python.tflite_micro.runtime",

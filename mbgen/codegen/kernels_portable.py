@@ -11,7 +11,7 @@ import numpy as np
 from mbgen import ir
 from mbgen.codegen import (kernels_layout, lower_broadcast, lower_graph_ops,
                            lowering_onnxruntime, lowering_uint8, walks)
-from mbgen.codegen.lower_broadcast import broadcast_strides
+from mbgen.codegen.lower_broadcast import broadcast_operands
 from mbgen.codegen import records as r
 from mbgen.codegen.lowering import LoweringContext, nhwc
 from mbgen.quantize import params
@@ -194,26 +194,13 @@ def _add(ctx: LoweringContext, node: ir.Node) -> r.AddCall | None:
 
 
 def _mul(ctx: LoweringContext, index: int, node: ir.Node) -> r.MulCall | None:
-    out = ctx.tensor(node.outputs[0])
-    if out.dtype != "int8" or len(out.shape) > 4:
+    b = broadcast_operands(ctx, index, node, refuse=True)
+    if b is None:
         return None
-    dims = (1,) * (4 - len(out.shape)) + tuple(int(d) for d in out.shape)
-    operands, strides = [], []
-    for role, name in (("input1", node.inputs[0]), ("input2", node.inputs[1])):
-        t = ctx.tensor(name)
-        if t.dtype != "int8":
-            return None
-        step = broadcast_strides(t.shape, dims)
-        if step is None:
-            raise ir.GraphError(f"{node.name}: {name!r} {t.shape} does not broadcast to "
-                                f"{out.shape}")
-        strides.append(step)
-        operands.append(ctx.const_tensor(name, index, role, "int8_t") if t.is_const
-                        else ctx.buffer(name))
     q = params.mul_quant(ctx.graph, node)
     return r.MulCall(
-        input1=operands[0], input2=operands[1], output=ctx.buffer(node.outputs[0]),
-        dims=dims, input1_strides=strides[0], input2_strides=strides[1],
+        input1=b.operands[0], input2=b.operands[1], output=ctx.buffer(node.outputs[0]),
+        dims=b.dims, input1_strides=b.strides[0], input2_strides=b.strides[1],
         input1_offset=q.input1_offset, input2_offset=q.input2_offset,
         output_offset=q.output_offset, output_multiplier=q.output_multiplier,
         output_shift=q.output_shift, act_min=q.act_min, act_max=q.act_max)

@@ -1,6 +1,6 @@
 """Broadcasting int8 ADD (TFLite's BroadcastAdd4DSlow): an operand of another shape, such as
 the constant 3 of hard sigmoid ``relu6(x + 3) / 6`` in Keras-converted MobileNetV3 files;
-and ``broadcast_strides``, which the broadcasting MUL (kernels_portable) shares.
+and ``broadcast_operands``, which the broadcasting MUL (kernels_portable) shares.
 
 Same arithmetic as the elementwise ``add_s8`` (``params.add_quant``); each operand walks the
 4-D output with its own element strides, 0 along the dimensions it broadcasts, as ``mul_s8``.
@@ -48,22 +48,46 @@ def broadcast_strides(shape: tuple[int, ...],
     return strides[0], strides[1], strides[2], strides[3]
 
 
-def add(ctx: LoweringContext, index: int, node: ir.Node) -> BroadcastAddCall | None:
-    """An int8 Add whose operands broadcast to the output (rank 4 or less)."""
+@dataclass(frozen=True)
+class BroadcastOperands:
+    """The two operands of a broadcasting int8 op, each with its strides over ``dims``."""
+
+    dims: tuple[int, int, int, int]
+    operands: tuple[BufferRef | ConstArray, BufferRef | ConstArray]
+    strides: tuple[tuple[int, int, int, int], tuple[int, int, int, int]]
+
+
+def broadcast_operands(ctx: LoweringContext, index: int, node: ir.Node,
+                       refuse: bool = False) -> BroadcastOperands | None:
+    """Operands of a two-input int8 node broadcasting to its output of rank 4 or less; None
+    when a tensor is not int8, the rank is higher or (unless ``refuse``: a GraphError then)
+    an operand does not broadcast. A constant operand becomes a flash array."""
     out = ctx.tensor(node.outputs[0])
     if out.dtype != "int8" or len(out.shape) > 4:
         return None
     dims = (1,) * (4 - len(out.shape)) + tuple(int(d) for d in out.shape)
-    operands, strides = [], []
-    for role, name in (("input1", node.inputs[0]), ("input2", node.inputs[1])):
-        t = ctx.tensor(name)
-        step = broadcast_strides(t.shape, dims)
-        if t.dtype != "int8" or step is None:
+    tensors = [ctx.tensor(name) for name in node.inputs[:2]]
+    if any(t.dtype != "int8" for t in tensors):
+        return None
+    strides = [broadcast_strides(t.shape, dims) for t in tensors]
+    for name, t, step in zip(node.inputs, tensors, strides):
+        if step is None and refuse:
+            raise ir.GraphError(f"{node.name}: {name!r} {t.shape} does not broadcast to "
+                                f"{out.shape}")
+        if step is None:
             return None
-        strides.append(step)
-        operands.append(ctx.const_tensor(name, index, role, "int8_t") if t.is_const
-                        else ctx.buffer(name))
-    if all(t.is_const for t in (ctx.tensor(n) for n in node.inputs[:2])):
+    operands = tuple(ctx.const_tensor(name, index, role, "int8_t") if t.is_const
+                     else ctx.buffer(name)
+                     for role, name, t in zip(("input1", "input2"), node.inputs, tensors))
+    return BroadcastOperands(dims, operands, tuple(strides))
+
+
+def add(ctx: LoweringContext, index: int, node: ir.Node) -> BroadcastAddCall | None:
+    """An int8 Add whose operands broadcast to the output (rank 4 or less)."""
+    if all(ctx.tensor(n).is_const for n in node.inputs[:2]):
         return None  # nothing computed at run time
-    return BroadcastAddCall(operands[0], operands[1], ctx.buffer(node.outputs[0]), dims,
-                            strides[0], strides[1], params.add_quant(ctx.graph, node))
+    b = broadcast_operands(ctx, index, node)
+    if b is None:
+        return None
+    return BroadcastAddCall(b.operands[0], b.operands[1], ctx.buffer(node.outputs[0]), b.dims,
+                            b.strides[0], b.strides[1], params.add_quant(ctx.graph, node))
