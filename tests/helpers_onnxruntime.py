@@ -122,6 +122,23 @@ def zoo_inputs(graph: ir.Graph) -> list[tuple[str, np.ndarray]]:
     return inputs
 
 
+def assert_host_c_equals_numpy_and_ort(out_dir: Path, graph: ir.Graph, path: Path) -> int:
+    """The compiled folder built for the host, run on ``zoo_inputs``: byte for byte equal to
+    ``run_int8`` and to onnxruntime on the .onnx file. Returns how many inputs were run."""
+    exe = build_folder(out_dir)
+    session = ort_session(path)
+    inputs = zoo_inputs(graph)
+    for label, x in inputs:
+        want = session.run(None, {"input": nchw(x)})[0]
+        q = int8_input(graph, x)
+        ours = np.frombuffer(run(exe, q.tobytes()), dtype=np.int8)
+        np.testing.assert_array_equal(ours, run_int8(graph, q)[graph.outputs[0]].reshape(-1),
+                                      err_msg=f"C != numpy on {label}")
+        np.testing.assert_array_equal(as_ort_output(graph, ours).reshape(want.shape), want,
+                                      err_msg=f"C != onnxruntime on {label}")
+    return len(inputs)
+
+
 def float_initializer(rng: np.random.Generator, scale: float):
     """init(name, *shape[, scale]): a float32 initializer of rng's normal values times scale."""
     def init(name, *shape, scale=scale):

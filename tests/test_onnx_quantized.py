@@ -20,12 +20,11 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 from onnx import helper  # noqa: E402
 
-from helpers_c import build_folder, run  # noqa: E402
-from helpers_onnxruntime import (as_ort_output, assert_same_as_ort, int8_input,  # noqa: E402
-                                 lsb_diff, nchw, ort_session, quantize,
-                                 quantized_zoo_files, zoo_inputs, float_initializer,
-                                 QOP_BOTH_QDQ_UINT8,
-                                 save_float_model, assert_bit_exact_with_onnxruntime)
+from helpers_onnxruntime import (QOP_BOTH_QDQ_UINT8,  # noqa: E402
+                                 assert_bit_exact_with_onnxruntime,
+                                 assert_host_c_equals_numpy_and_ort, assert_same_as_ort,
+                                 float_initializer, int8_input, lsb_diff, nchw, ort_session,
+                                 quantize, quantized_zoo_files, save_float_model, zoo_inputs)
 from mbgen import ir  # noqa: E402
 from mbgen.compiler import CompileOptions, compile_model, emit, prepare  # noqa: E402
 from mbgen.errors import UserError  # noqa: E402
@@ -57,19 +56,9 @@ def test_mbv2_host_c_is_bit_exact_with_onnxruntime(variant, zoo_files, tmp_path)
     assert all(ir.uses_onnxruntime_arithmetic(n.op) for n in graph.nodes
                if isinstance(n.op, (ir.Conv2D, ir.DepthwiseConv2D, ir.FullyConnected,
                                     ir.Add, ir.Mean)))
-    exe = build_folder(compiled.out_dir)
-    session = ort_session(path)
-    inputs = zoo_inputs(graph)
-    assert len(inputs) >= 2
-    for label, x in inputs:
-        want = session.run(None, {"input": nchw(x)})[0]
-        q = int8_input(graph, x)
-        ours = np.frombuffer(run(exe, q.tobytes()), dtype=np.int8)
-        reference = run_int8(graph, q)[graph.outputs[0]].reshape(-1)
-        np.testing.assert_array_equal(ours, reference, err_msg=f"C != numpy on {label}")
-        np.testing.assert_array_equal(as_ort_output(graph, ours).reshape(want.shape), want,
-                                      err_msg=f"C != onnxruntime on {label}")
-    print(f"{ZOO_MODEL} {variant}: host C == numpy == onnxruntime on {len(inputs)} inputs")
+    count = assert_host_c_equals_numpy_and_ort(compiled.out_dir, graph, path)
+    assert count >= 2
+    print(f"{ZOO_MODEL} {variant}: host C == numpy == onnxruntime on {count} inputs")
 
 
 @pytest.mark.slow

@@ -20,9 +20,9 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from helpers_c import build_folder, run  # noqa: E402
-from helpers_onnxruntime import (as_ort_output, assert_same_as_ort, int8_input,  # noqa: E402
-                                 lsb_diff, nchw, ort_session, quantized_zoo_files,
-                                 zoo_inputs)
+from helpers_onnxruntime import (as_ort_output, assert_host_c_equals_numpy_and_ort,  # noqa: E402
+                                 assert_same_as_ort, int8_input, lsb_diff, nchw, ort_session,
+                                 quantized_zoo_files, zoo_inputs)
 from mbgen import ir  # noqa: E402
 from mbgen.compiler import CompileOptions, compile_model, emit, prepare  # noqa: E402
 from mbgen.reference import run_int8  # noqa: E402
@@ -132,18 +132,8 @@ def test_light_models_host_c_bit_exact_with_onnxruntime(model, variant, zoo_file
         assert any(isinstance(n.op, ir.DequantizedActivation) for n in graph.nodes)
     else:
         assert {ir.StridedSlice, ir.Transpose, ir.DequantizedMean} <= kinds
-    exe = build_folder(compiled.out_dir)
-    session = ort_session(path)
-    inputs = zoo_inputs(graph)
-    for label, x in inputs:
-        want = session.run(None, {"input": nchw(x)})[0]
-        q = int8_input(graph, x)
-        ours = np.frombuffer(run(exe, q.tobytes()), dtype=np.int8)
-        np.testing.assert_array_equal(ours, run_int8(graph, q)[graph.outputs[0]].reshape(-1),
-                                      err_msg=f"C != numpy on {label}")
-        np.testing.assert_array_equal(as_ort_output(graph, ours).reshape(want.shape), want,
-                                      err_msg=f"C != onnxruntime on {label}")
-    print(f"{model} {variant}: host C == numpy == onnxruntime on {len(inputs)} inputs")
+    count = assert_host_c_equals_numpy_and_ort(compiled.out_dir, graph, path)
+    print(f"{model} {variant}: host C == numpy == onnxruntime on {count} inputs")
 
 
 @pytest.mark.slow

@@ -21,9 +21,9 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from helpers_c import build_folder, run  # noqa: E402
-from helpers_onnxruntime import (QOP_BOTH_QDQ_UINT8, as_ort_output,  # noqa: E402
-                                 assert_bit_exact_with_onnxruntime, assert_same_as_ort,
+from helpers_onnxruntime import (QOP_BOTH_QDQ_UINT8,  # noqa: E402
+                                 assert_bit_exact_with_onnxruntime,
+                                 assert_host_c_equals_numpy_and_ort, assert_same_as_ort,
                                  float_initializer, int8_input, lsb_diff, nchw, ort_session,
                                  quantized_zoo_files, save_float_model, zoo_inputs)
 from mbgen import ir  # noqa: E402
@@ -149,18 +149,8 @@ def test_mbv3s_host_c_is_bit_exact_with_onnxruntime(variant, zoo_files, tmp_path
     graph = compiled.graph
     tables = sum(isinstance(n.op, ir.DequantizedActivation) for n in graph.nodes)
     assert tables == sum(n.op_type == "HardSigmoid" for n in onnx.load(str(path)).graph.node)
-    exe = build_folder(compiled.out_dir)
-    session = ort_session(path)
-    inputs = zoo_inputs(graph)
-    for label, x in inputs:
-        want = session.run(None, {"input": nchw(x)})[0]
-        q = int8_input(graph, x)
-        ours = np.frombuffer(run(exe, q.tobytes()), dtype=np.int8)
-        np.testing.assert_array_equal(ours, run_int8(graph, q)[graph.outputs[0]].reshape(-1),
-                                      err_msg=f"C != numpy on {label}")
-        np.testing.assert_array_equal(as_ort_output(graph, ours).reshape(want.shape), want,
-                                      err_msg=f"C != onnxruntime on {label}")
-    print(f"{ZOO_MODEL} {variant}: host C == numpy == onnxruntime on {len(inputs)} inputs")
+    count = assert_host_c_equals_numpy_and_ort(compiled.out_dir, graph, path)
+    print(f"{ZOO_MODEL} {variant}: host C == numpy == onnxruntime on {count} inputs")
 
 
 @pytest.mark.slow
