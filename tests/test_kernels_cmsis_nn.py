@@ -20,6 +20,7 @@ import pytest
 
 from helpers_c import CFLAGS, build, host_cc, run
 from mbgen import cli, codegen, ir, targets
+from mbgen.codegen import cmsis_nn_library as cmsis_library
 from mbgen.codegen import kernels_cmsis_nn as cmsis
 from mbgen.errors import UserError
 from mbgen.reference import run_int8
@@ -28,13 +29,13 @@ from test_codegen import GraphBuilder
 
 A = ir.Activation
 STANDIN = Path(__file__).resolve().parent / "cmsis_nn_standin"
-REAL_LIBRARY = os.environ.get(cmsis.ENV_VAR) or None
+REAL_LIBRARY = os.environ.get(cmsis_library.ENV_VAR) or None
 LIBRARY = Path(REAL_LIBRARY) if REAL_LIBRARY else STANDIN
 LIBRARY_KIND = "real CMSIS-NN" if REAL_LIBRARY else "stand-in"
 HAVE_ARM = bool(shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm"))
 needs_arm = pytest.mark.skipif(not HAVE_ARM, reason="needs arm-none-eabi-gcc and qemu-system-arm")
 needs_real = pytest.mark.skipif(REAL_LIBRARY is None,
-                                reason=f"{cmsis.ENV_VAR} not set (no real CMSIS-NN checkout)")
+                                reason=f"{cmsis_library.ENV_VAR} not set (no real CMSIS-NN checkout)")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -357,7 +358,7 @@ def _geometries(seed: int) -> list[tuple[str, list[int]]]:
 @needs_real
 def test_buffer_size_formulas_match_the_real_library(tmp_path: Path):
     """Our Python formulas against CMSIS-NN's own *_get_buffer_size (plain and _dsp builds)."""
-    library = cmsis.library_build(targets.get("host"), REAL_LIBRARY)
+    library = cmsis_library.library_build(targets.get("host"), REAL_LIBRARY)
     program = tmp_path / "sizes.c"
     program.write_text(BUFFER_SIZE_PROGRAM)
     exe = build([program, *library.sources], list(library.include_dirs), tmp_path / "sizes",
@@ -422,12 +423,12 @@ def test_what_cmsis_nn_cannot_take_falls_back_with_a_reason(tmp_path: Path):
 
 
 def test_building_without_a_library_says_cmsis_nn_is_needed(tmp_path: Path, monkeypatch):
-    monkeypatch.delenv(cmsis.ENV_VAR, raising=False)
+    monkeypatch.delenv(cmsis_library.ENV_VAR, raising=False)
     graph = _conv_graph()
     out = tmp_path / "out"
     _generate(graph, out)  # compiling needs no library
     assert (out / "model.c").is_file()
-    with pytest.raises(UserError, match=cmsis.ENV_VAR):
+    with pytest.raises(UserError, match=cmsis_library.ENV_VAR):
         build_host(out, tmp_path / "build")
     assert cli.main(["run", str(out), "--host"]) == cli.EXIT_USER_ERROR
     with pytest.raises(UserError, match="not a CMSIS-NN source tree"):
@@ -436,13 +437,13 @@ def test_building_without_a_library_says_cmsis_nn_is_needed(tmp_path: Path, monk
 
 def test_helium_cores_build_cmsis_nn_with_mve_off():
     """CMSIS-NN's MVE paths want other scratch buffers than the DSP ones we size."""
-    assert cmsis.library_build(targets.get("cortex-m55"), STANDIN).cflags == \
+    assert cmsis_library.library_build(targets.get("cortex-m55"), STANDIN).cflags == \
         ("-mcpu=cortex-m55+nomve",)
-    assert cmsis.library_build(targets.get("cortex-m7"), STANDIN).cflags == ()
+    assert cmsis_library.library_build(targets.get("cortex-m7"), STANDIN).cflags == ()
 
 
 def test_the_runner_takes_the_library_from_the_environment(tmp_path: Path, monkeypatch):
-    monkeypatch.setenv(cmsis.ENV_VAR, str(LIBRARY))
+    monkeypatch.setenv(cmsis_library.ENV_VAR, str(LIBRARY))
     graph = _conv_graph()
     out = tmp_path / "out"
     _generate(graph, out)

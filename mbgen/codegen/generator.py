@@ -195,8 +195,8 @@ def folder_build_flags(target_name: str, layers: list[Layer]) -> dict:
     target = targets.get(target_name)
     cflags = list(target.cflags)
     if any(layer.kernel_set == "cmsis-nn" for layer in layers):
-        from mbgen.codegen import kernels_cmsis_nn
-        cflags += kernels_cmsis_nn.core_cflags(target)
+        from mbgen.codegen import cmsis_nn_library
+        cflags += cmsis_nn_library.core_cflags(target)
     compiler = "cc" if target.is_host else "arm-none-eabi-gcc"
     return {"compiler": compiler, "cflags": cflags + list(WARNING_FLAGS)}
 

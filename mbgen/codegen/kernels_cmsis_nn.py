@@ -13,205 +13,31 @@
   user builds the folder, so the size is the largest one over the builds a folder can meet:
   plain C, DSP (Armv7E-M / Armv8-M with DSP) with GCC, and DSP with Arm Compiler 6. Helium
   (MVE) builds take other paths and buffers and are refused.
-* Building: ``library_build(target, root)`` lists the library's headers and sources a
-  folder needs; the runner adds them to the build (root from ``--cmsis-nn`` or
-  ``$CMSIS_NN_PATH``).
+* Building: ``cmsis_nn_library.library_build(target, root)`` lists the library's headers
+  and sources a folder needs; the runner adds them to the build (root from ``--cmsis-nn``
+  or ``$CMSIS_NN_PATH``). The structs and call records are in ``cmsis_nn_records``.
 """
 
 from __future__ import annotations
-
-import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import ClassVar, Union
 
 import numpy as np
 
 from mbgen import ir
 from mbgen.codegen import kernel_sets
+from mbgen.codegen.cmsis_nn_library import NAME
+from mbgen.codegen.cmsis_nn_records import (Clamp, CmsisAddCall, CmsisAvgPoolCall,
+                                            CmsisCall, CmsisConvCall,
+                                            CmsisFullyConnectedCall, CmsisSoftmaxCall,
+                                            Context, ConvParams, Dims, DwConvParams, FcParams,
+                                            PoolParams, Tile)
 from mbgen.codegen.lowering import LoweringContext, nhwc
-from mbgen.codegen.records import BufferRef, ConstArray
+from mbgen.codegen.records import ConstArray
 from mbgen.codegen.walks import elementwise
-from mbgen.errors import UserError
 from mbgen.quantize import params
 
-NAME = "cmsis-nn"
-ENV_VAR = "CMSIS_NN_PATH"
 
 # CMSIS-NN stores several dimensions and pads in (u)int16 locals.
 _MAX_DIM = 32767
-
-
-# ----------------------------------------------------------------------------- records
-# Mirrors of the CMSIS-NN structs (arm_nn_types.h); field names are the library's.
-
-
-@dataclass(frozen=True)
-class Dims:
-    """cmsis_nn_dims: n is the batch, or the output channels of a conv filter."""
-
-    n: int
-    h: int
-    w: int
-    c: int
-
-
-@dataclass(frozen=True)
-class Tile:
-    """cmsis_nn_tile (stride, padding, dilation). Padding is the top/left one: CMSIS-NN
-    derives the bottom/right pad from the output size, as TFLM's kernels do."""
-
-    w: int
-    h: int
-
-
-@dataclass(frozen=True)
-class Clamp:
-    """cmsis_nn_activation: the fused activation's int8 range."""
-
-    min: int
-    max: int
-
-
-@dataclass(frozen=True)
-class ConvParams:
-    """cmsis_nn_conv_params; input_offset = -input zero point, output_offset = its zero point."""
-
-    c_type: ClassVar[str] = "cmsis_nn_conv_params"
-    input_offset: int
-    output_offset: int
-    stride: Tile
-    padding: Tile
-    dilation: Tile
-    activation: Clamp
-
-
-@dataclass(frozen=True)
-class DwConvParams:
-    c_type: ClassVar[str] = "cmsis_nn_dw_conv_params"
-    input_offset: int
-    output_offset: int
-    ch_mult: int
-    stride: Tile
-    padding: Tile
-    dilation: Tile
-    activation: Clamp
-
-
-@dataclass(frozen=True)
-class FcParams:
-    input_offset: int
-    filter_offset: int   # 0: int8 weights are symmetric
-    output_offset: int
-    activation: Clamp
-
-
-@dataclass(frozen=True)
-class PoolParams:
-    stride: Tile
-    padding: Tile
-    activation: Clamp
-
-
-@dataclass(frozen=True)
-class Context:
-    """cmsis_nn_context: the layer's scratch buffer in the arena (None when it needs none)."""
-
-    buffer: BufferRef | None
-    size: int
-
-
-@dataclass(frozen=True)
-class CmsisConvCall:
-    """arm_convolve_wrapper_s8 / arm_convolve_1x1_s8_fast, or (with DwConvParams)
-    arm_depthwise_conv_wrapper_s8 / arm_depthwise_conv_3x3_s8: the same argument list."""
-
-    template: ClassVar[str] = "kernels_cmsis_nn/conv.c.j2"
-    function: str
-    context: Context
-    conv_params: ConvParams | DwConvParams
-    input: BufferRef
-    input_dims: Dims
-    filter_dims: Dims
-    weights: ConstArray        # conv (out_c, k_h, k_w, in_c); depthwise (1, k_h, k_w, out_c)
-    bias_dims: Dims
-    bias: ConstArray           # int32 (out_c,), zeros when the layer has none
-    output_dims: Dims
-    output: BufferRef
-    multipliers: ConstArray    # one per output channel
-    shifts: ConstArray
-
-
-@dataclass(frozen=True)
-class CmsisFullyConnectedCall:
-    template: ClassVar[str] = "kernels_cmsis_nn/fully_connected.c.j2"
-    function: ClassVar[str] = "arm_fully_connected_s8"
-    context: Context
-    fc_params: FcParams
-    multiplier: int            # per tensor
-    shift: int
-    input: BufferRef
-    input_dims: Dims
-    filter_dims: Dims          # n = accumulation depth, c = output depth
-    weights: ConstArray        # (out_features, in_features)
-    bias_dims: Dims
-    bias: ConstArray
-    output_dims: Dims
-    output: BufferRef
-
-
-@dataclass(frozen=True)
-class CmsisAvgPoolCall:
-    template: ClassVar[str] = "kernels_cmsis_nn/pool.c.j2"
-    function: ClassVar[str] = "arm_avgpool_s8"
-    context: Context
-    pool_params: PoolParams
-    input: BufferRef
-    input_dims: Dims
-    filter_dims: Dims          # h, w = the pooling window
-    output_dims: Dims
-    output: BufferRef
-
-
-@dataclass(frozen=True)
-class CmsisAddCall:
-    """arm_elementwise_add_s8: TFLite's ADD (offsets are -zero points, shifts <= 0)."""
-
-    template: ClassVar[str] = "kernels_cmsis_nn/add.c.j2"
-    function: ClassVar[str] = "arm_elementwise_add_s8"
-    input1: BufferRef
-    input2: BufferRef
-    output: BufferRef
-    input1_offset: int
-    input1_multiplier: int
-    input1_shift: int
-    input2_offset: int
-    input2_multiplier: int
-    input2_shift: int
-    left_shift: int
-    output_offset: int
-    output_multiplier: int
-    output_shift: int
-    act_min: int
-    act_max: int
-    block_size: int
-
-
-@dataclass(frozen=True)
-class CmsisSoftmaxCall:
-    template: ClassVar[str] = "kernels_cmsis_nn/softmax.c.j2"
-    function: ClassVar[str] = "arm_softmax_s8"
-    input: BufferRef
-    output: BufferRef
-    num_rows: int
-    row_size: int
-    multiplier: int
-    shift: int                 # the input left shift, in [0, 31]
-    diff_min: int
-
-
-CmsisCall = Union[CmsisConvCall, CmsisFullyConnectedCall, CmsisAvgPoolCall, CmsisAddCall,
-                  CmsisSoftmaxCall]
 
 
 # ----------------------------------------------------------------------------- buffer sizes
@@ -642,88 +468,3 @@ def fallbacks(graph: ir.Graph) -> dict[str, str]:
             if (why := refusal(graph, node)) is not None}
 
 
-# ----------------------------------------------------------------------------- the library
-
-# The public functions the generated code calls, as CMSIS-NN v6+ lays out its sources. A
-# library root must have them (tests/cmsis_nn_standin/ mirrors this layout).
-ENTRY_SOURCES = (
-    "Source/ConvolutionFunctions/arm_convolve_wrapper_s8.c",
-    "Source/ConvolutionFunctions/arm_convolve_1x1_s8_fast.c",
-    "Source/ConvolutionFunctions/arm_depthwise_conv_wrapper_s8.c",
-    "Source/ConvolutionFunctions/arm_depthwise_conv_3x3_s8.c",
-    "Source/FullyConnectedFunctions/arm_fully_connected_s8.c",
-    "Source/PoolingFunctions/arm_avgpool_s8.c",
-    "Source/BasicMathFunctions/arm_elementwise_add_s8.c",
-    "Source/SoftmaxFunctions/arm_softmax_s8.c",
-)
-# What those call inside CMSIS-NN (v7.0) outside Helium: compiled when present.
-SUPPORT_SOURCES = (
-    "Source/ConvolutionFunctions/arm_convolve_s8.c",
-    "Source/ConvolutionFunctions/arm_convolve_1x1_s8.c",
-    "Source/ConvolutionFunctions/arm_convolve_1_x_n_s8.c",
-    "Source/ConvolutionFunctions/arm_convolve_get_buffer_sizes_s8.c",
-    "Source/ConvolutionFunctions/arm_depthwise_conv_s8.c",
-    "Source/ConvolutionFunctions/arm_depthwise_conv_s8_opt.c",
-    "Source/ConvolutionFunctions/arm_depthwise_conv_get_buffer_sizes_s8.c",
-    "Source/ConvolutionFunctions/arm_nn_mat_mult_kernel_s8_s16.c",
-    "Source/ConvolutionFunctions/arm_nn_mat_mult_kernel_row_offset_s8_s16.c",
-    "Source/FullyConnectedFunctions/arm_fully_connected_get_buffer_sizes_s8.c",
-    "Source/PoolingFunctions/arm_avgpool_get_buffer_sizes_s8.c",
-    "Source/SoftmaxFunctions/arm_nn_softmax_common_s8.c",
-    "Source/NNSupportFunctions/arm_nn_mat_mult_nt_t_s8.c",
-    "Source/NNSupportFunctions/arm_nn_vec_mat_mult_t_s8.c",
-    "Source/NNSupportFunctions/arm_q7_to_q15_with_offset.c",
-    "Source/NNSupportFunctions/arm_s8_to_s16_unordered_with_offset.c",
-)
-
-
-@dataclass(frozen=True)
-class LibraryBuild:
-    """What the runner adds to a build of a cmsis-nn folder."""
-
-    root: Path
-    sources: tuple[Path, ...]
-    include_dirs: tuple[Path, ...]
-    cflags: tuple[str, ...] = ()
-
-
-def library_root(path: str | os.PathLike | None = None) -> Path:
-    """``path`` (--cmsis-nn), else $CMSIS_NN_PATH; UserError when there is none or it is not
-    a CMSIS-NN source tree."""
-    given = path if path is not None else os.environ.get(ENV_VAR) or None
-    if given is None:
-        raise UserError(f"this folder calls CMSIS-NN (--kernels {NAME}): building it needs the "
-                        f"CMSIS-NN v6+ sources; set {ENV_VAR} (or give mbgen bench --cmsis-nn) "
-                        "to a checkout of https://github.com/ARM-software/CMSIS-NN")
-    root = Path(given).expanduser()
-    if not (root / "Include" / "arm_nnfunctions.h").is_file():
-        raise UserError(f"{root} is not a CMSIS-NN source tree (no Include/arm_nnfunctions.h); "
-                        f"point --cmsis-nn or {ENV_VAR} at a CMSIS-NN v6+ checkout")
-    missing = [s for s in ENTRY_SOURCES if not (root / s).is_file()]
-    if missing:
-        raise UserError(f"CMSIS-NN at {root} lacks {missing[0]}; mbgen needs CMSIS-NN v6 or "
-                        "later")
-    return root.resolve()
-
-
-def library_build(target, path: str | os.PathLike | None = None) -> LibraryBuild:
-    """The CMSIS-NN headers and sources to build a cmsis-nn folder for ``target``.
-
-    On Helium cores (Cortex-M55) CMSIS-NN switches to MVE code paths that want other scratch
-    buffers (kernel sums) than the DSP ones sized at generation time, so such a firmware is
-    built with MVE off (``-mcpu=<core>+nomve``): CMSIS-NN's DSP path on the same core.
-    """
-    root = library_root(path)
-    sources = [root / s for s in ENTRY_SOURCES]
-    sources += [root / s for s in SUPPORT_SOURCES if (root / s).is_file()]
-    return LibraryBuild(root, tuple(sources), (root / "Include",), core_cflags(target))
-
-
-def core_cflags(target) -> tuple[str, ...]:
-    """Flags a cmsis-nn folder adds after the target's: MVE off on Helium cores."""
-    return (f"-mcpu={target.core}+nomve",) if getattr(target, "mve", False) else ()
-
-
-def uses_library(report: dict) -> bool:
-    """True when a folder's report.json has layers that call CMSIS-NN."""
-    return any(layer.get("kernel") == NAME for layer in report.get("layers", []))

@@ -105,10 +105,10 @@ def library_inputs(out_dir: Path, target, cmsis_nn: Path | None = None
         report = json.loads((Path(out_dir) / "report.json").read_text())
     except (OSError, ValueError):
         return [], []
-    from mbgen.codegen import kernels_cmsis_nn
-    if not isinstance(report, dict) or not kernels_cmsis_nn.uses_library(report):
+    from mbgen.codegen import cmsis_nn_library
+    if not isinstance(report, dict) or not cmsis_nn_library.uses_library(report):
         return [], []
-    library = kernels_cmsis_nn.library_build(target, cmsis_nn)
+    library = cmsis_nn_library.library_build(target, cmsis_nn)
     return list(library.sources), list(library.include_dirs)
 
 
@@ -118,7 +118,7 @@ def library_cflags(out_dir: Path, target, cmsis_nn: Path | None = None) -> list[
         report = json.loads((Path(out_dir) / "report.json").read_text())
     except (OSError, ValueError):
         return []
-    from mbgen.codegen import kernels_cmsis_nn
-    if not isinstance(report, dict) or not kernels_cmsis_nn.uses_library(report):
+    from mbgen.codegen import cmsis_nn_library
+    if not isinstance(report, dict) or not cmsis_nn_library.uses_library(report):
         return []
-    return list(kernels_cmsis_nn.library_build(target, cmsis_nn).cflags)
+    return list(cmsis_nn_library.library_build(target, cmsis_nn).cflags)
