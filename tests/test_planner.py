@@ -18,7 +18,8 @@ from hypothesis import given, settings, strategies as st
 from mbgen import ir
 from mbgen.errors import UserError
 from mbgen.planner import (
-    Buffer, assert_valid_plan, lower_bound, plan, plan_graph, tflm_greedy_arena,
+    Buffer, assert_valid_plan, free_bytes_beside, lower_bound, plan, plan_graph,
+    tflm_greedy_arena,
     tflm_greedy_plan,
 )
 
@@ -381,6 +382,25 @@ def test_scratch_lives_only_during_its_node():
     # n1 needs c1 + c2 + scratch live together: 256 + 256 + 112 (aligned).
     assert gplan.arena_size == gplan.peak_live_bytes == 624
     simulate(graph, gplan, scratch)
+
+
+def test_free_bytes_beside_a_node_is_its_gap_under_the_arena():
+    """The residual graph above: at n2 (skip, h1, h2 live) the arena is full; at n4 only
+    summed and the 2-channel output are live, so the rest of the 1,536 bytes is free; a
+    node's own scratch counts as free."""
+    b = GraphBuilder()
+    x = b.input((1, 4, 4, 8))
+    skip = b.conv(x, 8)
+    h2 = b.conv(b.conv(skip, 8), 8)
+    out = b.conv(b.add(skip, h2), 2)
+    graph = b.build(out)
+    gplan = plan_graph(graph, {"n2": 64})
+    free = free_bytes_beside(gplan, graph)
+    assert gplan.arena_size == 1536 + 64
+    assert free["n2"] == 64          # its own scratch: the only room beside skip, h1, h2
+    # n4: summed (512 B) and the output (32 B) leave 1,056 bytes in at most three gaps
+    assert 1056 // 3 <= free["n4"] <= gplan.arena_size - 512 - 32
+    simulate(graph, gplan, {"n2": 64})
 
 
 def test_constants_take_no_arena():

@@ -283,12 +283,13 @@ def _lower_gemm(ctx: LoweringContext, index: int, node: ir.Node,
     # int8 weights of a multi-pixel layer are widened per chunk; the columns are doubled
     # instead of the weights (int8 cannot hold 2w), so the accumulator is doubled too.
     chunk = 0
-    spare = ctx.spare(node.name) if not int16 and block_pixels == 4 else 0
+    widens = not int16 and block_pixels == 4   # int8 weights widened to int16 pairs in RAM
+    spare = ctx.spare(node.name) if widens else 0
     scratch = _request_scratch(ctx, node, gemm_scratch_bytes(ctx.graph, node, spare))
     gather_bytes = _align(depth_padded * 4, 8) if gather is Gather.IM2COL else 0
-    ram, most_blocks = int8_widening(depth_padded, out_c, gather_bytes, spare)
-    ram = ram and not int16 and block_pixels == 4 and scratch is not None
-    if not int16 and block_pixels == 4 and not ram:
+    ram, most_blocks = (int8_widening(depth_padded, out_c, gather_bytes, spare) if widens
+                        else (False, 0))
+    if widens and not ram:
         # chunks of equal size: as few as the columns the scratch holds allow
         blocks = -(-pixels // block_pixels)
         chunks = -(-blocks // most_blocks)
