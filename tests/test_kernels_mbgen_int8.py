@@ -17,7 +17,7 @@ from mbgen.codegen import kernels_mbgen as mb
 from mbgen.codegen import kernels_mbgen_policy as policy
 from mbgen.codegen import kernels_mbgen_records as mb_records
 from mbgen.reference import run_int8
-from test_kernels_mbgen import CASES, build_graph, needs_arm, test_inputs
+from test_kernels_mbgen import CASES, Layer, build_graph, needs_arm, test_inputs
 
 # The layer cases, each reaching: the shared per-depth asm block (pw_asm_block), an odd
 # channel and a partial pixel block (pw_odd_everything), the direct im2col stem
@@ -68,6 +68,26 @@ def test_int8_weights_bit_exact_in_qemu(name, int8_mode, tmp_path: Path):
                               weight_layout=_layout(int8_mode))
     assert report["layers"][0]["kernel"] == mb.NAME
     for i, x in enumerate(test_inputs(graph, CASES[name].seed)):
+        got = np.frombuffer(run_qemu(tmp_path, targets.get("cortex-m7"), x.tobytes(),
+                                     timeout=60).output, np.int8)
+        want = run_int8(graph, x)[graph.outputs[0]].reshape(-1)
+        assert np.array_equal(got, want), f"input {i}: {np.count_nonzero(got != want)} differ"
+
+
+
+@needs_arm
+@pytest.mark.qemu
+@pytest.mark.parametrize("hwc, tail", [((3, 3, 64), 1), ((5, 2, 32), 2), ((3, 1, 16), 3)])
+def test_last_pixels_of_a_chunk_run_one_at_a_time(hwc, tail, monkeypatch, tmp_path: Path):
+    """A last 4-pixel block with 1 or 2 real pixels runs them singly (the shared block's
+    single-pixel path), 3 run as a padded block: bit-exact in QEMU either way."""
+    from mbgen.runner import run_qemu
+    monkeypatch.setattr(mb, "int8_widening", lambda *args: (False, 2))
+    graph = build_graph(Layer("conv", hwc, 10, seed=11))
+    call = _lower(graph, "chunks")
+    assert call.expanded and call.asm_block and call.tail_pixels == tail
+    codegen.generate(graph, tmp_path, target="cortex-m7", kernels=mb.NAME, weight_layout="int8")
+    for i, x in enumerate(test_inputs(graph, 11)):
         got = np.frombuffer(run_qemu(tmp_path, targets.get("cortex-m7"), x.tobytes(),
                                      timeout=60).output, np.int8)
         want = run_int8(graph, x)[graph.outputs[0]].reshape(-1)
