@@ -305,7 +305,7 @@ def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels
         report["memory"] = budget.as_report(use, limits)
         report.update(io_report(prepared))
         report["streaming"] = streaming.stages_report(
-            lowered, streaming.options_for(kernels).call_cost_macs)
+            lowered, streaming.options_for(kernels))
         if firmware is not None:
             report["memory"]["example_firmware"] = {
                 "text": firmware.text, "data": firmware.data, "bss": firmware.bss,

@@ -231,6 +231,37 @@ def test_pass_picks_stages_that_shrink_the_arena(tmp_path):
                                                 plan_of=plan_of).nodes)
 
 
+
+def test_mbgen_calls_cost_what_they_repeat():
+    """An extra mbgen call of a GEMM layer re-widens its int8 weights, of a depthwise layer
+    re-transposes the rows its window shares with the previous band: the stage's overhead
+    counts both, and the pass then takes bands no shorter than at the fixed cost."""
+    from mbgen.streaming import choose
+    b = GraphBuilder(8, "wide")
+    x = b.input((1, 32, 16, 8))
+    t = b.depthwise(x)
+    t = b.conv(t, 32, k=(1, 1))
+    t = b.depthwise(t, stride=(2, 2))
+    graph = b.graph(t)
+    dw, pw, dw2 = graph.nodes
+    mbgen, fixed = streaming.options_for("mbgen"), streaming.options_for("cmsis-nn")
+    assert mbgen.dsp_calls and not fixed.dsp_calls and not streaming.options_for("portable").dsp_calls
+    assert choose.call_costs(graph.tensors, graph.nodes, fixed) == (choose.SIMD_CALL_COST_MACS,) * 3
+    extra = [c - choose.SIMD_CALL_COST_MACS
+             for c in choose.call_costs(graph.tensors, graph.nodes, mbgen)]
+    assert extra == [2 * 16 * 8,              # 3x3 stride 1: two rows of 16 x 8 again
+                     int(1.25 * 8 * 32),       # every int8 weight widened again
+                     1 * 16 * 32]              # 3x3 stride 2: one row of 16 x 32 again
+    with_dsp = choose.best_bands(graph, [0, 1, 2], mbgen)
+    without = choose.best_bands(graph, [0, 1, 2], fixed)
+    assert with_dsp is not None and without is not None
+    assert with_dsp[0] >= without[0]
+    plan = with_dsp[3]
+    costs = choose.call_costs(graph.tensors, graph.nodes, mbgen)
+    assert choose.overhead_macs(plan, costs) == -(-plan.moved_bytes() // 4) + sum(
+        cost * (plan.calls(j) - 1) for j, cost in enumerate(costs))
+
+
 def test_layer_rows_refuses_what_cannot_stream():
     b = GraphBuilder(1)
     x = b.input((1, 9, 9, 4))

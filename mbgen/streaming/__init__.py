@@ -29,7 +29,8 @@ def options_for(kernels: str, enabled: bool = True,
     portable = kernels == "portable"
     return StreamOptions(enabled=enabled, max_recompute=max_recompute,
                          row_align=1 if portable else 4,
-                         call_cost_macs=CALL_COST_MACS if portable else SIMD_CALL_COST_MACS)
+                         call_cost_macs=CALL_COST_MACS if portable else SIMD_CALL_COST_MACS,
+                         dsp_calls=kernels == "mbgen")
 
 
 def streamed(graph: ir.Graph, kernels: str, enabled: bool = True,

@@ -11,10 +11,10 @@ stage takes it). At the end, every stage the final arena does not need is droppe
 Overhead. A stage computes every row once (no recompute: windows keep the rows the next
 layer still needs and move them down when full), so its MACs are the unstreamed ones. What
 it adds is memmoves and kernel calls; they are counted in MAC equivalents (a moved 4-byte
-word, and per extra call the kernel set's ``call_cost_macs``: CALL_COST_MACS for portable
-C; the DSP and Helium kernels pay more per call, as they re-read their input rows into a
-ring and widen their weights each time) and must stay within ``max_recompute`` times the
-stage's MACs.
+word, and per extra call of a layer what that call repeats: ``call_cost_macs`` for portable
+C and the library kernels, ``dsp_call_macs`` for the mbgen DSP kernels, which widen the
+layer's int8 weights and refill their row ring on every call) and must stay within
+``max_recompute`` times the stage's MACs.
 """
 
 from __future__ import annotations
@@ -29,13 +29,14 @@ from mbgen.streaming.stage import fuse, layer_rows, stage_schedule, stage_tensor
 MAX_STAGE_LAYERS = 12
 MAX_ROUNDS = 24
 CALL_COST_MACS = 64          # per extra call of a portable kernel
-# ... of an mbgen / cmsis-nn / Helium kernel. Measured on mbv1_0.25_128's 1-row stage on M7
-# the real cost is higher (about 6,700 instructions per extra call: the depthwise ring refill
-# and the int8 weights widened per call); 1024 halves that stage's calls (13.80 M instead of
-# 14.58 M instructions, 50,752 B of SRAM instead of 50,200) while person_detect keeps its
-# small windows (24,736 B, 8.15 M instead of 8.36 M). Larger values cost person_detect's
-# SRAM (4096: 35.2 KB).
-SIMD_CALL_COST_MACS = 1024
+SIMD_CALL_COST_MACS = 1024   # ... of a cmsis-nn kernel, and the fixed part of an mbgen one
+# What an extra mbgen DSP call repeats, in instructions (about MAC-eq at their ~1 MAC per
+# instruction), from the kernels' code: the int8 GEMM widens every weight again (one LDR,
+# two SXTB16 and half an STRD per 4 weights and channel pair: ~1.25 per weight), the
+# depthwise ring transposes again the (kernel - stride) input rows the previous band's
+# window already held (~1 per byte).
+DSP_WIDEN_MACS_PER_WEIGHT = 1.25
+DSP_RING_MACS_PER_BYTE = 1.0
 BAND_CHOICES = (1, 2, 4, 8)
 SLACK_CHOICES = (0, 2, 6)
 CHUNK_CHOICES = (1, 2, 0)
@@ -47,6 +48,7 @@ class StreamOptions:
     max_recompute: float = 0.10   # extra work allowed, as a fraction of the stage's MACs
     row_align: int = 1            # every row of a stage starts this aligned (SIMD kernels)
     call_cost_macs: int = CALL_COST_MACS   # what one more kernel call costs
+    dsp_calls: bool = False       # mbgen DSP kernels: add what each call repeats (dsp_call_macs)
 
 
 def layer_macs(tensors: dict[str, ir.Tensor], node: ir.Node) -> int:
@@ -55,11 +57,31 @@ def layer_macs(tensors: dict[str, ir.Tensor], node: ir.Node) -> int:
     return macs(ir.Graph("", tensors, [], [], []), node)
 
 
-def overhead_macs(plan: Schedule, call_cost: int = CALL_COST_MACS) -> int:
-    """The stage's extra work in MAC equivalents: moved words and the calls beyond one per
-    layer."""
-    extra_calls = plan.calls() - len(plan.layers)
-    return -(-plan.moved_bytes() // 4) + call_cost * extra_calls
+def dsp_call_macs(tensors: dict[str, ir.Tensor], node: ir.Node) -> int:
+    """What one more call of an mbgen DSP kernel for ``node`` repeats (see
+    DSP_WIDEN_MACS_PER_WEIGHT), beyond the fixed SIMD_CALL_COST_MACS."""
+    op = node.op
+    if isinstance(op, ir.DepthwiseConv2D):
+        in_shape = tensors[node.inputs[0]].shape
+        k_h = tensors[node.inputs[1]].shape[1]
+        reread = max(0, (k_h - 1) * op.dilation[0] + 1 - op.stride[0])
+        return int(DSP_RING_MACS_PER_BYTE * reread * in_shape[2] * in_shape[3])
+    if isinstance(op, (ir.Conv2D, ir.FullyConnected)):
+        return int(DSP_WIDEN_MACS_PER_WEIGHT * tensors[node.inputs[1]].size)
+    return 0
+
+
+def call_costs(tensors: dict[str, ir.Tensor], nodes, options: StreamOptions) -> tuple[int, ...]:
+    """MAC-eq of one more call of each of ``nodes`` (a stage's layers, in order)."""
+    return tuple(options.call_cost_macs
+                 + (dsp_call_macs(tensors, n) if options.dsp_calls else 0) for n in nodes)
+
+
+def overhead_macs(plan: Schedule, costs: tuple[int, ...]) -> int:
+    """The stage's extra work in MAC equivalents: moved words and, per layer, the calls
+    beyond one at that layer's ``costs``."""
+    extra = sum(cost * (plan.calls(j) - 1) for j, cost in enumerate(costs))
+    return -(-plan.moved_bytes() // 4) + extra
 
 
 # ----------------------------------------------------------------------------- candidates
@@ -91,12 +113,13 @@ def best_bands(graph: ir.Graph, indices: list[int], options: StreamOptions
     overhead fits the limit (ties: less overhead), or None when none fits."""
     rows = tuple(layer_rows(graph.tensors, graph.nodes[i]) for i in indices)
     macs = sum(layer_macs(graph.tensors, graph.nodes[i]) for i in indices)
+    costs = call_costs(graph.tensors, [graph.nodes[i] for i in indices], options)
     best = None
     for band in BAND_CHOICES:
         for slack in SLACK_CHOICES:
             for chunk in CHUNK_CHOICES:
                 plan = schedule(rows, band, slack, chunk)
-                cost = overhead_macs(plan, options.call_cost_macs)
+                cost = overhead_macs(plan, costs)
                 if cost > options.max_recompute * macs:
                     continue
                 key = (plan.windows_total, cost)
@@ -191,7 +214,7 @@ def stage_macs(graph: ir.Graph, op: ir.StreamedStage) -> int:
 # ----------------------------------------------------------------------------- report
 
 
-def stages_report(graph: ir.Graph, call_cost: int = CALL_COST_MACS) -> list[dict]:
+def stages_report(graph: ir.Graph, options: StreamOptions = StreamOptions()) -> list[dict]:
     """report.json's "streaming": each stage's layers, bands, windows and overhead."""
     out = []
     for node in graph.nodes:
@@ -200,6 +223,7 @@ def stages_report(graph: ir.Graph, call_cost: int = CALL_COST_MACS) -> list[dict
         op = node.op
         plan = stage_schedule(graph, op)
         tensors = stage_tensors(graph, op)
+        costs = call_costs(tensors, op.nodes, options)
         layers = []
         for j, inner in enumerate(op.nodes):
             layers.append({
@@ -214,5 +238,5 @@ def stages_report(graph: ir.Graph, call_cost: int = CALL_COST_MACS) -> list[dict
         out.append({"name": node.name, "band_rows": op.band_rows,
                     "slack_rows": op.slack_rows, "chunk_rows": op.chunk_rows,
                     "window_bytes": plan.windows_total,
-                    "overhead_macs": overhead_macs(plan, call_cost), "layers": layers})
+                    "overhead_macs": overhead_macs(plan, costs), "layers": layers})
     return out
