@@ -60,13 +60,14 @@ FLAGS = {
     "DOUBLE_WEIGHTS": 32,  # FAST: the widened weight records hold 2x
     "CONTIGUOUS": 64,      # pixel p's field is the input's bytes p * in_c .. (1x1 or FC)
     "ONE_PIXEL": 128,      # one output pixel: 1x4 blocks on int8 weights from flash
+    "RAM_RECORDS": 256,    # every channel pair's record widened once per call
 }
 
 # Fields of the struct limited to 8 or 16 bits (the template's struct declares them so).
 _U8_FIELDS = ("k_h", "k_w", "taps", "dilation_h", "dilation_w", "stride_h", "stride_w",
               "pad_top", "pad_left", "chunk_blocks")
 _U16_FIELDS = ("depth_padded", "out_c", "in_h", "in_w", "in_c", "out_w", "run_bytes",
-               "tap_step")
+               "tap_step", "flags")
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class CompactGemmCall:
     per_channel: bool
     chunk_blocks: int            # 4-pixel blocks per chunk (0: one-pixel layer)
     double_columns: bool         # FAST: columns doubled (else the weight records are)
+    ram_records: bool = False    # every pair's record widened once per call (else per chunk)
 
     # -- the depth order and its runs
 
@@ -159,17 +161,22 @@ class CompactGemmCall:
         return 0 if self.one_pixel else 4 * (2 + self.depth_padded + 6)
 
     @property
-    def border_offset(self) -> int:
-        return self.record_offset + _align(self.record_bytes, 8)
+    def records_bytes(self) -> int:
+        """Widened records in the scratch: every pair's (ram_records) or one."""
+        return self.record_bytes * (-(-self.out_c // 2) if self.ram_records else 1)
 
     @property
-    def border_bytes(self) -> int:
-        """A border pixel's receptive field gathered (zero point in the padding)."""
-        return 0 if self.contiguous else _align(self.depth, 4)
+    def field_offset(self) -> int:
+        return self.record_offset + _align(self.records_bytes, 8)
+
+    @property
+    def field_bytes(self) -> int:
+        """A receptive field gathered (border windows, runs not whole words)."""
+        return 0 if self.contiguous else self.depth_padded
 
     @property
     def scratch_bytes(self) -> int:
-        return self.border_offset + self.border_bytes
+        return self.field_offset + self.field_bytes
 
     @property
     def flags(self) -> int:
@@ -183,7 +190,8 @@ class CompactGemmCall:
             ("DOUBLE_COLUMNS", rq.is_fast and self.double_columns),
             ("DOUBLE_WEIGHTS", rq.is_fast and not self.double_columns),
             ("CONTIGUOUS", self.contiguous),
-            ("ONE_PIXEL", self.one_pixel)) if on]
+            ("ONE_PIXEL", self.one_pixel),
+            ("RAM_RECORDS", self.ram_records)) if on]
         return sum(FLAGS[name] for name in names)
 
     @property
@@ -194,34 +202,13 @@ class CompactGemmCall:
 # ----------------------------------------------------------------------------- layouts
 
 
-def depth_order(runs: int, run_bytes: int) -> np.ndarray:
-    """Natural depth index (ky, kx, c order) of each of the kernel's padded depths, -1 for
-    padding: per run its whole words where they lie, its last ``run_bytes % 4`` bytes
-    appended to a word of leftovers, written out whenever it is full (gemm_compact.c.j2's
-    widening walks the input in exactly this order)."""
-    whole = run_bytes // 4 * 4
-    order: list[int] = []
-    pending: list[int] = []
-    for run in range(runs):
-        start = run * run_bytes
-        order += range(start, start + whole)
-        for k in range(start + whole, start + run_bytes):
-            pending.append(k)
-            if len(pending) == 4:
-                order += pending
-                pending = []
-    if pending:
-        order += pending + [-1] * (4 - len(pending))
-    return np.array(order, dtype=np.int64)
-
-
-def compact_stream(weights: np.ndarray, bias: np.ndarray, order: np.ndarray) -> np.ndarray:
+def compact_stream(weights: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """The layer's int8 flash stream: per channel pair the two biases (int32 little endian),
-    then per group of 4 depths (``order``) 4 weights of each channel; a last odd channel
-    alone: its bias, its weights."""
-    out_c = weights.shape[0]
-    padded = np.zeros((out_c, order.size), dtype=np.int64)
-    padded[:, order >= 0] = weights[:, order[order >= 0]]
+    then per group of 4 depths 4 weights of each channel (zeros past the depth); a last odd
+    channel alone: its bias, its weights."""
+    out_c, depth = weights.shape
+    padded = np.zeros((out_c, _align(depth, 4)), dtype=np.int64)
+    padded[:, :depth] = weights
     as_bytes = lambda words: wrap_int32(words).astype("<i4").view(np.int8)
     parts = []
     for first in range(0, out_c, 2):
@@ -253,13 +240,33 @@ def _geometry(ctx: LoweringContext, node: ir.Node, depth: int) -> dict | None:
 
 def chunk_plan(pixels: int, depth_padded: int, fixed_bytes: int, spare: int) -> int:
     """4-pixel blocks per chunk: one, or as many as ``spare`` arena bytes hold beside the
-    ``fixed_bytes`` (record, border), in chunks of equal size."""
+    ``fixed_bytes`` (record, field), in chunks of equal size."""
     per_block = 8 * depth_padded
     blocks = -(-pixels // 4)
     most = max(1, min(MAX_CHUNK_BLOCKS, CHUNK_COLUMN_BYTES // per_block,
                       (spare - fixed_bytes) // per_block, blocks))
     chunks = -(-blocks // most)
     return -(-blocks // chunks)
+
+
+def widening_plan(draft: CompactGemmCall, spare: int) -> CompactGemmCall:
+    """Chunks and where the weight records are widened, within ``spare`` arena bytes: every
+    pair's record once per call when they fit beside one block of columns and chunks would
+    widen them more than once, else one record per pair per chunk; then where the doubled
+    accumulator's SADD16 costs least (every column pair, or every weight pair once per
+    record widening)."""
+    if draft.one_pixel:
+        return replace(draft, double_columns=True)
+    one = replace(draft, chunk_blocks=1)
+    chunk = chunk_plan(draft.pixels, draft.depth_padded,
+                       _align(one.record_bytes, 8) + one.field_bytes, spare)
+    chunks = -(-draft.pixels // (4 * chunk))
+    ram = replace(one, ram_records=True)
+    if chunks > 1 and ram.scratch_bytes <= spare:
+        plan, widenings = ram, 1
+    else:
+        plan, widenings = replace(draft, chunk_blocks=chunk), chunks
+    return replace(plan, double_columns=draft.pixels <= widenings * draft.out_c)
 
 
 def _fits_struct(call: CompactGemmCall) -> bool:
@@ -296,7 +303,6 @@ def lower_compact_gemm(ctx: LoweringContext, index: int,
         assert np.array_equal(table[:, 1], (q.output_offset << right) + ((1 << right) >> 1))
     per_channel = bool(np.any(mults != mults[0]) or np.any(shifts != shifts[0]))
     one_pixel = pixels == 1
-    depth_padded = _align(depth, 4)
     draft = CompactGemmCall(
         input=ctx.buffer(node.inputs[0]), output=ctx.buffer(node.outputs[0]), scratch=None,
         stream=None, multipliers=None, shifts=None, requant=requant, pixels=pixels,
@@ -305,20 +311,10 @@ def lower_compact_gemm(ctx: LoweringContext, index: int,
         chunk_blocks=0 if one_pixel else 1, double_columns=True, **geometry)
     if not _fits_struct(draft):
         return None
-    chunk = 0
-    if not one_pixel:
-        fixed = _align(draft.record_bytes, 8) + draft.border_bytes
-        chunk = chunk_plan(pixels, depth_padded, fixed, ctx.spare(node.name))
-    chunks = -(-pixels // (4 * chunk)) if chunk else 1
-    # doubling costs a SADD16 per widened column pair (every pixel) or per widened weight
-    # pair (every channel, once per chunk): the cheaper one
-    double_columns = one_pixel or pixels <= chunks * out_c
+    plan = widening_plan(draft, 0 if one_pixel else ctx.spare(node.name))
     scale = 2 if requant.is_fast else 1
-    order = depth_order(geometry["k_h"] * (1 if geometry["dilation_w"] == 1
-                                           else geometry["k_w"]), draft.run_bytes)
-    assert order.size == depth_padded
     stream = ctx.const_values(
-        index, "stream", "int8_t", compact_stream(weights, wrap_int32(bias * scale), order),
+        index, "stream", "int8_t", compact_stream(weights, wrap_int32(bias * scale)),
         f"{node.name}: per channel pair: bias + input_offset * sum(w)"
         f"{' (x2)' if scale == 2 else ''}, int8 weights [group of 4 depths][channel][4]")
     quant = slice(None) if per_channel else slice(0, 1)
@@ -326,6 +322,5 @@ def lower_compact_gemm(ctx: LoweringContext, index: int,
                                    f"{node.name}: Q31 multipliers")
     shift_array = ctx.const_values(index, "shift", "int8_t", shifts[quant],
                                    f"{node.name}: shifts (TFLite convention)")
-    call = replace(draft, stream=stream, multipliers=multipliers, shifts=shift_array,
-                   chunk_blocks=chunk, double_columns=double_columns)
+    call = replace(plan, stream=stream, multipliers=multipliers, shifts=shift_array)
     return replace(call, scratch=_request_scratch(ctx, node, call.scratch_bytes))
