@@ -202,13 +202,34 @@ class CompactGemmCall:
 # ----------------------------------------------------------------------------- layouts
 
 
-def compact_stream(weights: np.ndarray, bias: np.ndarray) -> np.ndarray:
+def depth_order(runs: int, run_bytes: int) -> np.ndarray:
+    """Natural depth index (ky, kx, c order) of each padded depth as the kernel widens a
+    receptive field, -1 for padding: per run its whole words where they lie, its last
+    ``run_bytes % 4`` bytes appended to a word of leftovers, written out whenever it is
+    full (gemm_compact.c.j2, cg_fields)."""
+    whole = run_bytes // 4 * 4
+    order: list[int] = []
+    pending: list[int] = []
+    for run in range(runs):
+        start = run * run_bytes
+        order += range(start, start + whole)
+        for k in range(start + whole, start + run_bytes):
+            pending.append(k)
+            if len(pending) == 4:
+                order += pending
+                pending = []
+    if pending:
+        order += pending + [-1] * (4 - len(pending))
+    return np.array(order, dtype=np.int64)
+
+
+def compact_stream(weights: np.ndarray, bias: np.ndarray, order: np.ndarray) -> np.ndarray:
     """The layer's int8 flash stream: per channel pair the two biases (int32 little endian),
-    then per group of 4 depths 4 weights of each channel (zeros past the depth); a last odd
-    channel alone: its bias, its weights."""
-    out_c, depth = weights.shape
-    padded = np.zeros((out_c, _align(depth, 4)), dtype=np.int64)
-    padded[:, :depth] = weights
+    then per group of 4 depths (in ``order``, zeros for -1) 4 weights of each channel; a
+    last odd channel alone: its bias, its weights."""
+    out_c = weights.shape[0]
+    padded = np.zeros((out_c, order.size), dtype=np.int64)
+    padded[:, order >= 0] = weights[:, order[order >= 0]]
     as_bytes = lambda words: wrap_int32(words).astype("<i4").view(np.int8)
     parts = []
     for first in range(0, out_c, 2):
@@ -313,8 +334,9 @@ def lower_compact_gemm(ctx: LoweringContext, index: int,
         return None
     plan = widening_plan(draft, 0 if one_pixel else ctx.spare(node.name))
     scale = 2 if requant.is_fast else 1
+    order = depth_order(plan.k_h * plan.taps, plan.run_bytes)
     stream = ctx.const_values(
-        index, "stream", "int8_t", compact_stream(weights, wrap_int32(bias * scale)),
+        index, "stream", "int8_t", compact_stream(weights, wrap_int32(bias * scale), order),
         f"{node.name}: per channel pair: bias + input_offset * sum(w)"
         f"{' (x2)' if scale == 2 else ''}, int8 weights [group of 4 depths][channel][4]")
     quant = slice(None) if per_channel else slice(0, 1)
