@@ -17,9 +17,13 @@ portable kernels' int8 weights + int32 bias, multiplier and shift.
 
 Run time, per chunk of up to ``chunk_blocks`` x 4 output pixels: each pixel's receptive
 field is widened into int16 pairs (SXTB16 order) in the scratch columns, then for each
-channel pair its int8 record is widened once into RAM (int16 pairs, the (m, c, R) rebuilt)
-and the 4x2 SMLAD block runs over every 4-pixel block of the chunk. One-pixel layers (fully
-connected) read int8 weights straight from flash, 1 pixel x 4 channels.
+channel pair its int8 record is widened into RAM (int16 pairs, the (m, c, R) rebuilt) and
+the 4x2 SMLAD block runs over every 4-pixel block of the chunk; or (``ram_records``, when the
+arena's spare bytes hold them) every pair's record is widened once per call and each block
+of columns meets them all. One-pixel layers (fully connected) read int8 weights straight
+from flash, 1 pixel x 4 channels. Every requantisation scheme and clamp runs (the asm store
+for FAST without a clamp, a C store otherwise): only a layer whose geometry does not fit the
+struct's 8/16-bit fields falls back to the specialised GEMM.
 
 Depth order (``depth_order``): a receptive field is ``runs`` runs of ``run_bytes``
 contiguous input bytes (a kernel row, or one tap when dilated along x); each run's whole
@@ -106,7 +110,7 @@ class CompactGemmCall:
     double_columns: bool         # FAST: columns doubled (else the weight records are)
     ram_records: bool = False    # every pair's record widened once per call (else per chunk)
 
-    # -- the depth order and its runs
+    # -- the receptive field's runs (see depth_order)
 
     @property
     def depth_padded(self) -> int:
