@@ -110,11 +110,18 @@ def _buffers_share_bytes(a: Buffer, b: Buffer, offsets: dict[str, int]) -> bool:
         offsets[b.name] < offsets[a.name] + a.size
 
 
-@pytest.mark.parametrize("kernels,target", [("portable", "host"), ("mbgen", "cortex-m7")])
-def test_live_buffers_share_bytes_only_as_declared_pairs(kernels: str, target: str):
+# (kernels, target, weight layout): "size" lowers the mbgen GEMM layers to the compact kernel
+KERNEL_CASES = [("portable", "host", "auto"), ("mbgen", "cortex-m7", "auto"),
+                ("mbgen", "cortex-m7", "size")]
+
+
+@pytest.mark.parametrize("kernels,target,layout", KERNEL_CASES)
+def test_live_buffers_share_bytes_only_as_declared_pairs(kernels: str, target: str,
+                                                         layout: str):
     for seed in SEEDS:
         graph = random_graph(seed)
-        gplan = codegen.build_program(graph, kernels=kernels, target=target, io="arena").plan
+        gplan = codegen.build_program(graph, kernels=kernels, target=target, io="arena",
+                                      weight_layout=layout).plan
         offsets = {b.name: gplan.offsets.get(b.name, gplan.scratch_offsets.get(
             b.name.removeprefix("scratch:"))) for b in gplan.buffers}
         declared = {(o.input, o.output): o.delta for o in gplan.overlays}
@@ -162,11 +169,13 @@ def simulate(order, delta: int) -> None:
             " overwritten while still read"
 
 
-@pytest.mark.parametrize("kernels,target", [("portable", "host"), ("mbgen", "cortex-m7")])
-def test_every_declared_walk_is_safe_at_its_planned_delta(kernels: str, target: str):
+@pytest.mark.parametrize("kernels,target,layout", KERNEL_CASES)
+def test_every_declared_walk_is_safe_at_its_planned_delta(kernels: str, target: str,
+                                                          layout: str):
     walks = refuted = 0
     for seed in SEEDS:
-        program = codegen.build_program(random_graph(seed), kernels=kernels, target=target)
+        program = codegen.build_program(random_graph(seed), kernels=kernels, target=target,
+                                        weight_layout=layout)
         for instance in program.instances:
             for _, order in instance.walks:
                 delta = order.best_delta() // 16 * 16

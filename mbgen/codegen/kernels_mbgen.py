@@ -50,6 +50,7 @@ from mbgen import ir
 from mbgen.codegen import kernel_sets
 from mbgen.codegen import records as r
 from mbgen.codegen.kernels_mbgen_depthwise import _lower_depthwise
+from mbgen.codegen.kernels_mbgen_compact import lower_compact_gemm
 from mbgen.codegen.kernels_mbgen_layout import (  # noqa: F401  (re-exported)
     MIN_GROUP_PAIRS, _request_scratch, _requant_comment, direct_column_words,
     gemm_stream, gemm_weights, pack_int16_pairs, ram_stream_bytes, shift_grouped_pairs,
@@ -161,6 +162,11 @@ class MbgenKernels:
         if choices.mve and isinstance(op, (ir.Conv2D, ir.DepthwiseConv2D)):
             from mbgen.codegen import kernels_mve   # Helium where it wins; else DSP
             call = kernels_mve.lower(ctx, index, node)
+            if call is not None:
+                return call
+        if isinstance(op, (ir.Conv2D, ir.FullyConnected)) and ctx.weight_layout == "size":
+            # one shared runtime-parameterised GEMM: code does not grow per layer
+            call = lower_compact_gemm(ctx, index, node)
             if call is not None:
                 return call
         if isinstance(op, (ir.Conv2D, ir.FullyConnected)):

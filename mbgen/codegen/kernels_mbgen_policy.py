@@ -3,7 +3,8 @@
 int8 weights stay as the model has them (flash about TFLM's); int16 pairs cost one more
 byte per GEMM weight for fewer instructions. The policy users can predict:
 
-* ``--optimize size``: int8 everywhere, and the deep layers share their block code;
+* ``--optimize size``: int8 everywhere; convolutions and fully connected layers run the one
+  shared compact GEMM (kernels_mbgen_compact: a params struct per layer, no code);
 * ``--optimize balanced`` (the default): int16 pairs only when the whole model with int16
   pairs everywhere stays under half the flash budget (small models), then on every GEMM
   layer that fits that half; else int8;

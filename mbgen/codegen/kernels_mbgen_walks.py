@@ -13,6 +13,7 @@ import numpy as np
 
 from mbgen.codegen import records as r
 from mbgen.codegen.kernels_mbgen import DepthwiseCall, Gather, GemmCall
+from mbgen.codegen.kernels_mbgen_compact import CompactGemmCall
 from mbgen.codegen.kernels_mve import BLOCK_PIXELS, MveDepthwiseCall, MvePointwiseCall
 from mbgen.codegen.walks import from_steps, pixel_blocks, window_starts, windows
 from mbgen.write_order import WriteOrder
@@ -40,6 +41,22 @@ def gemm_write_order(c: GemmCall) -> WriteOrder:
     write_end = [min(b * step, c.pixels) * c.out_c for b in range(blocks)]
     output_bytes = c.pixels * c.out_c
     return from_steps(write_end + [output_bytes], block_reads + [input_bytes], input_bytes,
+                      output_bytes)
+
+
+def compact_gemm_write_order(c: CompactGemmCall) -> WriteOrder:
+    """gemm_compact.c.j2: per chunk of ``chunk_pixels`` pixels, every pixel's receptive
+    field is widened into the scratch columns (word loads inside the window's runs, border
+    taps inside the image), then all the chunk's outputs are written."""
+    input_bytes = c.in_h * c.in_w * c.in_c
+    pixel_reads = window_starts(c.out_h, c.out_w, c.stride_h, c.stride_w, c.pad_top,
+                                c.pad_left, c.in_w, c.in_c)
+    step = c.chunk_pixels
+    starts = range(0, c.pixels, step)
+    reads = [int(pixel_reads[s:s + step].min()) for s in starts]
+    write_end = [s * c.out_c for s in starts]
+    output_bytes = c.pixels * c.out_c
+    return from_steps(write_end + [output_bytes], reads + [input_bytes], input_bytes,
                       output_bytes)
 
 
@@ -84,6 +101,8 @@ def walks(call) -> tuple[tuple[r.BufferRef, WriteOrder], ...]:
     """The mbgen kernel set's declarations (``KernelSet.walks``), Helium calls included."""
     if isinstance(call, GemmCall):
         return ((call.input, gemm_write_order(call)),)
+    if isinstance(call, CompactGemmCall):
+        return ((call.input, compact_gemm_write_order(call)),)
     if isinstance(call, DepthwiseCall):
         return ((call.input, depthwise_write_order(call)),)
     if isinstance(call, MvePointwiseCall):

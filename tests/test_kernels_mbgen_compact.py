@@ -1,0 +1,239 @@
+"""--kernels mbgen --optimize size: the compact GEMM (one shared runtime-parameterised kernel
+for 1x1, im2col and fully connected layers), bit-exact with the numpy reference.
+
+Each case is generated with weight_layout "size", built for Cortex-M7 (the inline asm) and
+for the host (the plain-C twins), and compared byte for byte with ``mbgen.reference.run_int8``
+(numpy from the TFLite spec, sharing nothing with the C). Layer cases come from
+test_kernels_mbgen's table; a few more cover this kernel's own paths.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers_c import build_folder, run
+from mbgen import codegen, ir, targets
+from mbgen.codegen import kernels_mbgen_compact as compact
+from mbgen.codegen.lowering import LoweringContext
+from mbgen.reference import run_int8
+from mbgen.quantize.requant_proofs import RequantScheme
+from test_kernels_mbgen import CASES, Layer, build_graph, test_inputs
+
+HAVE_ARM = bool(shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm"))
+needs_arm = pytest.mark.skipif(not HAVE_ARM, reason="needs arm-none-eabi-gcc and qemu-system-arm")
+
+# name -> (layer, flags the lowered call must have, flags it must not have)
+COMPACT_CASES = {
+    "pw_asm_block": (CASES["pw_asm_block"], {"ASM_STORE", "CONTIGUOUS"}, set()),
+    "pw_odd_everything": (CASES["pw_odd_everything"], {"ASM_STORE"}, set()),   # in_c 13
+    "pw_relu6_clamped": (CASES["pw_relu6_clamped"], set(), {"ASM_STORE"}),
+    "pw_no_activation": (CASES["pw_no_activation"], {"SIGNED"}, set()),
+    "pw_multiplier_above_one": (CASES["pw_multiplier_above_one"], {"EXACT"}, set()),
+    "conv_stem_3ch_s2": (CASES["conv_stem_3ch_s2"], set(), {"CONTIGUOUS"}),       # runs of 9
+    "conv_same_one_side": (CASES["conv_same_one_side"], set(), set()),            # runs of 15
+    "conv_5x3_dilated": (CASES["conv_5x3_dilated"], set(), set()),                # taps of 4
+    "conv_1x1_s2_in3": (Layer("conv", (7, 9, 3), 5, stride=(2, 2), seed=31), set(),
+                        {"CONTIGUOUS"}),                                          # runs of 3
+    "fc_odd": (CASES["fc_odd"], {"ONE_PIXEL", "SIGNED"}, set()),
+    "fc_relu6": (CASES["fc_relu6"], {"ONE_PIXEL", "ASM_STORE", "PER_CHANNEL"}, set()),
+}
+# Arena room beside the layer (as a model's plan leaves it): chunks of several blocks, and
+# every pair's record widened once (RAM_RECORDS); odd channels, a partial pixel block.
+SPARE_CASES = {
+    "pw_chunked": (Layer("conv", (5, 7, 20), 9, seed=32), set(), {"RAM_RECORDS"}),
+    "pw_ram_records": (Layer("conv", (11, 10, 24), 9, seed=33), {"RAM_RECORDS"}, set()),
+    "conv_ram_records": (Layer("conv", (20, 19, 3), 6, (3, 3), (2, 2), (1, 1, 1, 1),
+                               seed=34), {"RAM_RECORDS"}, set()),
+}
+
+
+@pytest.fixture
+def roomy(monkeypatch):
+    """Every layer is offered 64 KB of arena beside it."""
+    monkeypatch.setattr(LoweringContext, "spare", lambda self, name: 64 * 1024)
+
+
+def _generate(graph: ir.Graph, out: Path, target: str) -> dict:
+    return codegen.generate(graph, out, target=target, kernels="mbgen", weight_layout="size")
+
+
+def _call(graph: ir.Graph):
+    return codegen.build_program(graph, kernels="mbgen", target="cortex-m7",
+                                 weight_layout="size").layers[0].call
+
+
+def _check_takes_path(layer: Layer, present: set[str], absent: set[str]):
+    graph = build_graph(layer)
+    call = _call(graph)
+    assert isinstance(call, compact.CompactGemmCall)
+    assert present <= set(call.flag_names) and not absent & set(call.flag_names), call.flag_names
+    return graph
+
+
+def _check_bytes(graph: ir.Graph, out: Path, seed: int, target: str) -> None:
+    report = _generate(graph, out, target)
+    assert report["layers"][0]["kernel"] == "mbgen"
+    if target == "host":
+        exe = build_folder(out)
+    for i, x in enumerate(test_inputs(graph, seed)):
+        want = run_int8(graph, x)[graph.outputs[0]].tobytes()
+        if target == "host":
+            got = run(exe, x.tobytes())
+        else:
+            from mbgen.runner import run_qemu
+            got = run_qemu(out, targets.get(target), x.tobytes(), timeout=60).output
+        bad = np.flatnonzero(np.frombuffer(got, np.int8) != np.frombuffer(want, np.int8))
+        assert bad.size == 0, f"input {i}: {bad.size} outputs differ, first at {bad[:5]}"
+
+
+@needs_arm
+@pytest.mark.qemu
+@pytest.mark.parametrize("name", list(COMPACT_CASES))
+def test_layer_is_bit_exact_in_qemu(name, tmp_path):
+    layer, present, absent = COMPACT_CASES[name]
+    graph = _check_takes_path(layer, present, absent)
+    _check_bytes(graph, tmp_path / name, layer.seed, "cortex-m7")
+
+
+@needs_arm
+@pytest.mark.qemu
+@pytest.mark.parametrize("name", list(SPARE_CASES))
+def test_chunks_and_ram_records_are_bit_exact_in_qemu(name, tmp_path, roomy):
+    layer, present, absent = SPARE_CASES[name]
+    graph = _check_takes_path(layer, present, absent)
+    _check_bytes(graph, tmp_path / name, layer.seed, "cortex-m7")
+
+
+@pytest.mark.parametrize("name", ["pw_odd_everything", "pw_multiplier_above_one",
+                                  "conv_stem_3ch_s2", "conv_5x3_dilated", "conv_1x1_s2_in3",
+                                  "fc_odd"])
+def test_folder_for_cortex_m_builds_on_the_host(name, tmp_path):
+    """The same folder off-target: the plain-C twins, the same bytes."""
+    layer, present, absent = COMPACT_CASES[name]
+    graph = _check_takes_path(layer, present, absent)
+    _generate(graph, tmp_path / "m7", "cortex-m7")
+    exe = build_folder(tmp_path / "m7")
+    for x in test_inputs(graph, layer.seed):
+        assert run(exe, x.tobytes()) == run_int8(graph, x)[graph.outputs[0]].tobytes()
+
+
+@pytest.mark.parametrize("name", list(SPARE_CASES))
+def test_chunks_and_ram_records_on_the_host(name, tmp_path, roomy):
+    layer, present, absent = SPARE_CASES[name]
+    graph = _check_takes_path(layer, present, absent)
+    _generate(graph, tmp_path / "m7", "cortex-m7")
+    exe = build_folder(tmp_path / "m7")
+    for x in test_inputs(graph, layer.seed):
+        assert run(exe, x.tobytes()) == run_int8(graph, x)[graph.outputs[0]].tobytes()
+
+
+# ----------------------------------------------------------------------------- layouts
+
+
+def test_depth_order_widens_whole_words_then_leftovers():
+    # 3 runs of 9 (the 3x3 stem on 3 channels): 2 whole words each, then one word of
+    # the three last bytes, padded
+    order = compact.depth_order(3, 9)
+    assert order.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16,
+                              18, 19, 20, 21, 22, 23, 24, 25, 8, 17, 26, -1]
+    # runs of 6: a leftover word fills after the second run, in the middle of the stream
+    assert compact.depth_order(3, 6).tolist() == [0, 1, 2, 3, 6, 7, 8, 9, 4, 5, 10, 11,
+                                                  12, 13, 14, 15, 16, 17, -1, -1]
+    for runs, run in ((1, 13), (5, 7), (4, 3), (2, 8)):
+        order = compact.depth_order(runs, run)
+        assert order.size == -(-runs * run // 4) * 4
+        assert sorted(order[order >= 0].tolist()) == list(range(runs * run))
+
+
+def test_stream_is_pairs_of_biases_and_interleaved_groups():
+    w = np.arange(3 * 8).reshape(3, 8) - 12
+    bias = np.array([1, -2, 70000])
+    stream = compact.compact_stream(w, bias, compact.depth_order(1, 8))
+    pair = np.concatenate([np.array([1, -2], "<i4").view(np.int8),
+                           w[0, :4], w[1, :4], w[0, 4:], w[1, 4:]])
+    odd = np.concatenate([np.array([70000], "<i4").view(np.int8), w[2]])
+    np.testing.assert_array_equal(stream, np.concatenate([pair, odd]))
+
+
+@pytest.mark.parametrize("name", ["pw_asm_block", "pw_odd_everything", "conv_stem_3ch_s2",
+                                  "fc"])
+def test_flash_is_at_most_the_portable_kernels(name):
+    """int8 weights (depth padded to 4), int32 bias, int32 multiplier and int8 shift per
+    channel (one each for a single scale): no more than the portable layout, except a
+    single-scale layer whose depth is not a multiple of 4 (its padding is not paid for)."""
+    graph = build_graph(CASES[name])
+    ours = codegen.build_program(graph, kernels="mbgen", target="cortex-m7",
+                                 weight_layout="size")
+    portable = codegen.build_program(graph, kernels="portable", target="cortex-m7")
+    size = lambda program: sum(a.nbytes for a in codegen.generator._unique_constants(
+        list(program.layers)))
+    assert size(ours) <= size(portable)
+
+
+def test_scheme_and_clamp_choose_the_store():
+    """ASM_STORE only for FAST without a clamp inside int8; the C store takes the rest."""
+    for name, (layer, _, _) in COMPACT_CASES.items():
+        call = _call(build_graph(layer))
+        rq = call.requant
+        fast_plain = rq.scheme is RequantScheme.FAST and not (rq.clamp_min or rq.clamp_max)
+        assert ("ASM_STORE" in call.flag_names) == fast_plain, name
+
+
+# ----------------------------------------------------------------------------- a model
+
+
+@needs_arm
+@pytest.mark.qemu
+@pytest.mark.slow
+def test_model_under_optimize_size_is_bit_exact_in_qemu(prepared, tmp_path):
+    """mbv1_0.25_96 with --optimize size (streamed stages, chunks, widened records): every
+    GEMM layer on the compact kernel, the output equal to the reference's."""
+    from mbgen.compiler import CompileOptions, emit
+    from mbgen.images import quantize_input
+    from mbgen.quantize.calibration import synthetic_inputs
+    from mbgen.runner import run_qemu
+
+    model = prepared("mbv1_0.25_96")
+    compiled = emit(model, CompileOptions(target="cortex-m7", out_dir=tmp_path / "out",
+                                          kernels="mbgen", optimize="size"))
+    source = (tmp_path / "out" / "model.c").read_text()
+    gemm = [layer for layer in compiled.report["layers"]
+            if layer["op"] in ("Conv2D", "FullyConnected")]
+    assert gemm and all(layer["kernel"] == "mbgen" for layer in gemm)
+    assert source.count("compact GEMM") >= len(gemm)
+    graph = model.graph
+    qp = graph.tensors[graph.inputs[0]].quant
+    shape = graph.tensors[graph.inputs[0]].shape
+    x = quantize_input(synthetic_inputs(shape, count=1, seed=5)[0], qp.scalar_scale,
+                       qp.scalar_zero_point)
+    result = run_qemu(compiled.out_dir, targets.get("cortex-m7"), x.tobytes(), timeout=300)
+    assert result.output == run_int8(graph, x)[graph.outputs[0]].tobytes()
+
+
+@needs_arm
+@pytest.mark.qemu
+def test_in_place_plans_are_bit_exact_in_qemu(tmp_path):
+    """Random MobileNet-like graphs (test_inplace_plan's) under --optimize size: the planner
+    overlays compact GEMM outputs on their inputs from the declared walk; the C really
+    writes over what it has read and still gives the reference's bytes."""
+    from mbgen.runner import run_qemu
+    from test_inplace_plan import random_graph
+    in_place = 0
+    for seed in range(4):
+        graph = random_graph(seed)
+        program = codegen.build_program(graph, kernels="mbgen", target="cortex-m7",
+                                        weight_layout="size")
+        in_place += sum(1 for i in program.instances
+                        if isinstance(i.call, compact.CompactGemmCall)
+                        and i.node.name in (program.plan.in_place or {}))
+        out = tmp_path / f"s{seed}"
+        _generate(graph, out, "cortex-m7")
+        x = np.random.default_rng(seed).integers(
+            -128, 128, size=graph.tensors[graph.inputs[0]].shape).astype(np.int8)
+        result = run_qemu(out, targets.get("cortex-m7"), x.tobytes(), timeout=60)
+        assert result.output == run_int8(graph, x)[graph.outputs[0]].tobytes(), f"seed {seed}"
+    assert in_place >= 5
