@@ -57,7 +57,7 @@ class CompactDepthwiseCall:
     function: ClassVar[str] = "mb_dwc"
     input: r.BufferRef
     output: r.BufferRef
-    scratch: r.BufferRef | None      # the ring, then (table_offset >= 0) the entry table
+    scratch: r.BufferRef | None      # the ring, a zero-point pixel, the entry table (if any)
     in_h: int
     in_w: int
     channels: int
@@ -104,6 +104,11 @@ class CompactDepthwiseCall:
     @property
     def ring_bytes(self) -> int:
         return ring_bytes(self.channels, self.blocks)
+
+    @property
+    def zero_offset(self) -> int:
+        """Scratch offset of one pixel of the input zero point (read for padding)."""
+        return _align(self.ring_bytes, 8)
 
 
 def ring_bytes(channels: int, blocks: int) -> int:
@@ -163,8 +168,8 @@ def lower_compact_depthwise(ctx: LoweringContext, index: int,
         return None
     stride = op.stride[0]
     blocks = ring_blocks(in_w, out_w, stride, op.padding.left)
-    ring = ring_bytes(channels, blocks)
-    with_table = _align(ring, 8) + table_bytes(channels)
+    ring = _align(ring_bytes(channels, blocks), 8) + _align(channels, 8)   # + a zero pixel
+    with_table = ring + table_bytes(channels)
     use_table = with_table <= ctx.spare(node.name)
     scratch = _request_scratch(ctx, node, with_table if use_table else ring)
     record = np.concatenate([tap_words(taps), wrap_int32(2 * bias)[:, None], table[:, :1]],
@@ -181,4 +186,4 @@ def lower_compact_depthwise(ctx: LoweringContext, index: int,
         scratch=scratch, in_h=in_h, in_w=in_w, channels=channels, out_h=out_h, out_w=out_w,
         stride=stride, pad_top=op.padding.top, pad_left=op.padding.left,
         pad_value=-q.input_offset, out_zp=q.output_offset, requant=requant, blocks=blocks,
-        records=records, shifts=shifts, table_offset=_align(ring, 8) if use_table else -1)
+        records=records, shifts=shifts, table_offset=ring if use_table else -1)
