@@ -49,6 +49,7 @@ import numpy as np
 from mbgen import ir
 from mbgen.codegen import kernel_sets
 from mbgen.codegen import records as r
+from mbgen.codegen.kernels_mbgen_compact_dw import lower_compact_depthwise
 from mbgen.codegen.kernels_mbgen_depthwise import _lower_depthwise
 from mbgen.codegen.kernels_mbgen_compact import lower_compact_gemm
 from mbgen.codegen.kernels_mbgen_layout import (  # noqa: F401  (re-exported)
@@ -180,6 +181,10 @@ class MbgenKernels:
                     call, prints_shared_gemm=self._first_shared_depth(ctx, call.depth_padded))
             return call
         if isinstance(op, ir.DepthwiseConv2D):
+            if ctx.weight_layout == "size":   # one shared body, per-layer params only
+                call = lower_compact_depthwise(ctx, index, node)
+                if call is not None:
+                    return call
             return _lower_depthwise(ctx, index, node, op)
         return None
 

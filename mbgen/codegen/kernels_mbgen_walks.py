@@ -14,6 +14,7 @@ import numpy as np
 from mbgen.codegen import records as r
 from mbgen.codegen.kernels_mbgen import DepthwiseCall, Gather, GemmCall
 from mbgen.codegen.kernels_mbgen_compact import CompactGemmCall
+from mbgen.codegen.kernels_mbgen_compact_dw import CompactDepthwiseCall
 from mbgen.codegen.kernels_mve import BLOCK_PIXELS, MveDepthwiseCall, MvePointwiseCall
 from mbgen.codegen.walks import from_steps, pixel_blocks, window_starts, windows
 from mbgen.write_order import WriteOrder
@@ -60,8 +61,8 @@ def compact_gemm_write_order(c: CompactGemmCall) -> WriteOrder:
                       output_bytes)
 
 
-def depthwise_write_order(c: DepthwiseCall) -> WriteOrder:
-    """depthwise.c.j2: per sweep of ``rows`` output rows, the input rows the window needs
+def depthwise_write_order(c: DepthwiseCall | CompactDepthwiseCall) -> WriteOrder:
+    """depthwise.c.j2 and depthwise_compact.c.j2 (single-row sweeps): per sweep of ``rows`` output rows, the input rows the window needs
     and the ring lacks are transposed into the ring, then the sweep writes its rows."""
     row_bytes = c.in_w * c.in_c
     out_row_bytes = c.out_w * c.out_c
@@ -103,7 +104,7 @@ def walks(call) -> tuple[tuple[r.BufferRef, WriteOrder], ...]:
         return ((call.input, gemm_write_order(call)),)
     if isinstance(call, CompactGemmCall):
         return ((call.input, compact_gemm_write_order(call)),)
-    if isinstance(call, DepthwiseCall):
+    if isinstance(call, (DepthwiseCall, CompactDepthwiseCall)):
         return ((call.input, depthwise_write_order(call)),)
     if isinstance(call, MvePointwiseCall):
         return ((call.input, mve_pointwise_write_order(call)),)
