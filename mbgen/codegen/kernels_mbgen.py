@@ -60,7 +60,7 @@ from mbgen.codegen.kernels_mbgen_records import (  # noqa: F401  (re-exported)
     DW3_WEIGHT_WORDS, GEMM_STEPS_PER_LOOP, SHARED_MIN_DEPTH, ChannelGroup, ColumnWord,
     DepthwiseCall, Gather, GemmCall, WeightFormat, _align, _asm_block_eligible)
 from mbgen.codegen.kernels_mbgen_policy import (  # noqa: F401  (re-exported for tests)
-    CODE_RESERVE_BYTES, balanced_allows_int16, choose_int16_layers)
+    CODE_RESERVE_BYTES, balanced_allows_int16, choose_int16_layers, shares_code)
 from mbgen.codegen.kernels_mbgen_policy import gemm_shape as _gemm_shape
 from mbgen.codegen.lowering import LoweringContext, bias_values, nhwc
 from mbgen.quantize import params
@@ -95,6 +95,7 @@ class _GraphChoices:
     dsp: bool
     int16_layers: frozenset[str]
     mve: bool = False   # Helium: kernels_mve.lower is asked first (1x1, depthwise)
+    compact: bool = False   # the shared compact GEMM and depthwise (kernels_mbgen_policy.shares_code)
 
 
 def _target(ctx: LoweringContext):
@@ -129,19 +130,20 @@ class MbgenKernels:
         if self._choices is not None and self._choices[0] is ctx:
             return self._choices[1]
         target = _target(ctx)
-        if ctx.weight_layout in ("int8", "size"):
+        flash = ctx.flash_budget if ctx.flash_budget is not None else target.flash_bytes
+        compact = shares_code(ctx.graph, ctx.weight_layout, flash)
+        if ctx.weight_layout in ("int8", "size") or compact:
             int16_layers: frozenset[str] = frozenset()
         elif ctx.weight_layout == "int16":
             int16_layers = choose_int16_layers(ctx.graph, 0)   # no budget: every candidate
         else:
-            flash = ctx.flash_budget if ctx.flash_budget is not None else target.flash_bytes
             if ctx.weight_layout == "speed":
                 int16_layers = choose_int16_layers(ctx.graph, flash)
             elif balanced_allows_int16(ctx.graph, flash):   # "balanced", "auto"
                 int16_layers = choose_int16_layers(ctx.graph, flash // 2)
             else:
                 int16_layers = frozenset()
-        choices = _GraphChoices(bool(target.dsp), int16_layers, bool(target.mve))
+        choices = _GraphChoices(bool(target.dsp), int16_layers, bool(target.mve), compact)
         self._choices = (ctx, choices)
         return choices
 
@@ -165,7 +167,7 @@ class MbgenKernels:
             call = kernels_mve.lower(ctx, index, node)
             if call is not None:
                 return call
-        if isinstance(op, (ir.Conv2D, ir.FullyConnected)) and ctx.weight_layout == "size":
+        if isinstance(op, (ir.Conv2D, ir.FullyConnected)) and choices.compact:
             # one shared runtime-parameterised GEMM: code does not grow per layer
             call = lower_compact_gemm(ctx, index, node)
             if call is not None:
@@ -174,14 +176,14 @@ class MbgenKernels:
             fmt = (WeightFormat.INT16_PAIRS if node.name in choices.int16_layers
                    else WeightFormat.INT8)
             call = _lower_gemm(ctx, index, node, fmt)
-            if call is not None and ctx.weight_layout == "size":
+            if call is not None and choices.compact:
                 call = dataclasses.replace(call, compact_code=True)
             if call is not None and (call.expanded or call.ram_shared) and call.asm_block:
                 call = dataclasses.replace(
                     call, prints_shared_gemm=self._first_shared_depth(ctx, call.depth_padded))
             return call
         if isinstance(op, ir.DepthwiseConv2D):
-            if ctx.weight_layout == "size":   # one shared body, per-layer params only
+            if choices.compact:   # one shared body, per-layer params only
                 call = lower_compact_depthwise(ctx, index, node)
                 if call is not None:
                     return call

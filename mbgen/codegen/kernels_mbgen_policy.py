@@ -5,9 +5,11 @@ byte per GEMM weight for fewer instructions. The policy users can predict:
 
 * ``--optimize size``: int8 everywhere; convolutions and fully connected layers run the one
   shared compact GEMM (kernels_mbgen_compact: a params struct per layer, no code);
-* ``--optimize balanced`` (the default): int16 pairs only when the whole model with int16
-  pairs everywhere stays under half the flash budget (small models), then on every GEMM
-  layer that fits that half; else int8;
+* ``--optimize balanced`` (the default): per-layer specialised code only when the weights
+  and CODE_RESERVE_BYTES stay under half the flash budget, else the shared compact kernels
+  of ``size`` (``shares_code``); int16 pairs only when the whole model with int16 pairs
+  everywhere stays under half the flash budget (small models), then on every GEMM layer
+  that fits that half; else int8;
 * ``--optimize speed``: int16 pairs on the layers with the most pixels first, while the
   weights leave CODE_RESERVE_BYTES of the flash budget for code;
 * ``--weight-layout int8|int16`` forces one layout (``auto``: follow ``--optimize``).
@@ -92,9 +94,26 @@ def balanced_allows_int16(graph: ir.Graph, flash_bytes: int) -> bool:
     return const_bytes(graph) + extra + CODE_RESERVE_BYTES <= flash_bytes // 2
 
 
+def shares_code(graph: ir.Graph, layout: str, flash_bytes: int) -> bool:
+    """Whether the layers run the shared compact kernels (one body each, a params struct
+    per layer): always under ``size``; under ``balanced`` when the weights plus
+    CODE_RESERVE_BYTES would not stay under half the flash budget (then per-layer code
+    is "wider specialisation" the issue keeps for ``speed``)."""
+    if layout == "size":
+        return True
+    if layout not in ("balanced", "auto"):
+        return False
+    return const_bytes(graph) + CODE_RESERVE_BYTES > flash_bytes // 2
+
+
 def layout_note(graph: ir.Graph, layout: str, flash_bytes: int) -> str:
     """One line for the compile summary: the layout used and what the other would cost."""
     candidates = int16_candidates(graph)
+    if shares_code(graph, layout, flash_bytes):
+        why = ("--optimize size" if layout == "size" else
+               f"weights + {CODE_RESERVE_BYTES // 1024} KB pass half the flash budget")
+        return (f"weights int8, shared compact kernels ({why}); per-layer kernels "
+                "(--optimize speed) run faster with more code per layer")
     if not candidates:
         return "weights int8 (no layer would take int16 pairs)"
     every = sum(e for _, e, _ in candidates)
