@@ -1,0 +1,53 @@
+"""The mbgen layout policy (kernels_mbgen_policy): when the default shares the compact
+kernels' code, and issue 12's cortex-m4 bar that this buys."""
+
+from __future__ import annotations
+
+import pytest
+
+from mbgen import codegen
+from mbgen.codegen import kernels_mbgen as mb
+from mbgen.codegen import kernels_mbgen_compact as compact_gemm
+from test_kernels_mbgen import CASES, build_graph, needs_arm
+
+
+def test_balanced_shares_code_when_weights_and_reserve_pass_half_the_flash():
+    """The default layout policy: per-layer kernels only while the weights plus the code
+    reserve stay under half the flash budget; size always shares; speed and forced
+    layouts never do."""
+    from mbgen.codegen import kernels_mbgen_policy as policy
+    graph = build_graph(CASES["pw_asm_block"])
+    edge = 2 * (policy.const_bytes(graph) + policy.CODE_RESERVE_BYTES)
+    assert not policy.shares_code(graph, "balanced", edge)
+    assert policy.shares_code(graph, "balanced", edge - 2)
+    assert policy.shares_code(graph, "auto", edge - 2)
+    assert policy.shares_code(graph, "size", 1 << 30)
+    for layout in ("speed", "int8", "int16"):
+        assert not policy.shares_code(graph, layout, 1)
+    assert "shared compact kernels" in policy.layout_note(graph, "balanced", edge - 2)
+    assert "shared compact kernels" not in policy.layout_note(graph, "balanced", edge)
+    for flash, compact in ((edge, False), (edge - 2, True)):
+        call = codegen.build_program(graph, kernels=mb.NAME, target="cortex-m7",
+                                     flash_budget=flash).layers[0].call
+        assert isinstance(call, compact_gemm.CompactGemmCall) == compact
+
+
+@needs_arm
+@pytest.mark.qemu
+@pytest.mark.slow
+def test_mbv1_128_on_cortex_m4_runs_mbgen_kernels_in_its_512_kb(prepared, tmp_path):
+    """Issue 12: with default options mbv1_0.25_128 compiles for the 512 KB cortex-m4 with
+    the mbgen kernels (the shared compact ones) and runs at least 4x faster than portable C,
+    both bit-exact with the numpy reference in QEMU (bench_model refuses otherwise)."""
+    from mbgen import targets
+    from mbgen.bench import bench_model
+    from mbgen.compiler import CompileOptions, emit
+    compiled = emit(prepared("mbv1_0.25_128"),
+                    CompileOptions(target="cortex-m4", out_dir=tmp_path / "m4"))
+    assert compiled.report["kernels"] == mb.NAME
+    flash = compiled.report["memory"]["example_firmware"]
+    assert flash["text"] + flash["data"] <= targets.get("cortex-m4").flash_bytes
+    outcome = bench_model("mbv1_0.25_128", "cortex-m4", ["portable", "mbgen"], echo=None)
+    portable, mbgen = outcome["results"]
+    assert mbgen["flash_bytes"] <= targets.get("cortex-m4").flash_bytes
+    assert portable["instructions"] >= 4 * mbgen["instructions"]
