@@ -4,8 +4,9 @@
 
 Runs ``mbgen bench`` (mbgen.bench.bench_model) for mbv1_0.25_128, mbv2_0.35_96 and
 ../shared/models/person_detect.tflite on cortex-m7, m4, m33 and m55, one kernel set at a
-time: portable, CMSIS-NN (when CMSIS_NN_PATH is set), mbgen with int8 weights (the default
-layout) and mbgen with int16 pairs. A set that cannot be built or run is reported as not
+time: portable, CMSIS-NN (when CMSIS_NN_PATH is set), mbgen with the default options, mbgen's
+per-layer kernels with int8 weights, its shared compact kernels (--optimize size) and its
+per-layer kernels with int16 pairs. A set that cannot be built or run is reported as not
 measured, with the reason. With CMSIS-NN it also runs tests/test_kernels_cmsis_nn.py
 against the real library and records the outcome.
 """
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ZOO_MODELS = ("mbv1_0.25_128", "mbv2_0.35_96")
 SHARED_MODEL = "models/person_detect.tflite"  # in ../shared, next to the repository
 TARGETS = ("cortex-m7", "cortex-m4", "cortex-m33", "cortex-m55")
-KERNEL_SETS = ("portable", "cmsis-nn", "mbgen-int8", "mbgen-int16")
+KERNEL_SETS = ("portable", "cmsis-nn", "mbgen", "mbgen-int8", "mbgen-size", "mbgen-int16")
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
@@ -146,11 +147,16 @@ def write_results(outcomes: list[dict], info: dict[str, str], tests: str | None)
         "  whole firmware's text + data (`arm-none-eabi-size`), harness and startup included.",
         "- **Correctness**: every run's output was compared with `mbgen.reference.run_int8`",
         "  and was bit-exact (`bench_model` refuses to report a run that is not).",
-        "- mbgen kernels: `--kernels mbgen`, mbgen-int8 with int8 weights (`--weight-layout",
-        "  int8`; the default `--optimize balanced` gives int8 weights to every model here),",
-        "  mbgen-int16 with int16 weight pairs (`--weight-layout int16`, what `--optimize",
-        "  speed` picks when the flash budget allows). CMSIS-NN kernels: `--kernels cmsis-nn`,",
-        "  the library built with its default double rounding (TFLite's reference arithmetic).",
+        "- mbgen kernels (`--kernels mbgen`): **mbgen** with the default options",
+        "  (`--optimize balanced`: the shared compact kernels when the weights plus 192 KB",
+        "  pass half the flash budget, else per-layer kernels with int8 weights);",
+        "  **mbgen-int8** the per-layer (specialised) kernels with int8 weights",
+        "  (`--weight-layout int8`); **mbgen-size** the shared compact kernels (`--optimize",
+        "  size`: one GEMM and one 3x3 depthwise body, a params struct per layer);",
+        "  **mbgen-int16** per-layer kernels with int16 weight pairs (`--weight-layout int16`,",
+        "  what `--optimize speed` picks when the flash budget allows). CMSIS-NN kernels:",
+        "  `--kernels cmsis-nn`, the library built with its default double rounding (TFLite's",
+        "  reference arithmetic).",
         "- **Weights**: the constant arrays as the kernels store them; **code and the rest**:",
         "  flash minus weights (kernels, runtime, harness, startup).", "",
     ]
