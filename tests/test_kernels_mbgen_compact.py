@@ -38,6 +38,9 @@ COMPACT_CASES = {
     "conv_5x3_dilated": (CASES["conv_5x3_dilated"], set(), set()),                # taps of 4
     "conv_1x1_s2_in3": (Layer("conv", (7, 9, 3), 5, stride=(2, 2), seed=31), set(),
                         {"CONTIGUOUS"}),                                          # runs of 3
+    "conv_rgb_rows_dilated": (Layer("conv", (12, 10, 3), 6, (3, 3), (1, 1), (2, 2, 1, 1),
+                                    dilation=(2, 1), out="relu", seed=35), set(),
+                              {"CONTIGUOUS"}),                            # 3 rows of 9, 2 apart
     "fc_odd": (CASES["fc_odd"], {"ONE_PIXEL", "SIGNED"}, set()),
     "fc_relu6": (CASES["fc_relu6"], {"ONE_PIXEL", "ASM_STORE", "PER_CHANNEL"}, set()),
 }
