@@ -51,6 +51,8 @@ SPARE_CASES = {
     "pw_ram_records": (Layer("conv", (11, 10, 24), 9, seed=33), {"RAM_RECORDS"}, set()),
     "conv_ram_records": (Layer("conv", (20, 19, 3), 6, (3, 3), (2, 2), (1, 1, 1, 1),
                                seed=34), {"RAM_RECORDS"}, set()),
+    "conv_stem_ram_tail": (Layer("conv", (21, 19, 3), 8, (3, 3), (2, 2), (1, 1, 1, 1),
+                                 seed=36), {"RAM_RECORDS", "ASM_STORE"}, set()),   # 110 pixels
 }
 
 
