@@ -49,6 +49,8 @@ COMPACT_CASES = {
 SPARE_CASES = {
     "pw_chunked": (Layer("conv", (5, 7, 20), 9, seed=32), set(), {"RAM_RECORDS"}),
     "pw_ram_records": (Layer("conv", (11, 10, 24), 9, seed=33), {"RAM_RECORDS"}, set()),
+    "pw_ram_whole_runs": (Layer("conv", (11, 10, 24), 8, seed=37),
+                          {"RAM_RECORDS", "ASM_STORE", "CONTIGUOUS"}, set()),   # 110 pixels
     "conv_ram_records": (Layer("conv", (20, 19, 3), 6, (3, 3), (2, 2), (1, 1, 1, 1),
                                seed=34), {"RAM_RECORDS"}, set()),
     "conv_stem_ram_tail": (Layer("conv", (21, 19, 3), 8, (3, 3), (2, 2), (1, 1, 1, 1),
