@@ -38,6 +38,9 @@ COMPACT_CASES = {
     "conv_5x3_dilated": (CASES["conv_5x3_dilated"], set(), set()),                # taps of 4
     "conv_1x1_s2_in3": (Layer("conv", (7, 9, 3), 5, stride=(2, 2), seed=31), set(),
                         {"CONTIGUOUS"}),                                          # runs of 3
+    "conv_rgb_rows_dilated": (Layer("conv", (12, 10, 3), 6, (3, 3), (1, 1), (2, 2, 1, 1),
+                                    dilation=(2, 1), out="relu", seed=35), set(),
+                              {"CONTIGUOUS"}),                            # 3 rows of 9, 2 apart
     "fc_odd": (CASES["fc_odd"], {"ONE_PIXEL", "SIGNED"}, set()),
     "fc_relu6": (CASES["fc_relu6"], {"ONE_PIXEL", "ASM_STORE", "PER_CHANNEL"}, set()),
 }
@@ -46,8 +49,12 @@ COMPACT_CASES = {
 SPARE_CASES = {
     "pw_chunked": (Layer("conv", (5, 7, 20), 9, seed=32), set(), {"RAM_RECORDS"}),
     "pw_ram_records": (Layer("conv", (11, 10, 24), 9, seed=33), {"RAM_RECORDS"}, set()),
+    "pw_ram_whole_runs": (Layer("conv", (11, 10, 24), 8, seed=37),
+                          {"RAM_RECORDS", "ASM_STORE", "CONTIGUOUS"}, set()),   # 110 pixels
     "conv_ram_records": (Layer("conv", (20, 19, 3), 6, (3, 3), (2, 2), (1, 1, 1, 1),
                                seed=34), {"RAM_RECORDS"}, set()),
+    "conv_stem_ram_tail": (Layer("conv", (21, 19, 3), 8, (3, 3), (2, 2), (1, 1, 1, 1),
+                                 seed=36), {"RAM_RECORDS", "ASM_STORE"}, set()),   # 110 pixels
 }
 
 

@@ -20,7 +20,9 @@ field is widened into int16 pairs (SXTB16 order) in the scratch columns, then fo
 channel pair its int8 record is widened into RAM (int16 pairs, the (m, c, R) rebuilt) and
 the 4x2 SMLAD block runs over every 4-pixel block of the chunk; or (``ram_records``, when the
 arena's spare bytes hold them) every pair's record is widened once per call and each block
-of columns meets them all. One-pixel layers (fully connected) read int8 weights straight
+of columns meets them all (with the asm store, 4 pixels are widened and then run at a time,
+no chunk loop). The 3x3 RGB stem's fields (3 rows of 9 bytes) are widened straight-line,
+border ones gathered first. One-pixel layers (fully connected) read int8 weights straight
 from flash, 1 pixel x 4 channels. Every requantisation scheme and clamp runs (the asm store
 for FAST without a clamp, a C store otherwise): only a layer whose geometry does not fit the
 struct's 8/16-bit fields falls back to the specialised GEMM.
