@@ -41,9 +41,10 @@ CHAIN = [(1, (1, 1, 1, 1), "relu6"),      # 17x19: 4 asm groups + 3 C columns
          (1, (2, 0, 1, 1), "relu6")]      # 3x4, the top rows wholly padding
 
 
-def chain_graph(hwc=(17, 19, 10), layers=CHAIN, seed=0) -> ir.Graph:
+def chain_graph(hwc=(17, 19, 10), layers=CHAIN, seed=0, gain=1.0) -> ir.Graph:
     """Depthwise 3x3 layers one after the other, random weights, output scales aimed at a
-    wide spread (test data; the expected values come from the reference)."""
+    wide spread (test data; the expected values come from the reference). ``gain`` scales
+    the "relu6" layers' weights: at 1 most of their outputs saturate."""
     rng = np.random.default_rng(seed)
     h, w, c = hwc
     scale, zp = 0.03, int(rng.integers(-128, 128))
@@ -55,7 +56,7 @@ def chain_graph(hwc=(17, 19, 10), layers=CHAIN, seed=0) -> ir.Graph:
         spread = float(3 * 74 * 73 * scale * w_scale.mean())
         if out == "relu6":
             out_scale, out_zp, act = 6 / 255, -128, A.RELU6
-            w_scale = (w_scale * np.float32(2.5 / spread)).astype(np.float32)
+            w_scale = (w_scale * np.float32(2.5 * gain / spread)).astype(np.float32)
         elif out == "narrow":
             out_scale, out_zp, act = spread / 60, -128, A.RELU6
         else:
@@ -175,15 +176,28 @@ def test_c_twin_is_bit_exact_on_the_host(tmp_path, table):
         assert run(exe, x.tobytes()) == _expected(graph, x)
 
 
+# (input height, width, channels; layers; gain): the chain on 10 channels (two groups of 4
+# and two alone); then single layers on 12 channels, whose rows the fill walks block by
+# block (5 interior blocks, channels a multiple of 4) and whose last block is half filled
+# (stride 1 and 2 SAME, where that block's columns are padding, and VALID 22 wide, where
+# they are input pixels), at a gain that leaves most outputs unsaturated (a wrong ring
+# column shows).
+CHAIN_CASES = [((17, 19, 10), CHAIN, 1.0), ((11, 23, 12), CHAIN[:1], 0.3),
+               ((11, 23, 12), CHAIN[1:2], 0.3), ((11, 22, 12), [(1, (0, 0, 0, 0), "relu6")], 0.3)]
+
+
 @needs_arm
 @pytest.mark.qemu
 @pytest.mark.parametrize("flags", ["-O2", "-O0"])
-def test_chain_is_bit_exact_in_qemu(tmp_path, table, flags):
-    """-O2 runs the asm loops (every rotation and stride); -O0 their C twin on the core."""
+@pytest.mark.parametrize("case", CHAIN_CASES, ids=["chain", "walk-s1", "walk-s2", "half-valid"])
+def test_chain_is_bit_exact_in_qemu(tmp_path, table, flags, case):
+    """-O2 runs the asm loops (every rotation and stride, both ring fills); -O0 their C twin
+    on the core."""
     from mbgen.runner import build_firmware, run_elf
     if flags == "-O0" and not table:
         pytest.skip("the C twin reads the same entries either way: one -O0 build is enough")
-    graph = chain_graph()
+    hwc, layers, gain = case
+    graph = chain_graph(hwc, layers, gain=gain)
     target = targets.get("cortex-m7")
     out = tmp_path / "chain"
     codegen.generate(graph, out, target=target.name, kernels="mbgen", weight_layout="size")
