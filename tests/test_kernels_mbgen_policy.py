@@ -32,6 +32,34 @@ def test_balanced_shares_code_when_weights_and_reserve_pass_half_the_flash():
         assert isinstance(call, compact_gemm.CompactGemmCall) == compact
 
 
+def test_a_streamed_stage_follows_the_whole_model_policy(prepared, shared_dir):
+    """A stage's bands are lowered on one-node band graphs; their layout decisions (shared
+    code, int16 pairs) are still the whole model's, so the default mbv1_0.25_128 on the M4
+    runs its stage on the compact kernels too, and person_detect on the M7 keeps int8."""
+    from mbgen import streaming
+    from mbgen.codegen import kernels_mbgen_compact_dw as compact_dw
+    from mbgen.codegen.lower_stage import StageCall
+    for model, target, compact in (("mbv1_0.25_128", "cortex-m4", True),
+                                   ("mbv1_0.25_128", "cortex-m7", True)):
+        program = codegen.build_program(prepared(model).graph, kernels=mb.NAME, target=target,
+                                        stream=streaming.options_for(mb.NAME))
+        stages = [layer.call for layer in program.layers if isinstance(layer.call, StageCall)]
+        assert stages
+        for stage in stages:
+            for kernel in stage.kernels:
+                assert isinstance(kernel.call, (compact_gemm.CompactGemmCall,
+                                                compact_dw.CompactDepthwiseCall)) == compact
+    # person_detect on the M7: per-layer kernels with int8 weights, in its stages too (a
+    # one-node band graph alone would pass the int16 test)
+    program = codegen.build_program(
+        prepared(str(shared_dir / "models" / "person_detect.tflite")).graph, kernels=mb.NAME,
+        target="cortex-m7", stream=streaming.options_for(mb.NAME))
+    inner = [k.call for layer in program.layers if isinstance(layer.call, StageCall)
+             for k in layer.call.kernels]
+    gemms = [c for c in inner if isinstance(c, mb.GemmCall)]
+    assert gemms and all(c.weight_format is mb.WeightFormat.INT8 for c in gemms)
+
+
 @needs_arm
 @pytest.mark.qemu
 @pytest.mark.slow

@@ -131,7 +131,8 @@ class MbgenKernels:
             return self._choices[1]
         target = _target(ctx)
         flash = ctx.flash_budget if ctx.flash_budget is not None else target.flash_bytes
-        compact = shares_code(ctx.graph, ctx.weight_layout, flash)
+        model = ctx.layout_graph or ctx.graph   # a stage's bands follow the whole model
+        compact = shares_code(model, ctx.weight_layout, flash)
         if ctx.weight_layout in ("int8", "size") or compact:
             int16_layers: frozenset[str] = frozenset()
         elif ctx.weight_layout == "int16":
@@ -139,7 +140,7 @@ class MbgenKernels:
         else:
             if ctx.weight_layout == "speed":
                 int16_layers = choose_int16_layers(ctx.graph, flash)
-            elif balanced_allows_int16(ctx.graph, flash):   # "balanced", "auto"
+            elif balanced_allows_int16(model, flash):   # "balanced", "auto"
                 int16_layers = choose_int16_layers(ctx.graph, flash // 2)
             else:
                 int16_layers = frozenset()

@@ -126,7 +126,8 @@ def lower_stage(ctx: LoweringContext, index: int, node: ir.Node, chosen, fallbac
         for kernel_set in dict.fromkeys((chosen, fallback)):
             # its own scratch requests: summed into the stage's one request below
             band_ctx = replace(ctx, graph=band, scratch_requests={},
-                               spare_bytes={band_node.name: band_spare}, spare_asked=set())
+                               spare_bytes={band_node.name: band_spare}, spare_asked=set(),
+                               layout_graph=ctx.layout_graph or ctx.graph)
             call = kernel_set.lower(band_ctx, sub_index, band_node)
             if call is not None:
                 break

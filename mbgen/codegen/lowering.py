@@ -28,6 +28,9 @@ class LoweringContext:
     target: str = "host"   # the target's name: a kernel set may depend on its core
     flash_budget: int | None = None  # bytes of flash the user allows (None: the target's)
     weight_layout: str = "auto"      # "auto" | "int16" | "int8": a kernel set's weight format
+    # the whole model, for whole-model layout decisions when ``graph`` is one streamed
+    # stage's band (None: ``graph`` is the model)
+    layout_graph: ir.Graph | None = None
     scratch_requests: dict[str, int] = field(default_factory=dict)   # node -> bytes
     # node -> arena bytes free while it runs under a plan made without it (program.py's
     # second lowering); a kernel may spend them on faster scratch without growing the arena
