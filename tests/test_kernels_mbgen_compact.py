@@ -115,6 +115,14 @@ def test_chunks_and_ram_records_are_bit_exact_in_qemu(name, tmp_path, roomy):
     _check_bytes(graph, tmp_path / name, layer.seed, "cortex-m7")
 
 
+def _check_on_host(graph, folder, seed: int) -> None:
+    """The cortex-m7 folder built on the host (the plain-C twins) gives the reference's bytes."""
+    _generate(graph, folder, "cortex-m7")
+    exe = build_folder(folder)
+    for x in test_inputs(graph, seed):
+        assert run(exe, x.tobytes()) == run_int8(graph, x)[graph.outputs[0]].tobytes()
+
+
 @pytest.mark.parametrize("name", ["pw_odd_everything", "pw_multiplier_above_one",
                                   "conv_stem_3ch_s2", "conv_5x3_dilated", "conv_1x1_s2_in3",
                                   "fc_odd"])
@@ -122,20 +130,14 @@ def test_folder_for_cortex_m_builds_on_the_host(name, tmp_path):
     """The same folder off-target: the plain-C twins, the same bytes."""
     layer, present, absent = COMPACT_CASES[name]
     graph = _check_takes_path(layer, present, absent)
-    _generate(graph, tmp_path / "m7", "cortex-m7")
-    exe = build_folder(tmp_path / "m7")
-    for x in test_inputs(graph, layer.seed):
-        assert run(exe, x.tobytes()) == run_int8(graph, x)[graph.outputs[0]].tobytes()
+    _check_on_host(graph, tmp_path / "m7", layer.seed)
 
 
 @pytest.mark.parametrize("name", list(SPARE_CASES))
 def test_chunks_and_ram_records_on_the_host(name, tmp_path, roomy):
     layer, present, absent = SPARE_CASES[name]
     graph = _check_takes_path(layer, present, absent)
-    _generate(graph, tmp_path / "m7", "cortex-m7")
-    exe = build_folder(tmp_path / "m7")
-    for x in test_inputs(graph, layer.seed):
-        assert run(exe, x.tobytes()) == run_int8(graph, x)[graph.outputs[0]].tobytes()
+    _check_on_host(graph, tmp_path / "m7", layer.seed)
 
 
 # ----------------------------------------------------------------------------- layouts
