@@ -1,7 +1,7 @@
 """--kernels mbgen --optimize size: the compact 3x3 depthwise body, bit-exact with the reference.
 
-One chain of depthwise layers covers the cases (stride 1 and 2, odd widths with C columns
-after the asm groups, SAME / VALID / one-sided / fully padded rows, 10 channels: two groups
+One chain of depthwise layers covers the cases (stride 1 and 2, odd widths whose last
+columns take the asm tail group, SAME / VALID / one-sided / fully padded rows, 10 channels: two groups
 of 4 and two alone, a clamped output) in one build; it runs in QEMU with and without the
 entry table in the scratch and at -O0 (the C twin on the target), and on the host. Every
 output is compared with ``mbgen.reference.run_int8`` (numpy, sharing nothing with the C).
@@ -32,9 +32,9 @@ def _qp(scale, zero_point, axis=None) -> ir.QuantParams:
 
 
 # (stride, padding top/bottom/left/right, output): "relu6" spans all of int8 (no clamp, the
-# asm path); "narrow" clamps inside int8 (the C sweep); "none" keeps negative outputs with
+# asm path); "narrow" clamps inside int8 (asm, then the clamp pass); "none" keeps negative outputs with
 # a random zero point (FAST_SIGNED: the specialised fallback).
-CHAIN = [(1, (1, 1, 1, 1), "relu6"),      # 17x19: 4 asm groups + 3 C columns
+CHAIN = [(1, (1, 1, 1, 1), "relu6"),      # 17x19: 4 asm groups + a tail of 3
          (2, (1, 1, 1, 1), "relu6"),      # 9x10
          (1, (0, 0, 0, 0), "narrow"),     # 7x8, VALID, clamped
          (2, (0, 1, 0, 1), "relu6"),      # 3x4, one-sided SAME
@@ -140,14 +140,23 @@ def test_other_shapes_fall_back_and_other_layouts_keep_the_specialised_kernel():
 
 def test_ring_covers_every_column_the_loops_read():
     """The asm groups read up to column 4 * stride * groups + 1, the C columns up to
-    stride * (out_w - 1) + 2; every input column sits at pad_left + x."""
-    for in_w, stride, pad_left in ((19, 1, 1), (8, 2, 0), (10, 2, 1), (3, 1, 2), (4, 2, 0)):
+    stride * (out_w - 1) + 2; every input column sits at pad_left + x. The tail group (one
+    more iteration) reads up to byte 20 of block stride * (groups + 1) of the last channel's
+    row: the ring plus its slack hold that byte."""
+    for in_w, stride, pad_left in ((19, 1, 1), (8, 2, 0), (10, 2, 1), (3, 1, 2), (4, 2, 0),
+                                   (6, 1, 1), (6, 2, 1), (3, 2, 1), (12, 1, 1)):
         out_w = (in_w + 2 * pad_left - 3) // stride + 1
         blocks = cdw.ring_blocks(in_w, out_w, stride, pad_left)
         groups = out_w // 4
         last = max(stride * (out_w - 1) + 2, 4 * stride * groups + 1 if groups else 0,
                    pad_left + in_w - 1)
         assert 4 * blocks > last and 4 * (blocks - 1) <= last
+        slack = cdw.tail_slack_bytes(out_w, stride, blocks)
+        if out_w % 4:
+            read_end = (stride * (groups + 1)) * 24 + 20
+            assert blocks * 24 + slack >= read_end, (in_w, stride, pad_left)
+        else:
+            assert slack == 0
 
 
 def test_declared_walk_is_safe_in_place():
@@ -181,15 +190,18 @@ def test_c_twin_is_bit_exact_on_the_host(tmp_path, table):
 # block (5 interior blocks, channels a multiple of 4) and whose last block is half filled
 # (stride 1 and 2 SAME, where that block's columns are padding, and VALID 22 wide, where
 # they are input pixels), at a gain that leaves most outputs unsaturated (a wrong ring
-# column shows).
+# column shows); last two clamped layers (22 and 11 wide: asm tails of 2 and 3) whose
+# clamp most of the output shows.
 CHAIN_CASES = [((17, 19, 10), CHAIN, 1.0), ((11, 23, 12), CHAIN[:1], 0.3),
-               ((11, 23, 12), CHAIN[1:2], 0.3), ((11, 22, 12), [(1, (0, 0, 0, 0), "relu6")], 0.3)]
+               ((11, 23, 12), CHAIN[1:2], 0.3), ((11, 22, 12), [(1, (0, 0, 0, 0), "relu6")], 0.3),
+               ((9, 22, 12), [(1, (1, 1, 1, 1), "narrow"), (2, (1, 1, 1, 1), "narrow")], 1.0)]
 
 
 @needs_arm
 @pytest.mark.qemu
 @pytest.mark.parametrize("flags", ["-O2", "-O0"])
-@pytest.mark.parametrize("case", CHAIN_CASES, ids=["chain", "walk-s1", "walk-s2", "half-valid"])
+@pytest.mark.parametrize("case", CHAIN_CASES,
+                         ids=["chain", "walk-s1", "walk-s2", "half-valid", "clamped-tails"])
 def test_chain_is_bit_exact_in_qemu(tmp_path, table, flags, case):
     """-O2 runs the asm loops (every rotation and stride, both ring fills); -O0 their C twin
     on the core."""

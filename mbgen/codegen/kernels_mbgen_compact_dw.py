@@ -73,6 +73,7 @@ class CompactDepthwiseCall:
     records: r.ConstArray            # RECORD_WORDS int32 per channel
     shifts: r.ConstArray             # R per channel, int8
     table_offset: int = -1           # scratch offset of the unpacked table; -1: none
+    tail_offset: int = -1            # scratch offset of the last group's 4 columns; -1: none
 
     # the fields the depthwise walk (kernels_mbgen_walks.depthwise_write_order) reads
     k_h: ClassVar[int] = 3
@@ -93,8 +94,8 @@ class CompactDepthwiseCall:
 
     @property
     def groups(self) -> int:
-        """Iterations of the inner loop per output row (4 columns each); the last
-        out_w % 4 columns are computed in C."""
+        """Iterations of the inner loop per output row (4 columns each) straight into the
+        output; the last out_w % 4 columns run one more iteration into the tail buffer."""
         return self.out_w // GROUP_OUTPUTS
 
     @property
@@ -108,11 +109,23 @@ class CompactDepthwiseCall:
     @property
     def zero_offset(self) -> int:
         """Scratch offset of one pixel of the input zero point (read for padding)."""
-        return _align(self.ring_bytes, 8)
+        return _align(self.ring_bytes + tail_slack_bytes(self.out_w, self.stride, self.blocks), 8)
 
 
 def ring_bytes(channels: int, blocks: int) -> int:
     return channels * blocks * RING_SLOTS * BLOCK_COLUMNS * 2
+
+
+def tail_slack_bytes(out_w: int, stride: int, blocks: int) -> int:
+    """Bytes past the ring the tail group of the last channel may read: its 4 columns
+    reach beyond the ring's columns, whose values only feed outputs never stored (a
+    channel before the last reads the next one's row there). The loop reads up to
+    byte 20 of block stride * (groups + 1), counted from the group's first block."""
+    if not out_w % GROUP_OUTPUTS:
+        return 0
+    block = BLOCK_COLUMNS * RING_SLOTS * 2
+    last = (stride * (out_w // GROUP_OUTPUTS) + stride) * block + 20
+    return max(0, last - blocks * block)
 
 
 def table_bytes(channels: int) -> int:
@@ -168,10 +181,12 @@ def lower_compact_depthwise(ctx: LoweringContext, index: int,
         return None
     stride = op.stride[0]
     blocks = ring_blocks(in_w, out_w, stride, op.padding.left)
-    ring = _align(ring_bytes(channels, blocks), 8) + _align(channels, 8)   # + a zero pixel
-    with_table = ring + table_bytes(channels)
+    ring = (_align(ring_bytes(channels, blocks) + tail_slack_bytes(out_w, stride, blocks), 8)
+            + _align(channels, 8))   # + a zero pixel
+    tail = _align(GROUP_OUTPUTS * channels, 8) if out_w % GROUP_OUTPUTS else 0
+    with_table = ring + tail + table_bytes(channels)
     use_table = with_table <= ctx.spare(node.name)
-    scratch = _request_scratch(ctx, node, with_table if use_table else ring)
+    scratch = _request_scratch(ctx, node, with_table if use_table else ring + tail)
     record = np.concatenate([tap_words(taps), wrap_int32(2 * bias)[:, None], table[:, :1]],
                             axis=1)
     assert record.shape[1] == RECORD_WORDS
@@ -186,4 +201,5 @@ def lower_compact_depthwise(ctx: LoweringContext, index: int,
         scratch=scratch, in_h=in_h, in_w=in_w, channels=channels, out_h=out_h, out_w=out_w,
         stride=stride, pad_top=op.padding.top, pad_left=op.padding.left,
         pad_value=-q.input_offset, out_zp=q.output_offset, requant=requant, blocks=blocks,
-        records=records, shifts=shifts, table_offset=ring if use_table else -1)
+        records=records, shifts=shifts, table_offset=ring + tail if use_table else -1,
+        tail_offset=ring if tail else -1)
