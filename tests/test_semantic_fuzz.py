@@ -15,7 +15,7 @@ Seeds: the shared person_detect.tflite (200 mutants; mobilenet_v1_0.25_128_quant
 legacy uint8 file that TFLM refuses whole, see MODELS.md; its LiteRT check is in
 test_tflite_legacy_uint8.py) and a small block graph
 written by our TFLite writer with the ops person_detect lacks (120 mutants). The counts are
-printed (``-s``); the slow variant runs 400 more of each for three other seeds.
+printed (``-s``); the slow variant runs 250 more of each for another seed.
 
 TFLM runs in a child process, so a mutant that crashes TFLM cannot take pytest with it.
 Mutants the fuzz once caught being miscompiled are kept as regression tests at the end.
@@ -115,7 +115,7 @@ def test_block_option_sweep_is_refused_or_exact(tmp_path, referee, builder):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [1])   # one seed (~60 s): the suite stays under 20 minutes
 def test_more_mutants(seed, tmp_path, referee, builder):
     # these check how the file is read; streamed stages are fuzzed by the 200 above
     # (and tests/test_streaming.py), and would add about a second per compiled mutant
