@@ -31,7 +31,7 @@ COMPACT_CASES = {
     "pw_asm_block": (CASES["pw_asm_block"], {"ASM_STORE", "CONTIGUOUS"}, set()),
     "pw_odd_everything": (CASES["pw_odd_everything"], {"ASM_STORE"}, set()),   # in_c 13
     "pw_relu6_clamped": (CASES["pw_relu6_clamped"], {"ASM_STORE"}, set()),   # + clamp pass
-    "pw_no_activation": (CASES["pw_no_activation"], {"SIGNED"}, set()),
+    "pw_no_activation": (CASES["pw_no_activation"], {"SIGNED", "ASM_STORE"}, set()),
     "pw_multiplier_above_one": (CASES["pw_multiplier_above_one"], {"EXACT"}, set()),
     "conv_stem_3ch_s2": (CASES["conv_stem_3ch_s2"], set(), {"CONTIGUOUS"}),       # runs of 9
     "conv_same_one_side": (CASES["conv_same_one_side"], set(), set()),            # runs of 15
@@ -57,6 +57,14 @@ SPARE_CASES = {
                                  seed=36), {"RAM_RECORDS", "ASM_STORE"}, set()),   # 110 pixels
     "pw_ram_clamped": (Layer("conv", (11, 10, 24), 8, out="relu6_narrow", seed=38),
                        {"RAM_RECORDS", "ASM_STORE", "CONTIGUOUS"}, set()),   # asm + clamp pass
+    "pw_ram_signed": (Layer("conv", (11, 10, 24), 8, out="none", seed=39),
+                      {"RAM_RECORDS", "ASM_STORE", "SIGNED"}, set()),   # the signed asm store
+    "pw_chunked_signed": (Layer("conv", (5, 7, 20), 10, out="none", seed=40),
+                          {"ASM_STORE", "SIGNED"}, {"RAM_RECORDS"}),
+    "pw_chunked_single": (Layer("conv", (3, 11, 20), 9, seed=42), set(),
+                          {"RAM_RECORDS"}),   # 33 pixels: the last one alone (1x4 dots)
+    "conv_ram_signed": (Layer("conv", (20, 19, 3), 6, (3, 3), (2, 2), (1, 1, 1, 1), out="none",
+                              seed=41), {"RAM_RECORDS", "ASM_STORE", "SIGNED"}, set()),
 }
 
 
@@ -186,15 +194,17 @@ def test_flash_is_at_most_the_portable_kernels(name):
 
 
 def test_scheme_chooses_the_store():
-    """ASM_STORE for FAST (a clamp inside int8 is a pass over the stored bytes after it);
-    the C store takes FAST_SIGNED and EXACT."""
-    clamped = 0
+    """ASM_STORE for FAST and FAST_SIGNED (a clamp inside int8 is a pass over the stored
+    bytes after it); the C store takes EXACT."""
+    asm = (RequantScheme.FAST, RequantScheme.FAST_SIGNED)
+    clamped = signed = 0
     for name, (layer, _, _) in COMPACT_CASES.items():
         call = _call(build_graph(layer))
         rq = call.requant
-        assert ("ASM_STORE" in call.flag_names) == (rq.scheme is RequantScheme.FAST), name
+        assert ("ASM_STORE" in call.flag_names) == (rq.scheme in asm), name
         clamped += rq.scheme is RequantScheme.FAST and (rq.clamp_min or rq.clamp_max)
-    assert clamped >= 1
+        signed += rq.scheme is RequantScheme.FAST_SIGNED and not call.one_pixel
+    assert clamped >= 1 and signed >= 1
 
 
 # ----------------------------------------------------------------------------- a model

@@ -24,8 +24,8 @@ of columns meets them all (with the asm store, 4 pixels are widened and then run
 no chunk loop). The 3x3 RGB stem's fields (3 rows of 9 bytes) are widened straight-line,
 border ones gathered first. One-pixel layers (fully connected) read int8 weights straight
 from flash, 1 pixel x 4 channels. Every requantisation scheme and clamp runs (the asm store
-for FAST, a clamp inside int8 then one SSUB8/SEL pass over the output; a C store
-otherwise): only a layer whose geometry does not fit the
+for FAST and FAST_SIGNED, a clamp inside int8 then one SSUB8/SEL pass over the output; a C
+store for EXACT): only a layer whose geometry does not fit the
 struct's 8/16-bit fields falls back to the specialised GEMM.
 
 Depth order (``depth_order``): a receptive field is ``runs`` runs of ``run_bytes``
@@ -62,7 +62,7 @@ FLAGS = {
     "PER_CHANNEL": 1,      # a multiplier and shift per output channel (else one)
     "SIGNED": 2,           # FAST_SIGNED: SMMLAR + (acc >> 31), then >> R
     "EXACT": 4,            # TFLite's MultiplyByQuantizedMultiplier (accumulator not doubled)
-    "ASM_STORE": 8,        # FAST: the asm requantise-and-store (then the clamp pass)
+    "ASM_STORE": 8,        # FAST(_SIGNED): the asm requantise-and-store (then the clamp pass)
     "DOUBLE_COLUMNS": 16,  # FAST: the widened columns hold 2x (SADD16)
     "DOUBLE_WEIGHTS": 32,  # FAST: the widened weight records hold 2x
     "CONTIGUOUS": 64,      # pixel p's field is the input's bytes p * in_c .. (1x1 or FC)
@@ -192,7 +192,7 @@ class CompactGemmCall:
             ("PER_CHANNEL", self.per_channel),
             ("SIGNED", rq.scheme is RequantScheme.FAST_SIGNED),
             ("EXACT", rq.scheme is RequantScheme.EXACT),
-            ("ASM_STORE", rq.scheme is RequantScheme.FAST),
+            ("ASM_STORE", rq.scheme in (RequantScheme.FAST, RequantScheme.FAST_SIGNED)),
             ("DOUBLE_COLUMNS", rq.is_fast and self.double_columns),
             ("DOUBLE_WEIGHTS", rq.is_fast and not self.double_columns),
             ("CONTIGUOUS", self.contiguous),
