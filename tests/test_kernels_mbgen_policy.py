@@ -32,23 +32,60 @@ def test_balanced_shares_code_when_weights_and_reserve_pass_half_the_flash():
         assert isinstance(call, compact_gemm.CompactGemmCall) == compact
 
 
+def test_balanced_keeps_shallow_layers_per_layer_while_under_half_the_flash():
+    """Under balanced with the shared compact kernels, the RGB stem and 1x1 layers at most
+    16 deep keep their per-layer GEMM, the most 4x2 runs first, while the weights, the
+    compact code and SHALLOW_CODE_BYTES each stay under half the flash budget; deeper
+    layers and other layouts never do."""
+    from mbgen import ir
+    from mbgen.codegen import kernels_mbgen_policy as policy
+    from test_tflite_graph_ops import OpsBuilder
+    b = OpsBuilder(seed=3, name="shallow")
+    x = b.input((1, 16, 16, 3), zero_point=-5)
+    stem = b.conv(x, 8, stride=(2, 2), act=ir.Activation.RELU6)       # 3x3 on RGB, 64 pixels
+    pw8 = b.conv(stem, 16, k=(1, 1), act=ir.Activation.RELU6)         # 8 deep
+    pw16 = b.conv(pw8, 24, k=(1, 1), act=ir.Activation.RELU6)         # 16 deep, most runs
+    deep = b.conv(pw16, 8, k=(1, 1), act=ir.Activation.RELU6)         # 24 deep: never
+    graph = b.graph(deep)
+    names = [node.name for node in graph.nodes]
+    base = 2 * (policy.const_bytes(graph) + policy.COMPACT_CODE_BYTES)
+    assert policy.shares_code(graph, "balanced", base + 6 * 1024)
+    assert policy.specialised_layers(graph, "balanced", base) == frozenset()
+    one = policy.specialised_layers(graph, "balanced", base + 2 * policy.SHALLOW_CODE_BYTES)
+    assert one == {names[2]}
+    every = policy.specialised_layers(graph, "balanced", base + 8 * policy.SHALLOW_CODE_BYTES)
+    assert every == set(names[:3])
+    for layout in ("size", "speed", "int8"):
+        assert policy.specialised_layers(graph, layout, base + 8 * 1024) == frozenset()
+    assert "3 shallow layers per-layer" in policy.layout_note(
+        graph, "balanced", base + 8 * policy.SHALLOW_CODE_BYTES)
+
+
 def test_a_streamed_stage_follows_the_whole_model_policy(prepared, shared_dir):
     """A stage's bands are lowered on one-node band graphs; their layout decisions (shared
-    code, int16 pairs) are still the whole model's, so the default mbv1_0.25_128 on the M4
-    runs its stage on the compact kernels too, and person_detect on the M7 keeps int8."""
+    code, the shallow layers kept per-layer, int16 pairs) are still the whole model's, so
+    the default mbv1_0.25_128 runs its stage on the compact kernels too, but for the
+    shallow layers on the M7 (room under half its 1 MB; none on the 512 KB M4), and
+    person_detect on the M7 keeps int8."""
     from mbgen import streaming
     from mbgen.codegen import kernels_mbgen_compact_dw as compact_dw
     from mbgen.codegen.lower_stage import StageCall
-    for model, target, compact in (("mbv1_0.25_128", "cortex-m4", True),
-                                   ("mbv1_0.25_128", "cortex-m7", True)):
+    shallow = {"features.0.0", "features.1.1.0", "features.2.1.0"}
+    for model, target, kept in (("mbv1_0.25_128", "cortex-m4", set()),
+                                ("mbv1_0.25_128", "cortex-m7", shallow)):
         program = codegen.build_program(prepared(model).graph, kernels=mb.NAME, target=target,
                                         stream=streaming.options_for(mb.NAME))
         stages = [layer.call for layer in program.layers if isinstance(layer.call, StageCall)]
         assert stages
+        per_layer = set()
         for stage in stages:
             for kernel in stage.kernels:
-                assert isinstance(kernel.call, (compact_gemm.CompactGemmCall,
-                                                compact_dw.CompactDepthwiseCall)) == compact
+                layer = kernel.name.split(" rows ")[0]
+                compact = isinstance(kernel.call, (compact_gemm.CompactGemmCall,
+                                                   compact_dw.CompactDepthwiseCall))
+                assert compact == (layer not in kept), (target, kernel.name)
+                per_layer |= set() if compact else {layer}
+        assert per_layer <= kept and bool(per_layer) == bool(kept)
     # person_detect on the M7: per-layer kernels with int8 weights, in its stages too (a
     # one-node band graph alone would pass the int16 test)
     program = codegen.build_program(

@@ -60,7 +60,8 @@ from mbgen.codegen.kernels_mbgen_records import (  # noqa: F401  (re-exported)
     DW3_WEIGHT_WORDS, GEMM_STEPS_PER_LOOP, SHARED_MIN_DEPTH, ChannelGroup, ColumnWord,
     DepthwiseCall, Gather, GemmCall, WeightFormat, _align, _asm_block_eligible)
 from mbgen.codegen.kernels_mbgen_policy import (  # noqa: F401  (re-exported for tests)
-    CODE_RESERVE_BYTES, balanced_allows_int16, choose_int16_layers, shares_code)
+    CODE_RESERVE_BYTES, balanced_allows_int16, choose_int16_layers, shares_code,
+    specialised_layers)
 from mbgen.codegen.kernels_mbgen_policy import gemm_shape as _gemm_shape
 from mbgen.codegen.lowering import LoweringContext, bias_values, nhwc
 from mbgen.quantize import params
@@ -96,6 +97,8 @@ class _GraphChoices:
     int16_layers: frozenset[str]
     mve: bool = False   # Helium: kernels_mve.lower is asked first (1x1, depthwise)
     compact: bool = False   # the shared compact GEMM and depthwise (kernels_mbgen_policy.shares_code)
+    # under compact, the shallow GEMM layers that keep per-layer code (specialised_layers)
+    specialised: frozenset[str] = frozenset()
 
 
 def _target(ctx: LoweringContext):
@@ -144,7 +147,8 @@ class MbgenKernels:
                 int16_layers = choose_int16_layers(ctx.graph, flash // 2)
             else:
                 int16_layers = frozenset()
-        choices = _GraphChoices(bool(target.dsp), int16_layers, bool(target.mve), compact)
+        choices = _GraphChoices(bool(target.dsp), int16_layers, bool(target.mve), compact,
+                                specialised_layers(model, ctx.weight_layout, flash))
         self._choices = (ctx, choices)
         return choices
 
@@ -168,7 +172,8 @@ class MbgenKernels:
             call = kernels_mve.lower(ctx, index, node)
             if call is not None:
                 return call
-        if isinstance(op, (ir.Conv2D, ir.FullyConnected)) and choices.compact:
+        if (isinstance(op, (ir.Conv2D, ir.FullyConnected)) and choices.compact
+                and node.name not in choices.specialised):
             # one shared runtime-parameterised GEMM: code does not grow per layer
             call = lower_compact_gemm(ctx, index, node)
             if call is not None:

@@ -7,7 +7,9 @@ byte per GEMM weight for fewer instructions. The policy users can predict:
   shared compact GEMM (kernels_mbgen_compact: a params struct per layer, no code);
 * ``--optimize balanced`` (the default): per-layer specialised code only when the weights
   and CODE_RESERVE_BYTES stay under half the flash budget, else the shared compact kernels
-  of ``size`` (``shares_code``); int16 pairs only when the whole model with int16 pairs
+  of ``size`` (``shares_code``) except for the few shallow layers where per-layer code is
+  small and the shared GEMM loses most, while the firmware stays under half the budget
+  (``specialised_layers``); int16 pairs only when the whole model with int16 pairs
   everywhere stays under half the flash budget (small models), then on every GEMM layer
   that fits that half; else int8;
 * ``--optimize speed``: int16 pairs on the layers with the most pixels first, while the
@@ -16,6 +18,8 @@ byte per GEMM weight for fewer instructions. The policy users can predict:
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from mbgen import ir
 from mbgen.codegen.lowering import nhwc
@@ -106,13 +110,73 @@ def shares_code(graph: ir.Graph, layout: str, flash_bytes: int) -> bool:
     return const_bytes(graph) + CODE_RESERVE_BYTES > flash_bytes // 2
 
 
+# The shared compact kernels' code and the runtime around them (a linked mbv1_0.25_128 on
+# cortex-m7: 17.5 KB besides the weights), and an upper bound of one shallow layer's
+# per-layer GEMM code (measured 1.3-2.3 KB: the RGB stem, 1x1 layers 8 and 16 deep).
+COMPACT_CODE_BYTES = 20 * 1024
+SHALLOW_CODE_BYTES = 3 * 1024
+SHALLOW_MAX_DEPTH = 16
+
+
+def _shallow_runs(graph: ir.Graph, node: ir.Node) -> int:
+    """4x2 block runs of a layer whose per-layer GEMM is cheap in code and well ahead of
+    the shared one (a 1x1 convolution at most SHALLOW_MAX_DEPTH deep, or a 3x3 stem on 3
+    channels: the shared GEMM's per-run overhead is spent on a few depths); else 0."""
+    shape = gemm_shape(graph, node)
+    if shape is None or not isinstance(node.op, ir.Conv2D):
+        return 0
+    pixels, depth, out_c = shape
+    k_h, k_w = graph.tensors[node.inputs[1]].shape[1:3]
+    stem = (k_h, k_w) == (3, 3) and depth == 27
+    if pixels < 4 or not (stem or ((k_h, k_w) == (1, 1) and depth <= SHALLOW_MAX_DEPTH)):
+        return 0
+    return -(-pixels // 4) * -(-out_c // 2)
+
+
+def _unstaged(graph: ir.Graph) -> ir.Graph:
+    """The graph with every streamed stage's inner nodes (and tensors) in its place: layers
+    keep their layout decision whether or not they are streamed."""
+    if not any(isinstance(node.op, ir.StreamedStage) for node in graph.nodes):
+        return graph
+    tensors, nodes = dict(graph.tensors), []
+    for node in graph.nodes:
+        if isinstance(node.op, ir.StreamedStage):
+            tensors.update((t.name, t) for t in node.op.tensors)
+            nodes.extend(node.op.nodes)
+        else:
+            nodes.append(node)
+    return dataclasses.replace(graph, tensors=tensors, nodes=nodes)
+
+
+def specialised_layers(graph: ir.Graph, layout: str, flash_bytes: int) -> frozenset[str]:
+    """Under ``balanced`` with the shared compact kernels: the shallow layers (_shallow_runs)
+    that keep their per-layer code, the most runs first, while the weights, the compact
+    code and SHALLOW_CODE_BYTES for each stay under half the flash budget. Their int8
+    streams are the per-layer kernels' (a few hundred bytes more each, inside the bound)."""
+    if layout not in ("balanced", "auto") or not shares_code(graph, layout, flash_bytes):
+        return frozenset()
+    room = flash_bytes // 2 - const_bytes(graph) - COMPACT_CODE_BYTES
+    layers = _unstaged(graph)
+    runs = sorted(((_shallow_runs(layers, node), node.name) for node in layers.nodes),
+                  reverse=True)
+    chosen = []
+    for count, name in runs:
+        if count and room >= SHALLOW_CODE_BYTES:
+            chosen.append(name)
+            room -= SHALLOW_CODE_BYTES
+    return frozenset(chosen)
+
+
 def layout_note(graph: ir.Graph, layout: str, flash_bytes: int) -> str:
     """One line for the compile summary: the layout used and what the other would cost."""
     candidates = int16_candidates(graph)
     if shares_code(graph, layout, flash_bytes):
         why = ("--optimize size" if layout == "size" else
                f"weights + {CODE_RESERVE_BYTES // 1024} KB pass half the flash budget")
-        return (f"weights int8, shared compact kernels ({why}); per-layer kernels "
+        shallow = len(specialised_layers(graph, layout, flash_bytes))
+        kept = (f", {shallow} shallow layer{'s' if shallow > 1 else ''} per-layer (under half "
+                "the budget)" if shallow else "")
+        return (f"weights int8, shared compact kernels ({why}){kept}; per-layer kernels "
                 "(--optimize speed) run faster with more code per layer")
     if not candidates:
         return "weights int8 (no layer would take int16 pairs)"
