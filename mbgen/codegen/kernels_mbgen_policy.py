@@ -110,12 +110,34 @@ def shares_code(graph: ir.Graph, layout: str, flash_bytes: int) -> bool:
     return const_bytes(graph) + CODE_RESERVE_BYTES > flash_bytes // 2
 
 
-# The shared compact kernels' code and the runtime around them (a linked mbv1_0.25_128 on
-# cortex-m7: 17.5 KB besides the weights), and an upper bound of one shallow layer's
-# per-layer GEMM code (measured 1.3-2.3 KB: the RGB stem, 1x1 layers 8 and 16 deep).
+# The model's code with the shared compact kernels (linked, compile's summary: 14.2 KB for
+# mbv1_0.25_128 on cortex-m7, 20.9 KB for person_detect's many streamed band shapes on
+# cortex-m4), and one shallow layer's per-layer GEMM code and stream on top (measured
+# 1.9-2.3 KB: the RGB stem, 1x1 layers 8 and 16 deep, streamed or not).
 COMPACT_CODE_BYTES = 20 * 1024
 SHALLOW_CODE_BYTES = 3 * 1024
 SHALLOW_MAX_DEPTH = 16
+
+
+def compact_weight_bytes(graph: ir.Graph) -> int:
+    """The flash the shared compact kernels' streams take: the model's constants plus, per
+    output channel, the multiplier and shift (once for a single-scale layer) and the depth
+    padded to 4; a 3x3 depthwise channel's 9 taps as 3 words, its multiplier and shift."""
+    layers = _unstaged(graph)
+    extra = 0
+    for node in layers.nodes:
+        op = node.op
+        if isinstance(op, ir.DepthwiseConv2D):
+            extra += 8 * nhwc(layers.tensors[node.outputs[0]].shape)[2]
+            continue
+        shape = gemm_shape(layers, node)
+        if shape is None:
+            continue
+        _, depth, out_c = shape
+        scales = layers.tensors[node.inputs[1]].quant
+        per_channel = scales is not None and len(scales.scale) > 1
+        extra += (-(-depth // 4) * 4 - depth) * out_c + 5 * (out_c if per_channel else 1)
+    return const_bytes(graph) + extra
 
 
 def _shallow_runs(graph: ir.Graph, node: ir.Node) -> int:
@@ -150,17 +172,17 @@ def _unstaged(graph: ir.Graph) -> ir.Graph:
 
 def specialised_layers(graph: ir.Graph, layout: str, flash_bytes: int) -> frozenset[str]:
     """Under ``balanced`` with the shared compact kernels: the shallow layers (_shallow_runs)
-    that keep their per-layer code, the most runs first, while the weights, the compact
-    code and SHALLOW_CODE_BYTES for each stay under half the flash budget. Their int8
-    streams are the per-layer kernels' (a few hundred bytes more each, inside the bound)."""
+    that keep their per-layer code, the most runs first (then the earliest), while the
+    compact streams (compact_weight_bytes), COMPACT_CODE_BYTES and SHALLOW_CODE_BYTES for
+    each stay under half the flash budget."""
     if layout not in ("balanced", "auto") or not shares_code(graph, layout, flash_bytes):
         return frozenset()
-    room = flash_bytes // 2 - const_bytes(graph) - COMPACT_CODE_BYTES
+    room = flash_bytes // 2 - compact_weight_bytes(graph) - COMPACT_CODE_BYTES
     layers = _unstaged(graph)
-    runs = sorted(((_shallow_runs(layers, node), node.name) for node in layers.nodes),
-                  reverse=True)
+    runs = sorted((-_shallow_runs(layers, node), index, node.name)
+                  for index, node in enumerate(layers.nodes))
     chosen = []
-    for count, name in runs:
+    for count, _, name in runs:
         if count and room >= SHALLOW_CODE_BYTES:
             chosen.append(name)
             room -= SHALLOW_CODE_BYTES
