@@ -85,7 +85,8 @@ def test_kept_shallow_layers_leave_the_linked_model_under_half_the_flash(prepare
 
 def test_a_streamed_stage_follows_the_whole_model_policy(prepared, shared_dir):
     """A stage's bands are lowered on one-node band graphs; their layout decisions (shared
-    code, the shallow layers kept per-layer, int16 pairs) are still the whole model's, so
+    code, the shallow layers kept per-layer, int16 pairs within the budget) are still the
+    whole model's, so
     the default mbv1_0.25_128 runs its stage on the compact kernels too, but for the
     shallow layers on the M7 (room under half its 1 MB; none on the 512 KB M4), and
     person_detect on the M7 keeps int8."""
@@ -116,6 +117,16 @@ def test_a_streamed_stage_follows_the_whole_model_policy(prepared, shared_dir):
     inner = [k.call for layer in program.layers if isinstance(layer.call, StageCall)
              for k in layer.call.kernels]
     gemms = [c for c in inner if isinstance(c, mb.GemmCall)]
+    assert gemms and all(c.weight_format is mb.WeightFormat.INT8 for c in gemms)
+    # --optimize speed on the 512 KB M4: mbv1's int8 weights leave no room for int16 pairs
+    # under the code reserve, for streamed layers too (their band graphs alone had room)
+    program = codegen.build_program(prepared("mbv1_0.25_128").graph, kernels=mb.NAME,
+                                    target="cortex-m4", weight_layout="speed",
+                                    stream=streaming.options_for(mb.NAME))
+    calls = [k.call for layer in program.layers for k in (
+        layer.call.kernels if isinstance(layer.call, StageCall) else [layer])]
+    gemms = [c for c in calls if isinstance(c, mb.GemmCall)]
+    assert any(isinstance(layer.call, StageCall) for layer in program.layers)
     assert gemms and all(c.weight_format is mb.WeightFormat.INT8 for c in gemms)
 
 

@@ -139,12 +139,12 @@ class MbgenKernels:
         if ctx.weight_layout in ("int8", "size") or compact:
             int16_layers: frozenset[str] = frozenset()
         elif ctx.weight_layout == "int16":
-            int16_layers = choose_int16_layers(ctx.graph, 0)   # no budget: every candidate
+            int16_layers = choose_int16_layers(model, 0)   # no budget: every candidate
         else:
             if ctx.weight_layout == "speed":
-                int16_layers = choose_int16_layers(ctx.graph, flash)
+                int16_layers = choose_int16_layers(model, flash)
             elif balanced_allows_int16(model, flash):   # "balanced", "auto"
-                int16_layers = choose_int16_layers(ctx.graph, flash // 2)
+                int16_layers = choose_int16_layers(model, flash // 2)
             else:
                 int16_layers = frozenset()
         choices = _GraphChoices(bool(target.dsp), int16_layers, bool(target.mve), compact,

@@ -57,10 +57,12 @@ def gemm_shape(graph: ir.Graph, node: ir.Node) -> tuple[int, int, int] | None:
 
 def int16_candidates(graph: ir.Graph) -> list[tuple[int, int, str]]:
     """(pixels, extra flash bytes, name) of every layer int16 pairs may go to: convolutions
-    (fully connected layers have one pixel: int16 pairs save little per byte)."""
+    (fully connected layers have one pixel: int16 pairs save little per byte), streamed
+    ones included."""
     candidates = []
-    for node in graph.nodes:
-        shape = gemm_shape(graph, node)
+    layers = _unstaged(graph)
+    for node in layers.nodes:
+        shape = gemm_shape(layers, node)
         if shape is None:
             continue
         pixels, depth, out_c = shape
