@@ -154,6 +154,10 @@ CASES = {
     "pw_per_tensor": Layer("conv", (4, 4, 16), 8, per_channel=False, seed=7),
     # other convolutions: im2col columns
     "conv_stem_3ch_s2": Layer("conv", (17, 15, 3), 8, (3, 3), (2, 2), (1, 1, 1, 1), seed=8),
+    # 10 output columns: blocks of 4 pixels wholly inside one row and the input (the asm
+    # block columns, GemmCall.field_loads), blocks across two rows and border ones
+    "conv_stem_3ch_s2_interior": Layer("conv", (9, 19, 3), 8, (3, 3), (2, 2), (1, 1, 1, 1),
+                                       seed=25),
     "conv_same_one_side": Layer("conv", (9, 10, 5), 6, (3, 3), (2, 2), (0, 1, 0, 1), seed=9),
     "conv_5x3_dilated": Layer("conv", (11, 9, 4), 3, (5, 3), dilation=(1, 2),
                               padding=(2, 2, 2, 2), out="relu", seed=10),
@@ -229,6 +233,37 @@ def test_case_takes_the_intended_path(name):
     assert call is not None and type(call).__module__.startswith(mb.__name__)
     for attr, value in layer.expect.items():
         assert _attribute(call, attr) == value, attr
+
+
+def test_block_column_loads_rebuild_every_interior_field():
+    """GemmCall.field_loads, as the asm block columns apply them (LDR; BFI of a second LDR
+    at bit 8 * take, or LSR), give each interior pixel's receptive field word by word, depth
+    padding zero, for every pixel of a block; no LDR reads past the input."""
+    call = _lowered_call(build_graph(CASES["conv_stem_3ch_s2_interior"]))
+    loads = call.field_loads
+    assert len(loads) == call.depth_padded // 4 == 7
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(call.in_h, call.in_w, call.in_c), dtype=np.uint8)
+    flat = image.tobytes()
+
+    def word(at: int) -> int:
+        assert 0 <= at and at + 4 <= len(flat)
+        return int.from_bytes(flat[at:at + 4], "little")
+
+    for iy in range(call.in_h - call.k_h + 1):
+        for ix in range(0, call.in_w - call.k_w + 1 - (call.block_pixels - 1) * call.stride_w):
+            for p in range(call.block_pixels):
+                x = ix + p * call.stride_w
+                row = (iy * call.in_w + x) * call.in_c
+                field = image[iy:iy + call.k_h, x:x + call.k_w].tobytes().ljust(4 * len(loads), b"\0")
+                for g, load in enumerate(loads):
+                    v = word(row + load.first)
+                    if load.second >= 0:
+                        keep = (1 << (8 * load.take)) - 1
+                        v = (v & keep) | ((word(row + load.second) << (8 * load.take)) & ~keep
+                                          & 0xFFFFFFFF)
+                    v >>= load.shift
+                    assert v.to_bytes(4, "little") == field[4 * g:4 * g + 4], (iy, x, g)
 
 
 @needs_arm

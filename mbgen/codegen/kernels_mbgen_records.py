@@ -51,6 +51,21 @@ class ColumnWord:
     take: int
 
 
+@dataclass(frozen=True)
+class FieldLoad:
+    """Word g of an interior receptive field as the asm block columns load it, bytes from
+    the field's top-left input pixel: one LDR at ``first``; then (``second`` >= 0) a word
+    across two kernel rows takes the next row's first bytes by BFI from an LDR at
+    ``second`` into bits 8 * take and up, or (``shift``) the last row's short word is
+    shifted down to its ``take`` bytes. No load reads outside the input: the bytes after a
+    row's run that the BFI overwrites lie before the next kernel row's."""
+
+    first: int
+    second: int
+    take: int
+    shift: int
+
+
 class _ArenaScratch:
     """The scratch pointer as the templates print it: an arena offset once bound."""
 
@@ -172,6 +187,31 @@ class GemmCall(_ArenaScratch):
         the shared one ~14 instructions more per 4x2 block and a call per 4 pixels)."""
         return (self.compact_code and self.ram_stream and self.asm_block
                 and self.depth_padded >= SHARED_MIN_DEPTH)
+
+    @property
+    def field_loads(self) -> tuple[FieldLoad, ...]:
+        """The asm block columns' loads, word by word (empty: the C columns run instead):
+        for direct column words whose widened columns are not doubled, when every LDR
+        offset of the block's last pixel and every STRD offset into the columns fit their
+        immediates."""
+        if not self.column_words or self.columns_doubled:
+            return ()
+        row = self.dilation_h * self.in_w * self.in_c
+        run = self.k_w * self.in_c
+        loads = []
+        for word in self.column_words:
+            if word.take == 4:
+                loads.append(FieldLoad(word.run * row + word.offset, -1, 4, 0))
+            elif word.run + 1 < self.k_h:
+                loads.append(FieldLoad(word.run * row + word.offset, (word.run + 1) * row,
+                                       word.take, 0))
+            else:
+                loads.append(FieldLoad(word.run * row + run - 4, -1, word.take,
+                                       8 * (4 - word.take)))
+        last_pixel = (self.block_pixels - 1) * self.stride_w * self.in_c
+        widest = max(max(load.first, load.second) for load in loads) + last_pixel
+        last_store = 4 * ((2 * len(loads) - 1) * self.block_pixels + self.block_pixels - 2)
+        return tuple(loads) if widest <= 4095 and last_store <= 1020 else ()
 
     @property
     def channel_blocks(self) -> int:
