@@ -54,17 +54,29 @@ def _kernel_set_names(requested: Sequence[str] | None, cmsis_nn: str | os.PathLi
 def _bench_one(graph, target, kernels: str, x: np.ndarray, expected: np.ndarray,
                cmsis_nn: str | os.PathLike | None) -> dict:
     from mbgen import codegen, streaming
+    from mbgen.codegen.kernels_mbgen_policy import fewer_shallow_budget
     from mbgen.runner import build_firmware, run_elf
     label = kernels
     kernels, layout = LAYOUT_VARIANTS.get(label, (label, "auto"))
-    with tempfile.TemporaryDirectory(prefix="mbgen-bench-") as tmp:
-        out = Path(tmp) / "out"
-        # streamed as compile streams them (the default options)
-        report = codegen.generate(graph, out, target=target.name, kernels=kernels,
-                                  weight_layout=layout, stream=streaming.options_for(kernels))
-        firmware = build_firmware(out, target, Path(tmp) / "build",
-                                  cmsis_nn=Path(cmsis_nn) if cmsis_nn is not None else None)
-        result = run_elf(firmware.elf, target, x.tobytes(), timeout=QEMU_TIMEOUT)
+    layout_flash = None
+    while True:   # as compile: one shallow layer fewer while the linked model passes half
+        with tempfile.TemporaryDirectory(prefix="mbgen-bench-") as tmp:
+            out = Path(tmp) / "out"
+            # streamed as compile streams them (the default options)
+            report = codegen.generate(graph, out, target=target.name, kernels=kernels,
+                                      weight_layout=layout, flash_budget=layout_flash,
+                                      stream=streaming.options_for(kernels))
+            firmware = build_firmware(out, target, Path(tmp) / "build",
+                                      cmsis_nn=Path(cmsis_nn) if cmsis_nn is not None else None)
+            fewer = (fewer_shallow_budget(graph, layout, target.flash_bytes,
+                                          firmware.model.flash_bytes,
+                                          layout_flash or target.flash_bytes)
+                     if kernels == "mbgen" and target.flash_bytes and firmware.model else None)
+            if fewer is not None:
+                layout_flash = fewer
+                continue
+            result = run_elf(firmware.elf, target, x.tobytes(), timeout=QEMU_TIMEOUT)
+        break
     got = np.frombuffer(result.output, dtype=expected.dtype)
     if not np.array_equal(got, expected):
         wrong = int(np.count_nonzero(got != expected))

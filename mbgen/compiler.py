@@ -239,7 +239,7 @@ def emit(prepared: PreparedModel, options: CompileOptions) -> CompiledModel:
         tflite_bytes = serialise(prepared.graph)
     for attempt, kernels in enumerate(candidates):
         try:
-            compiled = _emit_with(prepared, options, target, kernels, out_dir)
+            compiled = _emit_fitting_half(prepared, options, target, kernels, out_dir)
         except BudgetOverflow as overflow:
             if attempt + 1 == len(candidates):
                 raise
@@ -254,11 +254,33 @@ def emit(prepared: PreparedModel, options: CompileOptions) -> CompiledModel:
     return compiled
 
 
+class _OverHalf(Exception):
+    """The linked model passed half the flash budget with shallow layers per-layer: build
+    again with the layout budget ``layout_flash`` (one layer fewer)."""
+
+    def __init__(self, layout_flash: int) -> None:
+        super().__init__(layout_flash)
+        self.layout_flash = layout_flash
+
+
+def _emit_fitting_half(prepared: PreparedModel, options: CompileOptions, target, kernels: str,
+                       out_dir: Path) -> CompiledModel:
+    """_emit_with, again with one shallow layer fewer while the linked figure says the
+    ``balanced`` estimate kept too many (kernels_mbgen_policy.fewer_shallow_budget)."""
+    layout_flash = None
+    while True:
+        try:
+            return _emit_with(prepared, options, target, kernels, out_dir, layout_flash)
+        except _OverHalf as over:
+            layout_flash = over.layout_flash
+
+
 def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels: str,
-               out_dir: Path) -> CompiledModel:
+               out_dir: Path, layout_flash: int | None = None) -> CompiledModel:
     from mbgen import board_project, codegen, streaming
     from mbgen.codegen.generator import write_report
-    from mbgen.codegen.kernels_mbgen_policy import layout_note, lowering_layout
+    from mbgen.codegen.kernels_mbgen_policy import (fewer_shallow_budget, layout_note,
+                                                    lowering_layout)
 
     graph = prepared.graph
     project = board_project.for_options(options)   # None without --board
@@ -268,7 +290,7 @@ def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels
     program = codegen.build_program(
         graph, prefix=options.name, kernels=kernels, target=target.name,
         io=options.io or codegen.default_io(target.name),
-        flash_budget=limits.flash_bytes or None,
+        flash_budget=layout_flash or limits.flash_bytes or None,
         weight_layout=lowering_layout(options.weight_layout, options.optimize),
         stream=streaming.options_for(kernels, options.stream, options.max_recompute))
     plan, lowered = program.plan, program.graph
@@ -299,6 +321,12 @@ def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels
             if firmware.model is None:
                 raise RunFailure(f"the linked firmware has no {options.name}_invoke")
             use = use.linked(firmware.model)
+            if kernels == "mbgen" and limits.flash_bytes:
+                fewer = fewer_shallow_budget(
+                    graph, lowering_layout(options.weight_layout, options.optimize),
+                    limits.flash_bytes, use.flash_bytes, layout_flash or limits.flash_bytes)
+                if fewer is not None:
+                    raise _OverHalf(fewer)
         budget.check(use, limits)
         if project:
             project.check_image(firmware)
@@ -320,7 +348,7 @@ def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels
     if kernels == "mbgen":   # which weight layout, and what the other would cost
         summary["weight_layout"] = layout_note(
             graph, lowering_layout(options.weight_layout, options.optimize),
-            limits.flash_bytes or target.flash_bytes)
+            layout_flash or limits.flash_bytes or target.flash_bytes)
     return CompiledModel(prepared.source, prepared.float_graph, graph, plan, report, out_dir,
                          summary, lowered)
 

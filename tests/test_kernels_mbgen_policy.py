@@ -59,26 +59,40 @@ def test_balanced_keeps_shallow_layers_per_layer_while_under_half_the_flash():
         assert policy.specialised_layers(graph, layout, base + 8 * 1024) == frozenset()
     assert "3 shallow layers per-layer" in policy.layout_note(
         graph, "balanced", base + 8 * policy.SHALLOW_CODE_BYTES)
+    # after a link that passed half the budget: a layout budget keeping one fewer, down to
+    # none; a link under half (or nothing kept) lets the build stand
+    flash = base + 8 * policy.SHALLOW_CODE_BYTES
+    for count in range(3):
+        kept = policy.specialised_layers(
+            graph, "balanced", policy.layout_budget_keeping(graph, flash, count))
+        assert len(kept) == count and kept <= every
+    assert policy.fewer_shallow_budget(graph, "balanced", flash, flash // 2, flash) is None
+    fewer = policy.fewer_shallow_budget(graph, "balanced", flash, flash // 2 + 1, flash)
+    assert len(policy.specialised_layers(graph, "balanced", fewer)) == 2
+    assert policy.fewer_shallow_budget(graph, "balanced", flash, flash, base) is None
 
 
 @pytest.mark.slow
 def test_kept_shallow_layers_leave_the_linked_model_under_half_the_flash(prepared, shared_dir,
                                                                        tmp_path):
-    """What the estimate promises, on the linked firmware of the two real models it keeps
-    layers for by default: the model's flash (weights and code, compile's figure) stays
-    under half the budget, and the compact streams are estimated within 1%."""
+    """What balanced promises, on the linked firmware of the two real models the estimate
+    keeps layers for by default: the model's flash (weights and code, compile's figure)
+    stays under half the budget (compile builds again with fewer when the linked figure
+    passes it), and the compact streams are estimated within 1%."""
     from mbgen.codegen import kernels_mbgen_policy as policy
     from mbgen.compiler import CompileOptions, emit
-    cases = (("mbv1_0.25_128", "cortex-m7", {"features.0.0", "features.1.1.0"}),
+    cases = (("mbv1_0.25_128", "cortex-m7", {"features.0.0", "features.1.1.0"}, 2),
              (str(shared_dir / "models" / "person_detect.tflite"), "cortex-m4",
-              {"MobilenetV1/MobilenetV1/Conv2d_1_pointwise/Relu6"}))
-    for number, (spec, target, kept) in enumerate(cases):
+              {"MobilenetV1/MobilenetV1/Conv2d_1_pointwise/Relu6"}, 1))
+    for number, (spec, target, estimated, kept) in enumerate(cases):
         model = prepared(spec)
-        memory = emit(model, CompileOptions(target=target, out_dir=tmp_path / str(number))
-                      ).report["memory"]
+        compiled = emit(model, CompileOptions(target=target, out_dir=tmp_path / str(number)))
+        memory = compiled.report["memory"]
         budget = memory["flash_budget_bytes"]
-        assert policy.specialised_layers(model.graph, "balanced", budget) == kept
+        assert policy.specialised_layers(model.graph, "balanced", budget) == estimated
         assert memory["flash_bytes"] <= budget // 2, (spec, memory["flash_bytes"])
+        note = compiled.budget["weight_layout"]
+        assert (f"{kept} shallow layer" in note) if kept else "shallow" not in note
         estimate = policy.compact_weight_bytes(model.graph)
         assert abs(estimate - memory["weights_bytes"]) <= memory["weights_bytes"] // 100
 

@@ -112,10 +112,12 @@ def shares_code(graph: ir.Graph, layout: str, flash_bytes: int) -> bool:
     return const_bytes(graph) + CODE_RESERVE_BYTES > flash_bytes // 2
 
 
-# The model's code with the shared compact kernels (linked, compile's summary: 14.2 KB for
-# mbv1_0.25_128 on cortex-m7, 20.9 KB for person_detect's many streamed band shapes on
-# cortex-m4), and one shallow layer's per-layer GEMM code and stream on top (measured
-# 1.9-2.3 KB: the RGB stem, 1x1 layers 8 and 16 deep, streamed or not).
+# The model's code with the shared compact kernels (linked, compile's summary: 18.9 KB for
+# mbv1_0.25_128 on cortex-m7, 25.6 KB for person_detect on cortex-m4, whose streamed bands
+# add per-layer stem code and params), and one shallow layer's per-layer GEMM code and
+# stream on top (measured 1.5-2.5 KB: the RGB stem, 1x1 layers 8 and 16 deep, streamed or
+# not). An estimate: compile checks the linked figure and, past half the budget, builds
+# again with one layer fewer (fewer_shallow_budget).
 COMPACT_CODE_BYTES = 20 * 1024
 SHALLOW_CODE_BYTES = 3 * 1024
 SHALLOW_MAX_DEPTH = 16
@@ -189,6 +191,26 @@ def specialised_layers(graph: ir.Graph, layout: str, flash_bytes: int) -> frozen
             chosen.append(name)
             room -= SHALLOW_CODE_BYTES
     return frozenset(chosen)
+
+
+def layout_budget_keeping(graph: ir.Graph, flash_bytes: int, count: int) -> int:
+    """A flash budget for layout decisions, at most ``flash_bytes``, under which
+    specialised_layers keeps at most ``count`` shallow layers (its room then holds fewer than
+    count + 1)."""
+    return min(flash_bytes, 2 * (compact_weight_bytes(graph) + COMPACT_CODE_BYTES
+                                 + (count + 1) * SHALLOW_CODE_BYTES) - 2)
+
+
+def fewer_shallow_budget(graph: ir.Graph, layout: str, flash_bytes: int, model_flash_bytes: int,
+                         layout_flash: int) -> int | None:
+    """After a build whose layout followed ``layout_flash``: when its linked model flash
+    (weights and code) passed half of ``flash_bytes`` with shallow layers kept per-layer
+    (the estimate fell short: a model's code is not one constant), the layout budget of a
+    build with one fewer; else None, the build stands."""
+    kept = len(specialised_layers(graph, layout, layout_flash))
+    if not kept or model_flash_bytes <= flash_bytes // 2:
+        return None
+    return layout_budget_keeping(graph, flash_bytes, kept - 1)
 
 
 def layout_note(graph: ir.Graph, layout: str, flash_bytes: int) -> str:
