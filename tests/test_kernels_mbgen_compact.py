@@ -65,6 +65,12 @@ SPARE_CASES = {
                           {"RAM_RECORDS"}),   # 33 pixels: the last one alone (1x4 dots)
     "conv_ram_signed": (Layer("conv", (20, 19, 3), 6, (3, 3), (2, 2), (1, 1, 1, 1), out="none",
                               seed=41), {"RAM_RECORDS", "ASM_STORE", "SIGNED"}, set()),
+    # the asm store's SSAT tables end at R = 15 (ASM_STORE_MAX_SHIFT): its last entries, and
+    # a layer shifting further stored in C
+    "pw_shift_15": (Layer("conv", (4, 5, 16), 8, out="relu", gain=64.0, seed=43),
+                    {"ASM_STORE"}, set()),
+    "pw_shift_past_tables": (Layer("conv", (4, 5, 16), 8, out="relu", gain=256.0, seed=43),
+                             set(), {"ASM_STORE"}),
 }
 
 

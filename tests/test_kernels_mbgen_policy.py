@@ -77,13 +77,15 @@ def test_kept_shallow_layers_leave_the_linked_model_under_half_the_flash(prepare
                                                                        tmp_path):
     """What balanced promises, on the linked firmware of the two real models the estimate
     keeps layers for by default: the model's flash (weights and code, compile's figure)
-    stays under half the budget (compile builds again with fewer when the linked figure
-    passes it), and the compact streams are estimated within 1%."""
+    stays under half the budget, and the compact streams are estimated within 1%. mbv1 on
+    the M7 keeps both; person_detect's code on the M4 (its streamed bands' per-layer stem
+    and params, 25 KB) leaves no room, which only the linked figure shows: compile builds
+    again with none."""
     from mbgen.codegen import kernels_mbgen_policy as policy
     from mbgen.compiler import CompileOptions, emit
     cases = (("mbv1_0.25_128", "cortex-m7", {"features.0.0", "features.1.1.0"}, 2),
              (str(shared_dir / "models" / "person_detect.tflite"), "cortex-m4",
-              {"MobilenetV1/MobilenetV1/Conv2d_1_pointwise/Relu6"}, 1))
+              {"MobilenetV1/MobilenetV1/Conv2d_1_pointwise/Relu6"}, 0))
     for number, (spec, target, estimated, kept) in enumerate(cases):
         model = prepared(spec)
         compiled = emit(model, CompileOptions(target=target, out_dir=tmp_path / str(number)))

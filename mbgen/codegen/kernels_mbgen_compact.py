@@ -57,6 +57,10 @@ from mbgen.quantize.requant_proofs import (Requant, RequantScheme, accumulator_r
 CHUNK_COLUMN_BYTES = 16 * 1024
 MAX_CHUNK_BLOCKS = 16
 
+# The largest R (= -shift) the asm store's tables take; a FAST layer shifting further
+# requantises in C (gemm_compact_asm.c.j2's max_shift is this number).
+ASM_STORE_MAX_SHIFT = 15
+
 # Bits of the params struct's ``flags`` (the template prints them by these names).
 FLAGS = {
     "PER_CHANNEL": 1,      # a multiplier and shift per output channel (else one)
@@ -112,6 +116,7 @@ class CompactGemmCall:
     chunk_blocks: int            # 4-pixel blocks per chunk (0: one-pixel layer)
     double_columns: bool         # FAST: columns doubled (else the weight records are)
     ram_records: bool = False    # every pair's record widened once per call (else per chunk)
+    largest_shift: int = 0       # FAST: the largest R of the layer's channels
 
     # -- the receptive field's runs (see depth_order)
 
@@ -192,7 +197,8 @@ class CompactGemmCall:
             ("PER_CHANNEL", self.per_channel),
             ("SIGNED", rq.scheme is RequantScheme.FAST_SIGNED),
             ("EXACT", rq.scheme is RequantScheme.EXACT),
-            ("ASM_STORE", rq.scheme in (RequantScheme.FAST, RequantScheme.FAST_SIGNED)),
+            ("ASM_STORE", rq.scheme in (RequantScheme.FAST, RequantScheme.FAST_SIGNED)
+             and self.largest_shift <= ASM_STORE_MAX_SHIFT),
             ("DOUBLE_COLUMNS", rq.is_fast and self.double_columns),
             ("DOUBLE_WEIGHTS", rq.is_fast and not self.double_columns),
             ("CONTIGUOUS", self.contiguous),
@@ -334,7 +340,7 @@ def lower_compact_gemm(ctx: LoweringContext, index: int,
         input=ctx.buffer(node.inputs[0]), output=ctx.buffer(node.outputs[0]), scratch=None,
         stream=None, multipliers=None, shifts=None, requant=requant, pixels=pixels,
         depth=depth, out_c=out_c, pad_value=-q.input_offset, out_zp=q.output_offset,
-        per_channel=per_channel,
+        per_channel=per_channel, largest_shift=int(-shifts.min()) if requant.is_fast else 0,
         chunk_blocks=0 if one_pixel else 1, double_columns=True, **geometry)
     if not _fits_struct(draft):
         return None
