@@ -4,11 +4,11 @@
 
 Runs ``mbgen bench`` (mbgen.bench.bench_model) for mbv1_0.25_128, mbv2_0.35_96 and
 ../shared/models/person_detect.tflite on cortex-m7, m4, m33 and m55, one kernel set at a
-time: portable, CMSIS-NN (when CMSIS_NN_PATH is set), mbgen with the default options, mbgen's
-per-layer kernels with int8 weights, its shared compact kernels (--optimize size) and its
-per-layer kernels with int16 pairs. A set that cannot be built or run is reported as not
-measured, with the reason. With CMSIS-NN it also runs tests/test_kernels_cmsis_nn.py
-against the real library and records the outcome.
+time: portable, CMSIS-NN (when CMSIS_NN_PATH is set), mbgen with the default options and
+without streamed stages, mbgen's per-layer kernels with int8 weights, its shared compact
+kernels (--optimize size) and its per-layer kernels with int16 pairs. A set that cannot
+be built or run is reported as not measured, with the reason. With CMSIS-NN it also runs
+tests/test_kernels_cmsis_nn.py against the real library and records the outcome.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ZOO_MODELS = ("mbv1_0.25_128", "mbv2_0.35_96")
 SHARED_MODEL = "models/person_detect.tflite"  # in ../shared, next to the repository
 TARGETS = ("cortex-m7", "cortex-m4", "cortex-m33", "cortex-m55")
-KERNEL_SETS = ("portable", "cmsis-nn", "mbgen", "mbgen-int8", "mbgen-size", "mbgen-int16")
+KERNEL_SETS = ("portable", "cmsis-nn", "mbgen", "mbgen-unstreamed", "mbgen-int8", "mbgen-size",
+               "mbgen-int16")
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
@@ -82,18 +83,20 @@ def model_section(outcome: dict) -> list[str]:
                      f"{r['arena_bytes']:,} | {fallbacks} |")
     for name, reason in outcome.get("not_measured", {}).items():
         lines.append(f"| {name} | not measured: {reason} | | | | | | | | |")
-    ops = list(dict.fromkeys(layer["op"] for layer in base["layers"]))
+    # every set's ops (mbgen-unstreamed has no StreamedStage), each with its own MACs
+    ops = list(dict.fromkeys(layer["op"] for r in results for layer in r["layers"]))
     totals = [_op_totals(r) for r in results]
-    macs = {op: sum(layer["macs"] for layer in base["layers"] if layer["op"] == op) for op in ops}
-    lines += ["", "Instructions by op (MACs / instruction):", "",
+    op_macs = [{op: sum(layer["macs"] for layer in r["layers"] if layer["op"] == op)
+                for op in ops} for r in results]
+    lines += ["", f"Instructions by op (MACs / instruction; MACs: {base['kernels']}'s):", "",
               "| op | MACs | " + " | ".join(r["kernels"] for r in results) + " |",
               "|---|---:|" + "---:|" * len(results)]
     for op in ops:
         cells = []
-        for t in totals:
-            per = f" ({macs[op] / t[op]:.3f})" if macs[op] and t[op] else ""
-            cells.append(f"{t[op]:,}{per}")
-        lines.append(f"| {op} | {macs[op]:,} | " + " | ".join(cells) + " |")
+        for t, m in zip(totals, op_macs):
+            per = f" ({m[op] / t[op]:.3f})" if m[op] and t.get(op) else ""
+            cells.append(f"{t[op]:,}{per}" if op in t else "-")
+        lines.append(f"| {op} | {op_macs[0][op]:,} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -150,6 +153,8 @@ def write_results(outcomes: list[dict], info: dict[str, str], tests: str | None)
         "- mbgen kernels (`--kernels mbgen`): **mbgen** with the default options",
         "  (`--optimize balanced`: the shared compact kernels when the weights plus 192 KB",
         "  pass half the flash budget, else per-layer kernels with int8 weights);",
+        "  **mbgen-unstreamed** the same without streamed stages (`--no-stream`: a larger",
+        "  arena, none of the bands' recomputed rows and calls);",
         "  **mbgen-int8** the per-layer (specialised) kernels with int8 weights",
         "  (`--weight-layout int8`); **mbgen-size** the shared compact kernels (`--optimize",
         "  size`: one GEMM and one 3x3 depthwise body, a params struct per layer);",

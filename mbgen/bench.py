@@ -21,9 +21,12 @@ import numpy as np
 from mbgen.errors import RunFailure, UserError
 
 ORDER = ("portable", "mbgen", "cmsis-nn")
-# A kernel set name with a weight layout: "mbgen-int8" runs the mbgen set with int8 weights.
+# A kernel set name with a weight layout: "mbgen-int8" runs the mbgen set with int8 weights;
+# "mbgen-unstreamed" its default layout without streamed stages (compile --no-stream: a
+# larger arena, no band overhead).
 LAYOUT_VARIANTS = {"mbgen-int8": ("mbgen", "int8"), "mbgen-int16": ("mbgen", "int16"),
-                   "mbgen-size": ("mbgen", "size")}
+                   "mbgen-size": ("mbgen", "size"), "mbgen-unstreamed": ("mbgen", "auto")}
+UNSTREAMED = frozenset({"mbgen-unstreamed"})
 FLASH_SCOPE = "whole firmware: text + data from arm-none-eabi-size"
 INPUT_SEED = 0
 QEMU_TIMEOUT = 600.0
@@ -65,7 +68,8 @@ def _bench_one(graph, target, kernels: str, x: np.ndarray, expected: np.ndarray,
             # streamed as compile streams them (the default options)
             report = codegen.generate(graph, out, target=target.name, kernels=kernels,
                                       weight_layout=layout, flash_budget=layout_flash,
-                                      stream=streaming.options_for(kernels))
+                                      stream=streaming.options_for(kernels,
+                                                                   label not in UNSTREAMED))
             firmware = build_firmware(out, target, Path(tmp) / "build",
                                       cmsis_nn=Path(cmsis_nn) if cmsis_nn is not None else None)
             fewer = (fewer_shallow_budget(graph, layout, target.flash_bytes,
@@ -163,11 +167,13 @@ def format_table(outcome: dict) -> list[str]:
     lines = [f"{outcome['model']} on {outcome['target']}: {len(layers)} layers, "
              f"{outcome['macs'] / 1e6:.2f} M MACs; outputs bit-exact with the numpy reference",
              "", head, sub]
-    for i, layer in enumerate(layers):
+    # by name: a set streamed otherwise (mbgen-unstreamed) has other layers
+    counts = [{x["name"]: x["instructions"] for x in r["layers"]} for r in results]
+    for layer in layers:
         row = f"{layer['name']:<{name_w}} {layer['op']:<16} {_millions(layer['macs']):>9}"
-        for r in results:
-            count = r["layers"][i]["instructions"]
-            row += f" | {_millions(count):>10} {_per(layer['macs'], count):>8}"
+        for count in (c.get(layer["name"]) for c in counts):
+            row += (f" | {_millions(count):>10} {_per(layer['macs'], count):>8}"
+                    if count is not None else f" | {'-':>10} {'':>8}")
         lines.append(row)
     base = results[0]["instructions"]
     lines.append("")
