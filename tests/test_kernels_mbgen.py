@@ -155,7 +155,7 @@ CASES = {
     # other convolutions: im2col columns
     "conv_stem_3ch_s2": Layer("conv", (17, 15, 3), 8, (3, 3), (2, 2), (1, 1, 1, 1), seed=8),
     # 10 output columns: blocks of 4 pixels wholly inside one row and the input (the asm
-    # block columns, GemmCall.field_loads), blocks across two rows and border ones
+    # block columns, GemmCall.asm_columns), blocks across two rows and border ones
     "conv_stem_3ch_s2_interior": Layer("conv", (9, 19, 3), 8, (3, 3), (2, 2), (1, 1, 1, 1),
                                        seed=25),
     "conv_same_one_side": Layer("conv", (9, 10, 5), 6, (3, 3), (2, 2), (0, 1, 0, 1), seed=9),
@@ -236,10 +236,12 @@ def test_case_takes_the_intended_path(name):
 
 
 def test_block_column_loads_rebuild_every_interior_field():
-    """GemmCall.field_loads, as the asm block columns apply them (LDR; BFI of a second LDR
-    at bit 8 * take, or LSR), give each interior pixel's receptive field word by word, depth
-    padding zero, for every pixel of a block; no LDR reads past the input."""
+    """GemmCall.field_loads, as the asm block columns and the C column code apply them
+    (LDR; BFI of a second LDR at bit 8 * take, or LSR), give each interior pixel's receptive
+    field word by word, depth padding zero, for every pixel of a block; no LDR reads past
+    the input."""
     call = _lowered_call(build_graph(CASES["conv_stem_3ch_s2_interior"]))
+    assert call.asm_columns
     loads = call.field_loads
     assert len(loads) == call.depth_padded // 4 == 7
     rng = np.random.default_rng(0)
@@ -259,9 +261,8 @@ def test_block_column_loads_rebuild_every_interior_field():
                 for g, load in enumerate(loads):
                     v = word(row + load.first)
                     if load.second >= 0:
-                        keep = (1 << (8 * load.take)) - 1
-                        v = (v & keep) | ((word(row + load.second) << (8 * load.take)) & ~keep
-                                          & 0xFFFFFFFF)
+                        v = (v & load.kept) | ((word(row + load.second) << (8 * load.take))
+                                               & 0xFFFFFFFF)
                     v >>= load.shift
                     assert v.to_bytes(4, "little") == field[4 * g:4 * g + 4], (iy, x, g)
 

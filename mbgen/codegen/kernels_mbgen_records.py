@@ -65,6 +65,11 @@ class FieldLoad:
     take: int
     shift: int
 
+    @property
+    def kept(self) -> int:
+        """The bits of the first load a word across two kernel rows keeps (its take bytes)."""
+        return (1 << 8 * self.take) - 1
+
 
 class _ArenaScratch:
     """The scratch pointer as the templates print it: an arena offset once bound."""
@@ -190,12 +195,8 @@ class GemmCall(_ArenaScratch):
 
     @property
     def field_loads(self) -> tuple[FieldLoad, ...]:
-        """The asm block columns' loads, word by word (empty: the C columns run instead):
-        for direct column words whose widened columns are not doubled, when every LDR
-        offset of the block's last pixel and every STRD offset into the columns fit their
-        immediates."""
-        if not self.column_words or self.columns_doubled:
-            return ()
+        """How an interior receptive field is loaded word by word, by the asm block columns
+        and the C column code alike (empty without direct column words)."""
         row = self.dilation_h * self.in_w * self.in_c
         run = self.k_w * self.in_c
         loads = []
@@ -208,10 +209,20 @@ class GemmCall(_ArenaScratch):
             else:
                 loads.append(FieldLoad(word.run * row + run - 4, -1, word.take,
                                        8 * (4 - word.take)))
+        return tuple(loads)
+
+    @property
+    def asm_columns(self) -> bool:
+        """Whether the block columns run in asm: direct column words whose widened columns
+        are not doubled, every LDR offset of the block's last pixel and every STRD offset
+        into the columns within their immediates."""
+        loads = self.field_loads
+        if not loads or self.columns_doubled:
+            return False
         last_pixel = (self.block_pixels - 1) * self.stride_w * self.in_c
         widest = max(max(load.first, load.second) for load in loads) + last_pixel
         last_store = 4 * ((2 * len(loads) - 1) * self.block_pixels + self.block_pixels - 2)
-        return tuple(loads) if widest <= 4095 and last_store <= 1020 else ()
+        return widest <= 4095 and last_store <= 1020
 
     @property
     def channel_blocks(self) -> int:
