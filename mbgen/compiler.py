@@ -283,6 +283,7 @@ def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels
                                                     lowering_layout)
 
     graph = prepared.graph
+    layout = lowering_layout(options.weight_layout, options.optimize)
     project = board_project.for_options(options)   # None without --board
     limits = budget.budget_for(project.board if project else target, options.ram_bytes,
                                options.flash_bytes)
@@ -291,7 +292,7 @@ def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels
         graph, prefix=options.name, kernels=kernels, target=target.name,
         io=options.io or codegen.default_io(target.name),
         flash_budget=layout_flash or limits.flash_bytes or None,
-        weight_layout=lowering_layout(options.weight_layout, options.optimize),
+        weight_layout=layout,
         stream=streaming.options_for(kernels, options.stream, options.max_recompute))
     plan, lowered = program.plan, program.graph
     use = budget.MemoryUse(arena_bytes=int(plan.arena_size), io_bytes=io_bytes(graph, plan.io),
@@ -322,9 +323,8 @@ def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels
                 raise RunFailure(f"the linked firmware has no {options.name}_invoke")
             use = use.linked(firmware.model)
             if kernels == "mbgen" and limits.flash_bytes:
-                fewer = fewer_shallow_budget(
-                    graph, lowering_layout(options.weight_layout, options.optimize),
-                    limits.flash_bytes, use.flash_bytes, layout_flash or limits.flash_bytes)
+                fewer = fewer_shallow_budget(graph, layout, limits.flash_bytes, use.flash_bytes,
+                                             layout_flash or limits.flash_bytes)
                 if fewer is not None:
                     raise _OverHalf(fewer)
         budget.check(use, limits)
@@ -347,8 +347,7 @@ def _emit_with(prepared: PreparedModel, options: CompileOptions, target, kernels
                "folder": change.summary()}
     if kernels == "mbgen":   # which weight layout, and what the other would cost
         summary["weight_layout"] = layout_note(
-            graph, lowering_layout(options.weight_layout, options.optimize),
-            layout_flash or limits.flash_bytes or target.flash_bytes)
+            graph, layout, layout_flash or limits.flash_bytes or target.flash_bytes)
     return CompiledModel(prepared.source, prepared.float_graph, graph, plan, report, out_dir,
                          summary, lowered)
 
