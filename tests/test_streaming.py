@@ -441,3 +441,18 @@ def test_mbv1_128_fits_the_cortex_m4_budget_once_streamed(prepared, tmp_path):
     assert memory["sram_bytes"] <= 65_536
     # the arena holds the 49,152-byte input; the stage's output overlays its consumed rows
     assert memory["arena_bytes"] < 49_152 + 8_192
+
+
+def test_band_contexts_print_shared_code_once(prepared):
+    """A stage lowers each band shape with a copy of the model's context: a helper printed
+    by one band (or layer) is printed by no other, or the folder would not compile
+    (person_detect on the M4 kept its 8-deep 1x1 per-layer in two band shapes)."""
+    from dataclasses import replace
+    from mbgen.codegen.lowering import LoweringContext
+    graph = prepared("mbv1_0.25_128").graph
+    ctx = LoweringContext(graph, "model")
+    band = replace(ctx, graph=graph, scratch_requests={})
+    assert band.prints_first("shared int8 GEMM k8")
+    assert not ctx.prints_first("shared int8 GEMM k8")
+    assert not replace(ctx).prints_first("shared int8 GEMM k8")
+    assert LoweringContext(graph, "model").prints_first("shared int8 GEMM k8")   # a new one

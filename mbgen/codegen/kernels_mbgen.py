@@ -114,18 +114,6 @@ class MbgenKernels:
 
     def __init__(self) -> None:
         self._choices: tuple[LoweringContext, _GraphChoices] | None = None
-        # padded depths whose shared int8 GEMM code a layer of this generation prints
-        self._shared_depths: tuple[LoweringContext, set[int]] | None = None
-
-    def _first_shared_depth(self, ctx: LoweringContext, depth_padded: int) -> bool:
-        """True once per generation and depth: that layer prints the shared code."""
-        if self._shared_depths is None or self._shared_depths[0] is not ctx:
-            self._shared_depths = (ctx, set())
-        seen = self._shared_depths[1]
-        if depth_padded in seen:
-            return False
-        seen.add(depth_padded)
-        return True
 
     # -- decisions for the whole graph
 
@@ -186,7 +174,7 @@ class MbgenKernels:
                 call = dataclasses.replace(call, compact_code=True)
             if call is not None and (call.expanded or call.ram_shared) and call.asm_block:
                 call = dataclasses.replace(
-                    call, prints_shared_gemm=self._first_shared_depth(ctx, call.depth_padded))
+                    call, prints_shared_gemm=ctx.prints_first(f"shared int8 GEMM k{call.depth_padded}"))
             return call
         if isinstance(op, ir.DepthwiseConv2D):
             if choices.compact:   # one shared body, per-layer params only

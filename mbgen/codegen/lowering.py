@@ -38,6 +38,7 @@ class LoweringContext:
     spare_asked: set[str] = field(default_factory=set)   # nodes whose kernels asked
     _tensor_arrays: dict[str, ConstArray] = field(default_factory=dict)
     _symbols: set[str] = field(default_factory=set)
+    _printed: set[str] = field(default_factory=set)   # shared code some layer prints
 
     def tensor(self, name: str) -> ir.Tensor:
         return self.graph.tensors[name]
@@ -62,6 +63,15 @@ class LoweringContext:
         program lowers again with a plan's free space (``spare_bytes``)."""
         self.spare_asked.add(node_name)
         return self.spare_bytes.get(node_name, 0)
+
+    def prints_first(self, code: str) -> bool:
+        """True the first time this generation asks about shared ``code``: the asking
+        layer prints it, later ones call it. A stage's band contexts share the record (they
+        are copies), so a helper is printed once however many bands and layers use it."""
+        if code in self._printed:
+            return False
+        self._printed.add(code)
+        return True
 
     def _unique_symbol(self, stem: str) -> str:
         symbol = f"{self.prefix}_{stem}"
