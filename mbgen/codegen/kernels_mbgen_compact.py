@@ -21,7 +21,8 @@ channel pair its int8 record is widened into RAM (int16 pairs, the (m, c, R) reb
 the 4x2 SMLAD block runs over every 4-pixel block of the chunk; or (``ram_records``, when the
 arena's spare bytes hold them) every pair's record is widened once per call and each block
 of columns meets them all (with the asm store, 4 pixels are widened and then run at a time,
-no chunk loop). The 3x3 RGB stem's fields (3 rows of 9 bytes) are widened straight-line,
+no chunk loop); when only some fit, in passes over the pixels of ``record_group`` records
+each, the columns widened again every pass. The 3x3 RGB stem's fields (3 rows of 9 bytes) are widened straight-line,
 border ones gathered first. One-pixel layers (fully connected) read int8 weights straight
 from flash, 1 pixel x 4 channels. Every requantisation scheme and clamp runs (the asm store
 for FAST and FAST_SIGNED, a clamp inside int8 then one SSUB8/SEL pass over the output; a C
@@ -78,7 +79,7 @@ FLAGS = {
 _U8_FIELDS = ("k_h", "k_w", "taps", "dilation_h", "dilation_w", "stride_h", "stride_w",
               "pad_top", "pad_left", "chunk_blocks")
 _U16_FIELDS = ("depth_padded", "out_c", "in_h", "in_w", "in_c", "out_w", "run_bytes",
-               "tap_step", "flags")
+               "tap_step", "flags", "group_pairs")
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ class CompactGemmCall:
     chunk_blocks: int            # 4-pixel blocks per chunk (0: one-pixel layer)
     double_columns: bool         # FAST: columns doubled (else the weight records are)
     ram_records: bool = False    # every pair's record widened once per call (else per chunk)
+    record_group: int = 0        # ram_records: channel pairs widened per pass (0: all, one pass)
     largest_shift: int = 0       # FAST: the largest R of the layer's channels
 
     # -- the receptive field's runs (see depth_order)
@@ -173,9 +175,25 @@ class CompactGemmCall:
         return 0 if self.one_pixel else 4 * (2 + self.depth_padded + 6)
 
     @property
+    def pairs(self) -> int:
+        return -(-self.out_c // 2)
+
+    @property
+    def group_pairs(self) -> int:
+        """Records widened at a time: a pass's (ram_records: every pair's, or a group's)."""
+        if not self.ram_records:
+            return 1
+        return self.record_group or self.pairs
+
+    @property
+    def passes(self) -> int:
+        """Passes over the pixels, one per group of records (their columns widened each)."""
+        return -(-self.pairs // self.group_pairs) if self.ram_records else 1
+
+    @property
     def records_bytes(self) -> int:
-        """Widened records in the scratch: every pair's (ram_records) or one."""
-        return self.record_bytes * (-(-self.out_c // 2) if self.ram_records else 1)
+        """Widened records in the scratch: a pass's (ram_records) or one."""
+        return self.record_bytes * self.group_pairs
 
     @property
     def field_offset(self) -> int:
@@ -282,24 +300,55 @@ def chunk_plan(pixels: int, depth_padded: int, fixed_bytes: int, spare: int) -> 
     return -(-blocks // chunks)
 
 
+# Rough instruction costs (QEMU profile, mbv1 on M7) that choose between re-widening records
+# per chunk and re-widening columns per pass: a channel pair's record widened, with its
+# per-chunk calls, and the columns of one input byte.
+RECORD_WIDENING_COST = 200
+RECORD_WIDENING_COST_PER_DEPTH = 2
+COLUMN_COST_PER_BYTE = 2
+
+
 def widening_plan(draft: CompactGemmCall, spare: int) -> CompactGemmCall:
-    """Chunks and where the weight records are widened, within ``spare`` arena bytes: every
-    pair's record once per call when they fit beside one block of columns and chunks would
-    widen them more than once, else one record per pair per chunk; then where the doubled
-    accumulator's SADD16 costs least (every column pair, or every weight pair once per
-    record widening)."""
+    """Chunks and where the weight records are widened, within ``spare`` arena bytes: when
+    chunks would widen every record more than once, every pair's record once per call if
+    they fit beside one block of columns, else (when it costs less) in passes of as many
+    records as fit, each pass widening the columns again; otherwise one record per pair per
+    chunk. Then where the doubled accumulator's SADD16 costs least (every column pair, or
+    every weight pair once per record widening)."""
     if draft.one_pixel:
         return replace(draft, double_columns=True)
     one = replace(draft, chunk_blocks=1)
     chunk = chunk_plan(draft.pixels, draft.depth_padded,
                        _align(one.record_bytes, 8) + one.field_bytes, spare)
     chunks = -(-draft.pixels // (4 * chunk))
-    ram = replace(one, ram_records=True)
-    if chunks > 1 and ram.scratch_bytes <= spare:
-        plan, widenings = ram, 1
-    else:
-        plan, widenings = replace(draft, chunk_blocks=chunk), chunks
+    plan, widenings = replace(draft, chunk_blocks=chunk), chunks
+    if chunks > 1:
+        grouped = record_groups(replace(one, ram_records=True), spare)
+        if grouped is not None and (grouped.passes == 1 or _passes_cost(grouped)
+                                    < (chunks - 1) * _records_cost(draft)):
+            plan, widenings = grouped, 1
     return replace(plan, double_columns=draft.pixels <= widenings * draft.out_c)
+
+
+def record_groups(ram: CompactGemmCall, spare: int) -> CompactGemmCall | None:
+    """``ram`` with records widened in as few passes as ``spare`` bytes allow (groups of
+    equal size), or None when not even one record fits beside a block of columns."""
+    fits = (spare - replace(ram, record_group=1).scratch_bytes) // ram.record_bytes + 1
+    if fits < 1:
+        return None
+    passes = -(-ram.pairs // fits)
+    group = -(-ram.pairs // passes)
+    return replace(ram, record_group=0 if passes == 1 else group)
+
+
+def _records_cost(call: CompactGemmCall) -> int:
+    """Instructions to widen every channel pair's record once more."""
+    return call.pairs * (RECORD_WIDENING_COST + RECORD_WIDENING_COST_PER_DEPTH * call.depth_padded)
+
+
+def _passes_cost(call: CompactGemmCall) -> int:
+    """Instructions to widen the columns in every pass but the first."""
+    return (call.passes - 1) * call.pixels * call.depth_padded * COLUMN_COST_PER_BYTE
 
 
 def _fits_struct(call: CompactGemmCall) -> bool:

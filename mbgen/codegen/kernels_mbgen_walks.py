@@ -48,7 +48,8 @@ def gemm_write_order(c: GemmCall) -> WriteOrder:
 def compact_gemm_write_order(c: CompactGemmCall) -> WriteOrder:
     """gemm_compact.c.j2: per chunk of ``chunk_pixels`` pixels, every pixel's receptive
     field is widened into the scratch columns (word loads inside the window's runs, border
-    taps inside the image), then all the chunk's outputs are written."""
+    taps inside the image), then all the chunk's outputs are written. Passes of record
+    groups read the input again from its start after the first pass wrote every pixel."""
     input_bytes = c.in_h * c.in_w * c.in_c
     pixel_reads = window_starts(c.out_h, c.out_w, c.stride_h, c.stride_w, c.pad_top,
                                 c.pad_left, c.in_w, c.in_c)
@@ -56,6 +57,9 @@ def compact_gemm_write_order(c: CompactGemmCall) -> WriteOrder:
     starts = range(0, c.pixels, step)
     reads = [int(pixel_reads[s:s + step].min()) for s in starts]
     write_end = [s * c.out_c for s in starts]
+    if c.passes > 1:
+        reads.append(0)
+        write_end.append(c.pixels * c.out_c)
     output_bytes = c.pixels * c.out_c
     return from_steps(write_end + [output_bytes], reads + [input_bytes], input_bytes,
                       output_bytes)
