@@ -79,7 +79,7 @@ FLAGS = {
 _U8_FIELDS = ("k_h", "k_w", "taps", "dilation_h", "dilation_w", "stride_h", "stride_w",
               "pad_top", "pad_left", "chunk_blocks")
 _U16_FIELDS = ("depth_padded", "out_c", "in_h", "in_w", "in_c", "out_w", "run_bytes",
-               "tap_step", "flags", "group_pairs")
+               "tap_step", "flags")
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,9 @@ class CompactGemmCall:
 
     @property
     def group_pairs(self) -> int:
-        """Records widened at a time: a pass's (ram_records: every pair's, or a group's)."""
+        """Records widened at a time: a pass's (ram_records: every pair's, or a group's).
+        The kernel reads it back from the scratch layout: the records between the columns
+        and the field are one pass's."""
         if not self.ram_records:
             return 1
         return self.record_group or self.pairs
@@ -308,10 +310,12 @@ RECORD_WIDENING_COST_PER_DEPTH = 2
 COLUMN_COST_PER_BYTE = 2
 
 
-def widening_plan(draft: CompactGemmCall, spare: int) -> CompactGemmCall:
+def widening_plan(draft: CompactGemmCall, spare: int, in_place: bool = False
+                  ) -> CompactGemmCall:
     """Chunks and where the weight records are widened, within ``spare`` arena bytes: when
     chunks would widen every record more than once, every pair's record once per call if
-    they fit beside one block of columns, else (when it costs less) in passes of as many
+    they fit beside one block of columns, else (when it costs less, and the output is not
+    ``in_place`` over the input, which a second pass reads again) in passes of as many
     records as fit, each pass widening the columns again; otherwise one record per pair per
     chunk. Then where the doubled accumulator's SADD16 costs least (every column pair, or
     every weight pair once per record widening)."""
@@ -324,8 +328,8 @@ def widening_plan(draft: CompactGemmCall, spare: int) -> CompactGemmCall:
     plan, widenings = replace(draft, chunk_blocks=chunk), chunks
     if chunks > 1:
         grouped = record_groups(replace(one, ram_records=True), spare)
-        if grouped is not None and (grouped.passes == 1 or _passes_cost(grouped)
-                                    < (chunks - 1) * _records_cost(draft)):
+        if grouped is not None and (grouped.passes == 1 or not in_place and _passes_cost(
+                grouped) < (chunks - 1) * _records_cost(draft)):
             plan, widenings = grouped, 1
     return replace(plan, double_columns=draft.pixels <= widenings * draft.out_c)
 
@@ -393,7 +397,8 @@ def lower_compact_gemm(ctx: LoweringContext, index: int,
         chunk_blocks=0 if one_pixel else 1, double_columns=True, **geometry)
     if not _fits_struct(draft):
         return None
-    plan = widening_plan(draft, 0 if one_pixel else ctx.spare(node.name))
+    plan = widening_plan(draft, 0 if one_pixel else ctx.spare(node.name),
+                         in_place=node.name in ctx.in_place)
     scale = 2 if requant.is_fast else 1
     order = depth_order(plan.k_h * plan.taps, plan.run_bytes)
     stream = ctx.const_values(
@@ -406,4 +411,6 @@ def lower_compact_gemm(ctx: LoweringContext, index: int,
     shift_array = ctx.const_values(index, "shift", "int8_t", shifts[quant],
                                    f"{node.name}: shifts (TFLite convention)")
     call = replace(plan, stream=stream, multipliers=multipliers, shifts=shift_array)
+    # the kernel counts a pass's records from the offsets around them
+    assert call.field_offset - call.record_offset == call.group_pairs * call.record_bytes
     return replace(call, scratch=_request_scratch(ctx, node, call.scratch_bytes))

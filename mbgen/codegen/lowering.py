@@ -36,6 +36,9 @@ class LoweringContext:
     # second lowering); a kernel may spend them on faster scratch without growing the arena
     spare_bytes: dict[str, int] = field(default_factory=dict)
     spare_asked: set[str] = field(default_factory=set)   # nodes whose kernels asked
+    # nodes whose output that plan lays over their input: their kernels keep the walk they
+    # declared then (the faster lowering is kept only if the arena does not grow)
+    in_place: frozenset[str] = frozenset()
     _tensor_arrays: dict[str, ConstArray] = field(default_factory=dict)
     _symbols: set[str] = field(default_factory=set)
     _printed: set[str] = field(default_factory=set)   # shared code some layer prints

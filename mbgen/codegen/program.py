@@ -225,9 +225,10 @@ def _lower_and_plan(graph: ir.Graph, prefix: str, kernels: str, target: str, io:
     """Lower with the least scratch, plan; then, if a kernel would run faster with more
     (``ctx.spare``), lower again offering each node the arena's free bytes beside it and
     keep that only if the arena did not grow (with all of them, else half of them)."""
-    def attempt(spare: dict[str, int]) -> tuple[LoweringContext, list, GraphPlan]:
+    def attempt(spare: dict[str, int], in_place: frozenset[str] = frozenset()
+                ) -> tuple[LoweringContext, list, GraphPlan]:
         ctx = LoweringContext(graph, prefix, target, flash_budget, weight_layout,
-                              spare_bytes=spare)
+                              spare_bytes=spare, in_place=in_place)
         instances = lower(ctx, kernels)
         return ctx, instances, plan_graph(graph, {i.node.name: i.needs for i in instances},
                                           io=io)
@@ -237,7 +238,8 @@ def _lower_and_plan(graph: ir.Graph, prefix: str, kernels: str, target: str, io:
         return instances, plan
     free = free_bytes_beside(plan, graph)
     for share in (1, 2):
-        _, faster, faster_plan = attempt({n: free[n] // share for n in ctx.spare_asked})
+        _, faster, faster_plan = attempt({n: free[n] // share for n in ctx.spare_asked},
+                                         frozenset(plan.in_place or ()))
         if faster_plan.arena_size <= plan.arena_size:
             return faster, faster_plan
     return instances, plan
