@@ -173,8 +173,8 @@ class MbgenKernels:
             if call is not None and choices.compact:
                 call = dataclasses.replace(call, compact_code=True)
             if call is not None and (call.expanded or call.ram_shared) and call.asm_block:
-                call = dataclasses.replace(
-                    call, prints_shared_gemm=ctx.prints_first(f"shared int8 GEMM k{call.depth_padded}"))
+                shared = f"shared int8 GEMM k{call.depth_padded}"
+                call = dataclasses.replace(call, prints_shared_gemm=ctx.prints_first(shared))
             return call
         if isinstance(op, ir.DepthwiseConv2D):
             if choices.compact:   # one shared body, per-layer params only

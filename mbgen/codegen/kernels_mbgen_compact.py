@@ -22,11 +22,12 @@ the 4x2 SMLAD block runs over every 4-pixel block of the chunk; or (``ram_record
 arena's spare bytes hold them) every pair's record is widened once per call and each block
 of columns meets them all (with the asm store, 4 pixels are widened and then run at a time,
 no chunk loop); when only some fit, in passes over the pixels of ``record_group`` records
-each, the columns widened again every pass. The 3x3 RGB stem's fields (3 rows of 9 bytes) are widened straight-line,
-border ones gathered first. One-pixel layers (fully connected) read int8 weights straight
-from flash, 1 pixel x 4 channels. Every requantisation scheme and clamp runs (the asm store
-for FAST and FAST_SIGNED, a clamp inside int8 then one SSUB8/SEL pass over the output; a C
-store for EXACT): only a layer whose geometry does not fit the
+each, the columns widened again every pass (never for a layer laid over its input: a pass
+reads the input again). The 3x3 RGB stem's fields (3 rows of 9 bytes) are widened
+straight-line, border ones gathered first. One-pixel layers (fully connected) read int8
+weights straight from flash, 1 pixel x 4 channels. Every requantisation scheme and clamp
+runs (the asm store for FAST and FAST_SIGNED, a clamp inside int8 then one SSUB8/SEL pass
+over the output; a C store for EXACT): only a layer whose geometry does not fit the
 struct's 8/16-bit fields falls back to the specialised GEMM.
 
 Depth order (``depth_order``): a receptive field is ``runs`` runs of ``run_bytes``
